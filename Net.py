@@ -1,0 +1,113 @@
+"""The two networks of the avatar DCGAN: a generator that turns 72 numbers into a 96x96 face, and
+a discriminator that tells real faces from generated ones.
+
+A faithful port of ZMpursue/AvatarGenerator (PaddlePaddle 1.7, 2020) to the `paddle.nn` dynamic
+graph, itself a descendant of mattya/chainer-DCGAN and of DCGAN (Radford et al. 2015,
+https://arxiv.org/abs/1511.06434). Layer by layer as in ../shared/REFERENCE.md section 1, with one
+deliberate change: the generator ends in Tanh on images scaled to [-1, 1], as the brief's DCGAN
+section says, where the original ended in ReLU on [0, 1].
+
+This file holds layers only: no file access, no argument parsing.
+"""
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+Z_DIM = 72  # length of the noise vector; 72 = 2 * 6 * 6, so it reshapes to a 2x6x6 "image"
+Z_SHAPE = (2, 6, 6)
+IMAGE_SIZE = 96
+IMAGE_CHANNELS = 3
+
+# Paddle's momentum is the weight of the running statistic (running = m * running + (1 - m) * batch).
+# The original used 0.5: the running mean follows the last few batches closely, which matters
+# because the generator's batches change quickly while it learns.
+BN_MOMENTUM = 0.5
+LEAKY_SLOPE = 0.2
+DROPOUT = 0.4
+
+
+def batch_norm(channels):
+    return nn.BatchNorm2D(channels, momentum=BN_MOMENTUM)
+
+
+class ResidualBlock(nn.Layer):
+    """A basic residual block (He et al. 2015): two 3x3 convolutions, plus a 1x1 projection on the
+    shortcut because the channel count changes. It stands where DCGAN has its first fully
+    connected layer, growing the 2x6x6 noise into 256 feature maps."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv1 = nn.Conv2D(in_channels, out_channels, 3, padding=1)
+        self.bn1 = batch_norm(out_channels)
+        self.conv2 = nn.Conv2D(out_channels, out_channels, 3, padding=1)
+        self.bn2 = batch_norm(out_channels)
+        self.shortcut = nn.Sequential(nn.Conv2D(in_channels, out_channels, 1), batch_norm(out_channels))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+def up_block(in_channels, out_channels):
+    """Double the picture's size: a stride-2 transposed convolution, BatchNorm, ReLU."""
+    return nn.Sequential(
+        nn.Conv2DTranspose(in_channels, out_channels, 4, stride=2, padding=1),
+        batch_norm(out_channels),
+        nn.ReLU(),
+    )
+
+
+class Generator(nn.Layer):
+    """z [N, 72] in [0, 1) -> image [N, 3, 96, 96] in [-1, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.residual = ResidualBlock(Z_SHAPE[0], 256)                     # 256 x 6 x 6
+        self.up = nn.Sequential(up_block(256, 256), up_block(256, 128), up_block(128, 64))  # 64 x 48 x 48
+        self.to_rgb = nn.Conv2DTranspose(64, IMAGE_CHANNELS, 4, stride=2, padding=1)        # 3 x 96 x 96
+
+    def forward(self, z):
+        x = paddle.reshape(z, [-1, *Z_SHAPE])
+        return paddle.tanh(self.to_rgb(self.up(self.residual(x))))
+
+
+def down_block(in_channels, out_channels):
+    """Halve the picture's size: a stride-2 convolution, BatchNorm, leaky ReLU, dropout."""
+    return nn.Sequential(
+        nn.Conv2D(in_channels, out_channels, 4, stride=2, padding=1),
+        batch_norm(out_channels),
+        nn.LeakyReLU(LEAKY_SLOPE),
+        nn.Dropout(DROPOUT),
+    )
+
+
+class Discriminator(nn.Layer):
+    """image [N, 3, 96, 96] -> logits [N, 2]: index 0 "generated", index 1 "real"."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            down_block(IMAGE_CHANNELS, 64),  # 48 x 48
+            down_block(64, 128),             # 24 x 24
+            down_block(128, 256),            # 12 x 12
+            down_block(256, 512),            # 6 x 6
+        )
+        self.classify = nn.Linear(512 * 6 * 6, 2)
+
+    def forward(self, image):
+        return self.classify(paddle.flatten(self.features(image), 1))
+
+
+def init_dcgan_weights(model):
+    """DCGAN's initialisation: convolution weights from N(0, 0.02), BatchNorm scales from
+    N(1, 0.02), biases zero. Paddle's default (Xavier-like) is used unless this is called."""
+    normal = nn.initializer.Normal(0.0, 0.02)
+    for layer in model.sublayers():
+        if isinstance(layer, (nn.Conv2D, nn.Conv2DTranspose, nn.Linear)):
+            normal(layer.weight)
+            if layer.bias is not None:
+                nn.initializer.Constant(0.0)(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2D):
+            nn.initializer.Normal(1.0, 0.02)(layer.weight)
+            nn.initializer.Constant(0.0)(layer.bias)

@@ -1,0 +1,149 @@
+"""Turn a folder of face images into training batches.
+
+`FaceDataset` finds every image under a folder (recursively), decodes each one once into a uint8
+array held in memory (96x96 RGB faces are 27 KB each: 10,000 faces take 276 MB), and hands out
+float32 [3, 96, 96] arrays in [-1, 1], the range of the generator's Tanh. Files that cannot be
+decoded are skipped and counted, so a bad download never crashes an epoch.
+
+`EpochBatchSampler` and `make_loader` cut it into shuffled batches: the order of every epoch is
+a function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one, and
+under several GPUs each process takes its own share of every epoch.
+"""
+import math
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import paddle
+from PIL import Image
+
+from Net import IMAGE_SIZE
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+DEFAULT_FOLDER = "DataSet/faces"
+
+
+class DataSetError(Exception):
+    """The folder cannot give a data set (missing, or no readable image in it)."""
+
+
+def find_images(folder):
+    """Every image file under folder, sorted by path so that --limit and seeds mean the same
+    thing on every machine."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def decode_face(path):
+    """uint8 [96, 96, 3] RGB for an image file, or None when the file cannot be decoded.
+    Grayscale, palette and RGBA images are converted to RGB; other sizes are resized."""
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")  # decodes fully: a truncated file raises here
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
+            return np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+class FaceDataset(paddle.io.Dataset):
+    """Faces of a folder as float32 [3, 96, 96] arrays in [-1, 1] (channels, height, width).
+
+    folder: searched recursively for .jpg .jpeg .png .webp .bmp files.
+    limit:  use only the first `limit` images (in sorted path order).
+    flip:   mirror each image left-right with probability 1/2 (a function of seed, epoch and index).
+    """
+
+    def __init__(self, folder=DEFAULT_FOLDER, limit=None, flip=False, seed=0, workers=None):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataSetError(f"The data folder {folder} does not exist; put 96x96 face images in it, "
+                               f"or make them with the tools in Pretreatment/ (see Pretreatment/README.md).")
+        paths = find_images(folder)
+        if limit is not None:
+            paths = paths[:limit]
+        if not paths:
+            raise DataSetError(f"The data folder {folder} holds no images (.jpg .jpeg .png .webp .bmp); "
+                               f"make face crops with the tools in Pretreatment/ (see Pretreatment/README.md).")
+        with ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # PIL decodes without the GIL
+            decoded = list(pool.map(decode_face, paths))
+        self.paths = [path for path, face in zip(paths, decoded) if face is not None]
+        self.skipped = [path for path, face in zip(paths, decoded) if face is None]
+        if self.skipped:
+            warnings.warn(f"{len(self.skipped)} of {len(paths)} files in {folder} could not be read "
+                          f"and were skipped (first: {self.skipped[0]}).", stacklevel=2)
+        if not self.paths:
+            raise DataSetError(f"None of the {len(paths)} image files in {folder} could be read; "
+                               f"make face crops with the tools in Pretreatment/ (see Pretreatment/README.md).")
+        self.faces = np.stack([face for face in decoded if face is not None])  # uint8 [N, H, W, 3]
+        self.flip = flip
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """Flips depend on the epoch; loader workers are forked per epoch, so they see this."""
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.faces)
+
+    def __getitem__(self, index):
+        face = self.faces[index]
+        if self.flip and np.random.default_rng((self.seed, self.epoch, index)).random() < 0.5:
+            face = face[:, ::-1]
+        return to_model_range(face)
+
+
+def to_model_range(faces):
+    """uint8 [..., H, W, 3] -> float32 [..., 3, H, W] in [-1, 1]. The axes are moved explicitly:
+    the original's bare `transpose()` reversed them all and swapped height with width."""
+    faces = np.moveaxis(np.asarray(faces), -1, -3)
+    return faces.astype(np.float32) / 127.5 - 1.0
+
+
+class EpochBatchSampler(paddle.io.Sampler):
+    """Batches of indices, shuffled anew each epoch from (seed, epoch), incomplete last batch
+    dropped by default. With several processes (ranks), each takes every world_size-th index of
+    the shuffled order, so the processes share an epoch without overlap."""
+
+    def __init__(self, size, batch_size, seed=0, shuffle=True, drop_last=True, rank=None, world_size=None):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank = paddle.distributed.get_rank() if rank is None else rank
+        self.world_size = paddle.distributed.get_world_size() if world_size is None else world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch, start_batch=0):
+        """Select the epoch; start_batch skips batches already trained (resuming mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def indices(self):
+        order = np.arange(self.size)
+        if self.shuffle:
+            order = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
+        return order[self.rank::self.world_size]
+
+    def __len__(self):
+        share = len(self.indices())
+        return share // self.batch_size if self.drop_last else math.ceil(share / self.batch_size)
+
+    def __iter__(self):
+        mine = self.indices()
+        for number in range(self.start_batch, len(self)):
+            yield mine[number * self.batch_size:(number + 1) * self.batch_size].tolist()
+
+
+def make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=0, seed=0):
+    """A paddle DataLoader over dataset with an EpochBatchSampler; call
+    loader.batch_sampler.set_epoch(epoch) before each epoch."""
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+
+
+if __name__ == "__main__":  # python Reader.py [folder]: check a data folder
+    faces = FaceDataset(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_FOLDER)
+    print(f"{len(faces)} faces, {len(faces.skipped)} unreadable files skipped")

@@ -1,0 +1,90 @@
+"""Draw avatars with a trained generator: a grid of random faces and latent interpolation strips.
+
+    python Run.py                       # Model/G.safetensors -> Generate/avatars.png, strips.png, strips/
+    python Run.py --dims 3,17 --seed 7  # strips for two latent dimensions, reproducibly
+    python Run.py --count 100           # also 100 single avatars, Generate/avatar_0000.png ...
+
+A strip shows what one of the 72 noise values does: one base vector drawn from U[0, 1), copied
+--steps times with value i set to 1/steps, 2/steps, ..., 1 (0.05, 0.10, ..., 1.00 for 20 steps),
+one face per copy, left to right. Only G.safetensors is read: plain arrays, no pickle, no
+optimizer state.
+"""
+import argparse
+import re
+import secrets
+from pathlib import Path
+
+import Utils  # first: sets the CPU environment before Paddle loads
+import numpy as np
+
+from Net import Z_DIM
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors")
+    parser.add_argument("--output", default="Generate", help="folder for the pictures")
+    parser.add_argument("--seed", type=int, help="seed of the noise; the same seed gives the same pictures (default: random)")
+    parser.add_argument("--dims", default="all", help=f"latent dimensions to draw strips for, e.g. 3,17,40 (0 to {Z_DIM - 1})")
+    parser.add_argument("--steps", type=int, default=20, help="faces per strip")
+    parser.add_argument("--grid", default="8x8", help="rows x columns of the avatar grid")
+    parser.add_argument("--count", type=int, default=0, help="also write this many single avatars")
+    args = parser.parse_args(argv)
+    if args.dims == "all":
+        args.dims = list(range(Z_DIM))
+    else:
+        try:
+            args.dims = [int(dim) for dim in args.dims.split(",") if dim.strip()]
+        except ValueError:
+            parser.error(f"--dims takes comma-separated numbers such as 3,17,40, not {args.dims!r}")
+        if not args.dims or not all(0 <= dim < Z_DIM for dim in args.dims):
+            parser.error(f"--dims must name dimensions between 0 and {Z_DIM - 1}")
+    match = re.fullmatch(r"(\d+)x(\d+)", args.grid)
+    if not match or 0 in (int(match[1]), int(match[2])):
+        parser.error(f"--grid takes ROWSxCOLUMNS such as 8x8, not {args.grid!r}")
+    args.grid = (int(match[1]), int(match[2]))
+    if args.steps < 1 or args.count < 0:
+        parser.error("--steps must be at least 1 and --count at least 0")
+    return args
+
+
+def interpolation_strips(base, dims, steps):
+    """Noise [len(dims) * steps, 72]: for each dimension, `steps` copies of base with that value
+    set to 1/steps ... 1."""
+    values = np.arange(1, steps + 1, dtype=np.float32) / steps
+    noise = np.repeat(base[None, :], len(dims) * steps, axis=0)
+    for row, dim in enumerate(dims):
+        noise[row * steps:(row + 1) * steps, dim] = values
+    return noise
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    Utils.choose_device("auto")
+    generator = Utils.load_generator(args.model_dir)
+    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    rng = np.random.default_rng(seed)
+    output = Path(args.output)
+    rows, cols = args.grid
+
+    avatars = Utils.generate(generator, Utils.random_noise(rng, rows * cols))
+    Utils.save_png(Utils.tile_images(avatars, rows, cols), output / "avatars.png")
+
+    base = Utils.random_noise(rng, 1)[0]
+    strips = Utils.generate(generator, interpolation_strips(base, args.dims, args.steps))
+    Utils.save_png(Utils.tile_images(strips, len(args.dims), args.steps), output / "strips.png")
+    for row, dim in enumerate(args.dims):
+        strip = strips[row * args.steps:(row + 1) * args.steps]
+        Utils.save_png(Utils.tile_images(strip, 1, args.steps), output / "strips" / f"dim_{dim:02d}.png")
+
+    singles = Utils.generate(generator, Utils.random_noise(rng, args.count))
+    for number, avatar in enumerate(singles):
+        Utils.save_png(avatar, output / f"avatar_{number:04d}.png")
+    print(f"Seed {seed}: wrote {output / 'avatars.png'} ({rows}x{cols}), {output / 'strips.png'} "
+          f"({len(args.dims)} strips of {args.steps})" + (f" and {args.count} single avatars" if args.count else "")
+          + f" from {Path(args.model_dir) / Utils.GENERATOR_FILE}.")
+
+
+if __name__ == "__main__":
+    Utils.run_main(main)

@@ -1,0 +1,182 @@
+"""What the scripts share: CPU settings, device choice, seeding, noise, image grids, checkpoint files
+and the one-sentence error a user sees instead of a traceback.
+
+Import this module before anything imports paddle: the CPU settings below only take effect if
+they are in the environment when Paddle's libraries load.
+"""
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+
+def _configure_cpu_environment():
+    # Paddle's CPU wheel ships Intel MKL 2019, which picks a slow generic code path on AMD
+    # processors; this variable makes it use the AVX2 path (about 6x faster training here,
+    # ../shared/REFERENCE.md section 4). It changes nothing on Intel processors or on a GPU.
+    os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
+    # Paddle prints "No ccache found" at import; that concerns people who build Paddle, not users.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def _use_all_cores():
+    # Paddle's CPU build computes on one thread unless told otherwise. Setting OMP_NUM_THREADS
+    # would do it too, but makes Paddle print a warning about data parallelism at every start.
+    if "OMP_NUM_THREADS" not in os.environ and hasattr(paddle.base.core, "set_num_threads"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        paddle.base.core.set_num_threads(cores)
+
+
+_configure_cpu_environment()
+
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message=".*ccache.*")
+warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
+
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+_use_all_cores()
+from safetensors import SafetensorError  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
+
+from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
+
+GENERATOR_FILE = "G.safetensors"
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a missing folder, a wrong flag): shown as one sentence."""
+
+
+def run_main(main):
+    """Run a script's main(); a UserError ends the program with its message and exit status 2."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------- device
+
+def choose_device(choice="auto"):
+    """Select and return "gpu" or "cpu". "auto" takes the GPU when Paddle was built with CUDA and
+    one is visible."""
+    has_gpu = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    if choice == "gpu" and not has_gpu:
+        raise UserError("--device gpu was asked for, but this Paddle has no CUDA or no GPU is visible; "
+                        "install paddlepaddle-gpu (see README.md) or use --device cpu.")
+    device = "gpu" if choice == "gpu" or (choice == "auto" and has_gpu) else "cpu"
+    if device == "gpu" and paddle.distributed.get_world_size() > 1:
+        paddle.set_device(f"gpu:{paddle.distributed.ParallelEnv().device_id}")
+    else:
+        paddle.set_device(device)
+    return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    paddle.seed(seed)
+
+
+def random_noise(rng, count):
+    """A batch of generator inputs drawn by a numpy Generator: uniform in [0, 1), as the brief says."""
+    return rng.random((count, Z_DIM), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------- images
+
+def to_uint8_images(images):
+    """Generator output [N, 3, H, W] in [-1, 1] (tensor or array) -> uint8 [N, H, W, 3]."""
+    if isinstance(images, paddle.Tensor):
+        images = images.numpy()
+    pixels = np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5)
+    return np.clip(pixels, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def tile_images(images, rows, cols):
+    """uint8 [rows*cols, H, W, 3] -> one uint8 picture [rows*H, cols*W, 3], row by row, no margins."""
+    count, height, width, channels = images.shape
+    if count != rows * cols:
+        raise ValueError(f"{count} images do not fill a {rows}x{cols} grid")
+    grid = images.reshape(rows, cols, height, width, channels).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * height, cols * width, channels)
+
+
+def save_png(picture, path):
+    """Write a uint8 HxWx3 array as a PNG, atomically (the PIL encoder is deterministic, so the
+    same pixels always give the same bytes)."""
+    from PIL import Image
+
+    atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+
+def atomic_write(path, write):
+    """Call write(temporary_path), then rename the result onto path. A crash at any moment leaves
+    either the old file or the new one under path, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(str(tmp))
+        os.chmod(tmp, 0o644)  # some writers create private files; checkpoints are meant to be shared
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(data, path):
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def save_weights(layer, path, metadata=None):
+    """Weights and BatchNorm statistics of a layer as safetensors: plain arrays, no pickle, readable
+    by any Paddle version (and by numpy alone)."""
+    arrays = {name: np.ascontiguousarray(value.numpy()) for name, value in layer.state_dict().items()}
+    meta = {key: str(value) for key, value in (metadata or {}).items()}
+    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+
+
+def load_weights(layer, path):
+    """Load a safetensors file written by save_weights into layer, checking every name and shape."""
+    path = Path(path)
+    try:
+        arrays = load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; train a model with `python Train.py` first "
+                        f"or point --model-dir at a folder that holds {path.name}.") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path} is not a readable safetensors file ({error}); "
+                        f"delete it and train again, or use another --model-dir.") from None
+    expected = layer.state_dict()
+    wrong = sorted(set(expected) ^ set(arrays))
+    wrong += [name for name in expected if name in arrays and list(arrays[name].shape) != list(expected[name].shape)]
+    if wrong:
+        raise UserError(f"{path} holds weights of another network (first mismatch: {wrong[0]}); "
+                        f"it was not written by this version of Net.py, so train a new model.")
+    layer.set_state_dict({name: paddle.to_tensor(array) for name, array in arrays.items()})
+
+
+def load_generator(model_dir):
+    """The trained generator of model_dir, in evaluation mode (BatchNorm uses its running statistics)."""
+    generator = Generator()
+    load_weights(generator, Path(model_dir) / GENERATOR_FILE)
+    generator.eval()
+    return generator
+
+
+@paddle.no_grad()
+def generate(generator, noise, batch_size=64):
+    """uint8 images [N, 96, 96, 3] for a numpy noise array [N, 72], in batches."""
+    pictures = [to_uint8_images(generator(paddle.to_tensor(noise[start:start + batch_size])))
+                for start in range(0, len(noise), batch_size)]
+    return np.concatenate(pictures) if pictures else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)

@@ -90,7 +90,8 @@ class frozen:
     to G without spending time on D's own weight gradients, which the G step does not use."""
 
     def __init__(self, layer, enabled=True):
-        self.parameters = layer.parameters() if enabled else []
+        # BatchNorm's running statistics are parameters with stop_gradient set: leave them be.
+        self.parameters = [p for p in layer.parameters() if not p.stop_gradient] if enabled else []
 
     def __enter__(self):
         for parameter in self.parameters:
@@ -153,6 +154,25 @@ def settle_hyper_parameters(args, state):
     return settled
 
 
+def _rename_optimizer_state(state, renames):
+    """Adam keys its moments by Paddle's generated parameter names ("conv2d_17.w_0_moment1_0"),
+    which depend on how many layers the process built before; store them under the stable
+    structured names ("residual.conv1.weight_moment1_0") instead, and map them back on loading."""
+    renamed = {}
+    for key, value in state.items():
+        old = max((name for name in renames if key.startswith(name + "_")), key=len, default=None)
+        renamed[renames[old] + key[len(old):] if old else key] = value
+    return renamed
+
+
+def optimizer_state(layer, optimizer):
+    return _rename_optimizer_state(optimizer.state_dict(), {p.name: name for name, p in layer.named_parameters()})
+
+
+def set_optimizer_state(layer, optimizer, state):
+    optimizer.set_state_dict(_rename_optimizer_state(state, {name: p.name for name, p in layer.named_parameters()}))
+
+
 def save_checkpoint(model_dir, G, D, opt_g, opt_d, state):
     """G/D weights (safetensors), Adam states (.pdopt) and state.json, each written atomically;
     state.json goes last, so it never describes weights that are not on disk yet."""
@@ -161,8 +181,8 @@ def save_checkpoint(model_dir, G, D, opt_g, opt_d, state):
     step = {"global_step": state["global_step"]}
     Utils.save_weights(G, model_dir / "G.safetensors", step)
     Utils.save_weights(D, model_dir / "D.safetensors", step)
-    Utils.atomic_write(model_dir / "G.pdopt", lambda tmp: paddle.save(opt_g.state_dict(), tmp))
-    Utils.atomic_write(model_dir / "D.pdopt", lambda tmp: paddle.save(opt_d.state_dict(), tmp))
+    Utils.atomic_write(model_dir / "G.pdopt", lambda tmp: paddle.save(optimizer_state(G, opt_g), tmp))
+    Utils.atomic_write(model_dir / "D.pdopt", lambda tmp: paddle.save(optimizer_state(D, opt_d), tmp))
     Utils.write_json(state, model_dir / STATE_FILE)
 
 
@@ -171,8 +191,8 @@ def load_checkpoint(model_dir, G, D, opt_g, opt_d):
     Utils.load_weights(G, model_dir / "G.safetensors")
     Utils.load_weights(D, model_dir / "D.safetensors")
     if (model_dir / "G.pdopt").exists() and (model_dir / "D.pdopt").exists():
-        opt_g.set_state_dict(paddle.load(str(model_dir / "G.pdopt")))
-        opt_d.set_state_dict(paddle.load(str(model_dir / "D.pdopt")))
+        set_optimizer_state(G, opt_g, paddle.load(str(model_dir / "G.pdopt")))
+        set_optimizer_state(D, opt_d, paddle.load(str(model_dir / "D.pdopt")))
         return True
     return False
 
@@ -226,13 +246,18 @@ def save_loss_curve(losses, steps_per_epoch, path):
 # ------------------------------------------------------------------------------------ the program
 
 class StopRequest:
-    """Ctrl-C or SIGTERM asks the loop to stop after the current step and save; a second Ctrl-C
-    stops at once."""
+    """Within this block, Ctrl-C or SIGTERM asks the loop to stop after the current step and save
+    (stopping halfway through an Adam update would leave the weights half changed); a second
+    Ctrl-C stops at once."""
 
-    def __init__(self):
+    def __enter__(self):
         self.requested = False
-        signal.signal(signal.SIGINT, self.request)
-        signal.signal(signal.SIGTERM, self.request)
+        self.previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def request(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
@@ -290,7 +315,6 @@ def train(args):
     G_step, D_step = (paddle.DataParallel(G), paddle.DataParallel(D)) if world_size > 1 else (G, D)
     fixed_noise = Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE * GRID_SIDE)
     output = Path(args.output)
-    stop = StopRequest()
     started = time.time() - state["wall_seconds"]
 
     def checkpoint():
@@ -304,48 +328,43 @@ def train(args):
                  f"G loss {losses['g'][-1]:.4f}")
         save_sample_grid(G, fixed_noise, output / f"epoch_{epoch:04d}_batch_{batch:04d}.png", title)
 
-    while state["epochs_done"] < args.epochs:
-        epoch = state["epochs_done"] + 1
-        loader.batch_sampler.set_epoch(epoch, start_batch=state["batches_done"])
-        dataset.set_epoch(epoch)
-        progress = tqdm(loader, total=steps_per_epoch, initial=state["batches_done"],
-                        desc=f"epoch {epoch}/{args.epochs}", disable=not writer, dynamic_ncols=True)
-        for (real,) in _as_batches(progress):
-            paddle.seed(step_seed(hp["seed"], rank, state["global_step"]))
-            losses = [float(loss) for loss in train_step(G_step, D_step, opt_g, opt_d, real, hp["g_steps"], world_size == 1)]
-            if not all(math.isfinite(loss) for loss in losses):
-                raise UserError(f"the losses became {losses} at epoch {epoch}, step {state['global_step'] + 1}; "
-                                f"training stopped and the last checkpoint in {args.model_dir} was kept. "
-                                f"Try a lower --lr, or --init dcgan.")
-            for key, value in zip(("d_fake", "d_real", "g"), losses):
-                state["losses"][key].append(round(value, 5))
-            state["global_step"] += 1
-            state["batches_done"] += 1
-            progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
-            if writer and args.sample_every and state["batches_done"] % args.sample_every == 0:
-                sample(epoch, state["batches_done"])
-            if stop.requested:
-                progress.close()
-                checkpoint()
-                print(f"Stopped in epoch {epoch} after batch {state['batches_done']}; checkpoint saved to "
-                      f"{args.model_dir}. Run the same command to continue.")
-                sys.exit(130)
-        progress.close()
-        state["epochs_done"], state["batches_done"] = epoch, 0
-        checkpoint()
-        if writer:
-            sample(epoch, steps_per_epoch)
-            save_loss_curve(state["losses"], steps_per_epoch, output / "loss.png")
+    with StopRequest() as stop:
+        while state["epochs_done"] < args.epochs:
+            epoch = state["epochs_done"] + 1
+            loader.batch_sampler.set_epoch(epoch, start_batch=state["batches_done"])
+            dataset.set_epoch(epoch)
+            progress = tqdm(loader, total=steps_per_epoch, initial=state["batches_done"],
+                            desc=f"epoch {epoch}/{args.epochs}", disable=not writer, dynamic_ncols=True)
+            for real in progress:
+                paddle.seed(step_seed(hp["seed"], rank, state["global_step"]))
+                losses = [float(loss) for loss in train_step(G_step, D_step, opt_g, opt_d, real, hp["g_steps"], world_size == 1)]
+                if not all(math.isfinite(loss) for loss in losses):
+                    raise UserError(f"the losses became {losses} at epoch {epoch}, step {state['global_step'] + 1}; "
+                                    f"training stopped and the last checkpoint in {args.model_dir} was kept. "
+                                    f"Try a lower --lr, or --init dcgan.")
+                for key, value in zip(("d_fake", "d_real", "g"), losses):
+                    state["losses"][key].append(round(value, 5))
+                state["global_step"] += 1
+                state["batches_done"] += 1
+                progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
+                if writer and args.sample_every and state["batches_done"] % args.sample_every == 0:
+                    sample(epoch, state["batches_done"])
+                if stop.requested:
+                    progress.close()
+                    checkpoint()
+                    print(f"Stopped in epoch {epoch} after batch {state['batches_done']}; checkpoint saved to "
+                          f"{args.model_dir}. Run the same command to continue.")
+                    sys.exit(130)
+            progress.close()
+            state["epochs_done"], state["batches_done"] = epoch, 0
+            checkpoint()
+            if writer:
+                sample(epoch, steps_per_epoch)
+                save_loss_curve(state["losses"], steps_per_epoch, output / "loss.png")
     if writer:
         print(f"Done: {state['epochs_done']} epochs, {state['global_step']} steps; model in {args.model_dir}, "
               f"samples in {output}.")
     return state
-
-
-def _as_batches(loader):
-    """Yield each batch as a tuple of tensors, whatever the loader wraps it in."""
-    for batch in loader:
-        yield tuple(batch) if isinstance(batch, (list, tuple)) else (batch,)
 
 
 def main(argv=None):

@@ -1,0 +1,63 @@
+"""Shared fixtures: the repository on sys.path, the shared face data (or faces made here when
+../shared/data is absent), and one tiny trained checkpoint for the tests that need a model."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+import Utils  # noqa: E402,F401  first: sets the CPU environment before Paddle loads
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def run_script(*args, check=True, timeout=600, **kwargs):
+    """Run one of the project's scripts as a user would, from the repository root."""
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def require_shared(*parts):
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared test fixtures only exist beside the project's own checkout")
+    return path
+
+
+def make_faces(folder, count, seed=0):
+    """Smooth random 96x96 pictures, for when the shared faces are not there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for number in range(count):
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((96, 96), Image.Resampling.BICUBIC).save(folder / f"{number}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def faces_dir(tmp_path_factory):
+    """12 face images: the first 12 of ../shared/data/faces when present, else made here."""
+    folder = tmp_path_factory.mktemp("faces")
+    shared = SHARED_DATA / "faces"
+    if shared.is_dir():
+        for path in sorted(shared.glob("*.jpg"))[:12]:
+            (folder / path.name).symlink_to(path)
+        return folder
+    return make_faces(folder, 12)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, faces_dir):
+    """A checkpoint after one epoch of Train.py on 8 faces (2 batches of 4), and its outputs."""
+    run = tmp_path_factory.mktemp("trained")
+    result = run_script("Train.py", "--data", faces_dir, "--limit", 8, "--batch-size", 4, "--epochs", 1,
+                        "--seed", 5, "--sample-every", 1, "--model-dir", run / "Model", "--output", run / "Output",
+                        "--device", "cpu")
+    return run, result

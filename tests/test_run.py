@@ -1,0 +1,85 @@
+"""Run.py: avatar grids and interpolation strips from G.safetensors, reproducible by seed."""
+import numpy as np
+import pytest
+from PIL import Image
+
+import Run
+import Utils
+from Net import Discriminator
+from conftest import run_script
+
+
+def size(path):
+    with Image.open(path) as image:
+        return image.size, image.mode
+
+
+@pytest.fixture(scope="module")
+def drawn(trained, tmp_path_factory):
+    model = trained[0] / "Model"
+    outputs = tmp_path_factory.mktemp("drawn")
+    first = run_script("Run.py", "--model-dir", model, "--output", outputs / "a", "--seed", 3,
+                       "--dims", "3,17,40", "--count", 2)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "b", "--seed", 3, "--dims", "3,17,40", "--count", 2)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "c", "--seed", 4, "--dims", "3,17,40")
+    return outputs, first
+
+
+def test_pictures_have_plain_96_pixel_tiles(drawn):
+    outputs, result = drawn
+    folder = outputs / "a"
+    assert size(folder / "avatars.png") == ((8 * 96, 8 * 96), "RGB")
+    assert size(folder / "strips.png") == ((20 * 96, 3 * 96), "RGB")
+    assert sorted(path.name for path in (folder / "strips").iterdir()) == ["dim_03.png", "dim_17.png", "dim_40.png"]
+    assert size(folder / "strips" / "dim_17.png") == ((20 * 96, 96), "RGB")
+    assert size(folder / "avatar_0001.png") == ((96, 96), "RGB")
+    assert "Seed 3" in result.stdout
+
+
+def test_a_strip_is_a_row_of_the_strips_picture(drawn):
+    folder = drawn[0] / "a"
+    strips = np.asarray(Image.open(folder / "strips.png"))
+    np.testing.assert_array_equal(strips[96:192], np.asarray(Image.open(folder / "strips" / "dim_17.png")))
+
+
+def test_the_same_seed_gives_byte_identical_pictures_and_another_seed_others(drawn):
+    outputs = drawn[0]
+    for name in ["avatars.png", "strips.png", "strips/dim_40.png", "avatar_0000.png"]:
+        assert (outputs / "a" / name).read_bytes() == (outputs / "b" / name).read_bytes()
+    assert (outputs / "a" / "avatars.png").read_bytes() != (outputs / "c" / "avatars.png").read_bytes()
+
+
+def test_strip_noise_sets_one_value_from_0_05_to_1_on_one_base_vector():
+    base = np.full(72, 0.5, np.float32)
+    noise = Run.interpolation_strips(base, [3, 17], 20)
+    assert noise.shape == (40, 72)
+    np.testing.assert_allclose(noise[:20, 3], np.arange(1, 21) * 0.05, atol=1e-6)
+    np.testing.assert_allclose(noise[20:, 17], np.arange(1, 21) * 0.05, atol=1e-6)
+    assert np.all(np.delete(noise[:20], 3, axis=1) == 0.5)
+
+
+def test_grid_and_dims_flags_are_parsed_and_checked():
+    args = Run.parse_args(["--grid", "2x5", "--dims", "0,71"])
+    assert args.grid == (2, 5) and args.dims == [0, 71]
+    assert Run.parse_args([]).dims == list(range(72))
+    for bad in (["--grid", "8by8"], ["--dims", "72"], ["--dims", "a,b"], ["--steps", "0"]):
+        with pytest.raises(SystemExit):
+            Run.parse_args(bad)
+
+
+def test_without_a_generator_the_user_is_told_to_train_one(tmp_path):
+    result = run_script("Run.py", "--model-dir", tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "G.safetensors does not exist; train a model with `python Train.py` first" in result.stderr
+
+
+def test_a_corrupt_generator_file_is_reported_in_one_sentence(tmp_path):
+    (tmp_path / "G.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(Utils.UserError, match="is not a readable safetensors file"):
+        Run.main(["--model-dir", str(tmp_path)])
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    Utils.save_weights(Discriminator(), tmp_path / "G.safetensors")
+    with pytest.raises(Utils.UserError, match="weights of another network"):
+        Run.main(["--model-dir", str(tmp_path)])

@@ -1,0 +1,160 @@
+"""Train.py: the schedule runs, checkpoints are complete and atomic, resuming is exact, mistakes
+end in one sentence."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import Train
+import Utils
+from Net import Generator
+from conftest import ROOT, run_script
+from Utils import UserError
+
+CHECKPOINT_FILES = {"G.safetensors", "D.safetensors", "G.pdopt", "D.pdopt", "state.json"}
+
+
+def train_args(data, run, *extra):
+    """Flags for a tiny CPU run: 8 faces, 2 batches of 4 per epoch."""
+    return ["--data", str(data), "--limit", "8", "--batch-size", "4", "--seed", "11", "--sample-every", "0",
+            "--num-workers", "0", "--device", "cpu", "--model-dir", str(run / "Model"), "--output", str(run / "Output"),
+            *extra]
+
+
+def test_one_epoch_writes_every_checkpoint_file_a_titled_grid_and_a_loss_curve(trained):
+    run, result = trained
+    assert CHECKPOINT_FILES <= {path.name for path in (run / "Model").iterdir()}
+    assert not [path for path in (run / "Model").iterdir() if "tmp" in path.name]
+    grids = sorted(path.name for path in (run / "Output").glob("epoch_*.png"))
+    assert grids == ["epoch_0001_batch_0001.png", "epoch_0001_batch_0002.png"]
+    assert (run / "Output" / "loss.png").stat().st_size > 10_000
+    assert "Done: 1 epochs, 2 steps" in result.stdout
+
+
+def test_state_json_records_progress_hyper_parameters_losses_and_versions(trained):
+    state = json.loads((trained[0] / "Model" / "state.json").read_text())
+    assert (state["epochs_done"], state["batches_done"], state["global_step"]) == (1, 0, 2)
+    assert state["hyper_parameters"] == {"batch_size": 4, "lr": 2e-4, "beta1": 0.8, "g_steps": 2,
+                                         "init": "paddle", "seed": 5}
+    assert all(len(values) == 2 for values in state["losses"].values())
+    assert set(state["versions"]) == {"paddle", "numpy", "python"}
+
+
+def test_weights_hold_batch_norm_statistics_and_load_without_pickle(trained):
+    arrays = load_file(str(trained[0] / "Model" / "G.safetensors"))
+    assert "residual.bn1._mean" in arrays and "residual.bn1._variance" in arrays
+    assert not np.allclose(arrays["residual.bn1._mean"], 0)  # updated by training
+    Utils.load_weights(Generator(), trained[0] / "Model" / "G.safetensors")
+
+
+def test_two_epochs_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_path, capsys):
+    Train.main(train_args(faces_dir, tmp_path / "straight", "--epochs", "2"))
+    Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "1"))
+    Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "2"))
+    assert "Resuming from" in capsys.readouterr().out
+    for name in ("G.safetensors", "D.safetensors"):
+        straight = load_file(str(tmp_path / "straight" / "Model" / name))
+        resumed = load_file(str(tmp_path / "resumed" / "Model" / name))
+        assert max(np.abs(straight[key] - resumed[key]).max() for key in straight) < 1e-5
+    losses = [json.loads((tmp_path / run / "Model" / "state.json").read_text())["losses"] for run in ("straight", "resumed")]
+    assert losses[0] == losses[1]
+
+
+def test_a_checkpoint_without_adam_state_continues_and_says_adam_starts_afresh(faces_dir, tmp_path, capsys):
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    (tmp_path / "Model" / "G.pdopt").unlink()
+    (tmp_path / "Model" / "D.pdopt").unlink()
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
+    assert "Adam starts afresh" in capsys.readouterr().out
+    assert json.loads((tmp_path / "Model" / "state.json").read_text())["epochs_done"] == 2
+
+
+def test_other_hyper_parameters_than_the_checkpoints_are_refused(faces_dir, tmp_path):
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    with pytest.raises(UserError, match=r"--lr 0.001 \(checkpoint: 0.0002\).*--fresh"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--lr", "1e-3"))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--lr", "1e-3", "--fresh"))
+    assert json.loads((tmp_path / "Model" / "state.json").read_text())["hyper_parameters"]["lr"] == 1e-3
+
+
+def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadable(faces_dir, tmp_path, monkeypatch):
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    model = tmp_path / "Model"
+    before = {path.name: path.read_bytes() for path in model.iterdir()}
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == before  # no stray temp files either
+    Utils.load_weights(Generator(), model / "G.safetensors")
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces_dir, tmp_path, monkeypatch):
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    before = (tmp_path / "Model" / "G.safetensors").read_bytes()
+    real_step = Train.train_step
+
+    def diverging(*args, **kwargs):
+        d_fake, d_real, g = real_step(*args, **kwargs)
+        return d_fake, d_real, g * float("nan")
+
+    monkeypatch.setattr(Train, "train_step", diverging)
+    with pytest.raises(UserError, match=r"losses became .*nan.*last checkpoint .* was kept"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
+    assert (tmp_path / "Model" / "G.safetensors").read_bytes() == before
+
+
+def test_sigterm_saves_a_checkpoint_mid_epoch_and_the_run_continues_from_it(faces_dir, tmp_path):
+    args = train_args(faces_dir, tmp_path, "--epochs", "200")
+    process = subprocess.Popen([sys.executable, "Train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    state_file = tmp_path / "Model" / "state.json"
+    deadline = time.time() + 300
+    while not state_file.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err
+    assert "Run the same command to continue" in out
+    state = json.loads(state_file.read_text())
+    assert state["global_step"] == 2 * state["epochs_done"] + state["batches_done"] >= 3
+    assert not [path for path in (tmp_path / "Model").iterdir() if "tmp" in path.name]
+    resumed = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", str(state["epochs_done"] + 1)))
+    assert f"{state['batches_done']} batches done" in resumed.stdout
+    assert json.loads(state_file.read_text())["global_step"] == 2 * (state["epochs_done"] + 1)
+
+
+def test_a_missing_data_folder_is_one_sentence_not_a_traceback(tmp_path):
+    result = run_script("Train.py", "--data", tmp_path / "nowhere", "--model-dir", tmp_path / "Model", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "nowhere does not exist" in result.stderr and "Pretreatment/" in result.stderr
+
+
+def test_too_few_images_for_one_batch_is_explained(faces_dir, tmp_path):
+    with pytest.raises(UserError, match="do not fill one batch of 100"):
+        Train.main(["--data", str(faces_dir), "--model-dir", str(tmp_path / "Model"), "--device", "cpu"])
+
+
+def test_two_cpu_processes_split_the_data_and_only_rank_0_writes(faces_dir, tmp_path):
+    """The several-GPU launch, run on CPU processes (gloo): each rank trains on its share."""
+    result = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+         str(tmp_path / "log"), "Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    logs = {rank: (tmp_path / "log" / f"workerlog.{rank}").read_text() for rank in (0, 1)}
+    assert result.returncode == 0, logs
+    assert "Training on cpu (2 process(es)), 8 faces, 1 batches of 4" in logs[0]
+    assert "Training on" not in logs[1] and "Done" not in logs[1]
+    assert json.loads((tmp_path / "Model" / "state.json").read_text())["global_step"] == 1
+    assert CHECKPOINT_FILES <= {path.name for path in (tmp_path / "Model").iterdir()}

@@ -1,0 +1,315 @@
+"""Crop the anime faces out of a folder of illustrations into 96x96 RGB JPEGs for training.
+
+    python Pretreatment/CutImage.py --src DataSet/raw --dst DataSet/faces
+
+For each image under --src (recursively): grayscale, equalizeHist, then detectMultiScale with
+lbpcascade_animeface (nagadomi, MIT). Each face box, widened by --margin on every side as far as
+the image allows, is cut square, resized to --size with area interpolation and saved as
+<dst>/<source-stem>-<i>.jpg. Files are spread over a pool of processes, and <dst>/manifest.jsonl
+lists the sources done, so that a second run crops only new ones (delete it to crop everything
+again, for example with other settings).
+
+The cascade is --cascade, else Pretreatment/lbpcascade_animeface.xml, else downloaded once from
+upstream into that path and checked against its known sha256.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import requests
+from tqdm import tqdm
+
+# Upstream tells users to fetch the raw file from master; the digest pins the known version.
+CASCADE_URL = os.environ.get(
+    "LBPCASCADE_URL",
+    "https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml")
+CASCADE_SHA256 = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30"
+DEFAULT_CASCADE = Path(__file__).resolve().parent / "lbpcascade_animeface.xml"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+JPEG_QUALITY = 95
+
+
+class CutImageError(Exception):
+    """A problem the user can fix; its message says how."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    dst: Path
+    size: int
+    min_size: int
+    scale_factor: float
+    min_neighbors: int
+    margin: float
+
+
+def find_cascade(path):
+    if path:
+        if not Path(path).is_file():
+            raise CutImageError(f"There is no cascade file at {path}: pass the path of "
+                                "lbpcascade_animeface.xml with --cascade.")
+        return Path(path)
+    if not DEFAULT_CASCADE.is_file():
+        download_cascade(CASCADE_URL, DEFAULT_CASCADE)
+    return DEFAULT_CASCADE
+
+
+def download_cascade(url, dest):
+    print(f"Downloading the face cascade from {url} to {dest}")
+    try:
+        response = requests.get(url, timeout=30)
+        response.raise_for_status()
+    except requests.RequestException as error:
+        reason = "no connection" if error.response is None else f"HTTP {error.response.status_code}"
+        raise CutImageError(f"Could not download the face cascade from {url} ({reason}); "
+                            "download that file by hand and pass it with --cascade PATH.") from None
+    digest = hashlib.sha256(response.content).hexdigest()
+    if digest != CASCADE_SHA256:
+        raise CutImageError(f"The cascade downloaded from {url} has sha256 {digest}, not "
+                            f"{CASCADE_SHA256}; download the right file by hand and pass it "
+                            "with --cascade PATH.")
+    write_atomically(dest, response.content)
+
+
+def load_cascade(path):
+    if not hasattr(cv2, "CascadeClassifier"):
+        raise CutImageError(f"OpenCV {cv2.__version__} has no CascadeClassifier; install "
+                            "opencv-python-headless<5 (or opencv-contrib-python-headless).")
+    cascade = cv2.CascadeClassifier(str(path))
+    if cascade.empty():
+        raise CutImageError(f"OpenCV cannot load {path} as a cascade: pass the path of "
+                            "lbpcascade_animeface.xml with --cascade.")
+    return cascade
+
+
+def write_atomically(path, data):
+    """Write through a temporary file, so that no file under a final name is ever partial."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        os.unlink(temp)
+        raise
+
+
+def read_image(path):
+    """The image as 8-bit BGR, transparency flattened onto white, or None if it cannot be read."""
+    if path.suffix.lower() in (".png", ".webp"):
+        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    else:  # IMREAD_COLOR also applies a JPEG's EXIF orientation
+        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        return None
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        # Pixels under full transparency are often black; white is what a viewer shows.
+        alpha = image[:, :, 3:].astype(np.float32) / 255
+        return (image[:, :, :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
+    return image
+
+
+def detect_faces(cascade, image, settings):
+    gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    return cascade.detectMultiScale(gray, scaleFactor=settings.scale_factor,
+                                    minNeighbors=settings.min_neighbors,
+                                    minSize=(settings.min_size, settings.min_size))
+
+
+def square_crop(image, box, margin):
+    """The box widened by `margin` of its width on every side, by less where the image ends:
+    the same on all four sides, so the crop stays square and centred on the face."""
+    x, y, w, h = (int(v) for v in box)
+    height, width = image.shape[:2]
+    pad = min(int(round(margin * w)), x, y, width - x - w, height - y - h)
+    return image[y - pad:y + h + pad, x - pad:x + w + pad]
+
+
+_cascade = None
+_settings = None
+
+
+def load_worker(cascade_path, settings):
+    global _cascade, _settings
+    _cascade, _settings = load_cascade(cascade_path), settings
+
+
+def init_pool_worker(cascade_path, settings):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    cv2.setNumThreads(1)  # the pool already runs one process per core
+    load_worker(cascade_path, settings)
+
+
+def crop_file(source):
+    """Save the faces of one source; return (source, number of faces), None faces if unreadable."""
+    try:
+        image = read_image(source)
+    except (OSError, cv2.error):
+        image = None
+    if image is None:
+        return source, None
+    boxes = detect_faces(_cascade, image, _settings)
+    for i, box in enumerate(boxes):
+        face = cv2.resize(square_crop(image, box, _settings.margin),
+                          (_settings.size, _settings.size), interpolation=cv2.INTER_AREA)
+        # A 3-channel JPEG is RGB to every reader; OpenCV just holds it in BGR order.
+        ok, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        write_atomically(_settings.dst / f"{source.stem}-{i}.jpg", encoded.tobytes())
+    return source, len(boxes)
+
+
+def list_sources(src, dst):
+    """Image files under src, leaving out hidden files and anything inside dst."""
+    dst = dst.resolve()
+    return sorted(path for path in src.rglob("*")
+                  if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+                  and dst not in path.resolve().parents and path.is_file())
+
+
+def read_manifest(path):
+    done = set()
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                done.add(json.loads(line)["stem"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut short by a killed process: that source is simply cropped again
+    return done
+
+
+def run_crops(sources, cascade_path, settings, workers):
+    """Yield (source, faces) as the sources are cropped, in a process pool if workers > 1."""
+    if workers == 1:
+        load_worker(cascade_path, settings)
+        yield from map(crop_file, sources)
+        return
+    with ProcessPoolExecutor(workers, initializer=init_pool_worker,
+                             initargs=(cascade_path, settings)) as pool:
+        try:
+            yield from pool.map(crop_file, sources, chunksize=1)
+        finally:  # on Ctrl-C, let running crops finish and drop the queued ones
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def cut_images(args):
+    """Crop every new source under args.src; return the counts for the summary."""
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.is_dir():
+        raise CutImageError(f"There is no folder {src}: download images first with "
+                            "Pretreatment/Crawler.py, or point --src at a folder of images.")
+    cascade_path = find_cascade(args.cascade)
+    load_cascade(cascade_path)  # fail here, in one sentence, rather than in every worker
+    dst.mkdir(parents=True, exist_ok=True)
+    manifest = dst / "manifest.jsonl"
+    done = read_manifest(manifest)
+    sources = list_sources(src, dst)
+    # Largest first: a big illustration started last would keep one process busy after the
+    # others are done.
+    todo = sorted((source for source in sources if source.stem not in done),
+                  key=lambda source: -source.stat().st_size)
+    counts = {"read": 0, "faces": 0, "no face": 0, "unreadable": 0,
+              "done before": len(sources) - len(todo), "interrupted": False}
+    settings = Settings(dst, args.size, args.min_size, args.scale_factor, args.min_neighbors,
+                        args.margin)
+    crops = run_crops(todo, cascade_path, settings, args.workers)
+    try:
+        with open(manifest, "a", encoding="utf-8") as log, \
+                tqdm(crops, total=len(todo), unit="img", desc="cropping") as bar:
+            for source, faces in bar:
+                if faces is None:
+                    counts["unreadable"] += 1
+                    tqdm.write(f"Skipped {source}: not an image OpenCV can read.")
+                    continue
+                counts["read"] += 1
+                counts["faces"] += faces
+                counts["no face"] += faces == 0
+                log.write(json.dumps({"stem": source.stem, "source": str(source),
+                                      "faces": faces}) + "\n")
+                log.flush()
+    except KeyboardInterrupt:
+        crops.close()  # stops the pool now, not whenever the generator is collected
+        counts["interrupted"] = True
+    return counts
+
+
+def format_summary(counts, seconds):
+    rate = counts["read"] / seconds if seconds > 0 else 0.0
+    return "\n".join([
+        f"Images read:     {counts['read']} ({rate:.1f} images/s)",
+        f"Faces written:   {counts['faces']}",
+        f"No face:         {counts['no face']}",
+        f"Unreadable:      {counts['unreadable']}",
+        f"Done before:     {counts['done before']}",
+    ])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", default="DataSet/raw",
+                        help="folder of illustrations, searched recursively (default DataSet/raw)")
+    parser.add_argument("--dst", default="DataSet/faces",
+                        help="folder for the face crops (default DataSet/faces)")
+    parser.add_argument("--size", type=int, default=96,
+                        help="side of the saved square crops, pixels (default 96)")
+    parser.add_argument("--min-size", type=int, default=96,
+                        help="smallest face detected, pixels; smaller faces would be upscaled "
+                             "(default 96)")
+    parser.add_argument("--scale-factor", type=float, default=1.1,
+                        help="detectMultiScale's step between scales (default 1.1)")
+    parser.add_argument("--min-neighbors", type=int, default=5,
+                        help="detectMultiScale's overlapping detections needed to keep a face "
+                             "(default 5)")
+    parser.add_argument("--margin", type=float, default=0.0,
+                        help="fraction of the face box added on each side, less where the image "
+                             "ends (default 0.0, the bare box)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes cropping in parallel (default: one per CPU core)")
+    parser.add_argument("--cascade", default=None,
+                        help="lbpcascade_animeface.xml to use (default "
+                             "Pretreatment/lbpcascade_animeface.xml, downloaded if missing)")
+    args = parser.parse_args(argv)
+    if min(args.size, args.min_size, args.workers) < 1:
+        parser.error("--size, --min-size and --workers must be at least 1.")
+    if args.scale_factor <= 1:
+        parser.error("--scale-factor must be greater than 1.")
+    if args.min_neighbors < 0 or args.margin < 0:
+        parser.error("--min-neighbors and --margin cannot be negative.")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.monotonic()
+    try:
+        counts = cut_images(args)
+    except CutImageError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"Could not write to {args.dst} ({error}); free some space or choose another "
+              "--dst, then rerun to continue.", file=sys.stderr)
+        return 1
+    print(format_summary(counts, time.monotonic() - started))
+    if counts["interrupted"]:
+        print("Interrupted: rerun the same command to crop the rest.")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 IMAGE_HOSTS = re.compile(r"https://(cdn\.donmai\.us|danbooru\.donmai\.us|konachan\.com)/")
 MOEBOORU_RATINGS = {"s": "Safe", "q": "Questionable", "e": "Explicit"}
+LISTINGS = ("/posts.json", "/post.json", "/posts", "/post")
 
 
 class BooruServer:
@@ -41,10 +42,10 @@ class BooruServer:
                        for ext in ("jpg", "png")}
         self.bodies = {}  # path -> bytes served there instead of an illustration
         self.page_limit = None  # pages beyond it get 410, as Danbooru answers beyond page 1000
-        self.log = []  # every path requested, in order
+        self.log = []  # (time.monotonic(), path, query) of every request, in order
         self._scripts = {}
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self):
         self._thread.start()
@@ -75,10 +76,10 @@ class BooruServer:
             return queue.pop(0) if queue else None
 
     def requests_of(self, path):
-        return sum(1 for logged in self.log if logged == path)
+        return sum(1 for _, logged, _ in self.log if logged == path)
 
     def image_paths(self):
-        return [path for path in self.log if not path.startswith(("/post", "/posts"))]
+        return [path for _, path, _ in self.log if path not in LISTINGS]
 
     def body(self, path):
         if path in self.bodies:
@@ -206,10 +207,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         booru = self.server.booru
         url = urlsplit(self.path)
-        booru.log.append(url.path)
         query = {key: values[0] for key, values in parse_qs(url.query).items()}
+        booru.log.append((time.monotonic(), url.path, query))
         page, limit = int(query.get("page", 1)), int(query.get("limit", 20))
-        listing = url.path in ("/posts.json", "/post.json", "/posts", "/post")
+        listing = url.path in LISTINGS
         body = None if listing else booru.body(url.path)
         fault = booru._next_fault(url.path)
         if fault is not None:

@@ -1,0 +1,289 @@
+"""Pretreatment/Crawler.py against a local stand-in for both sites (tests/booru_server.py).
+
+Nothing here reaches the internet: the server serves the real API and HTML captures of
+../shared/data/booru/ with their image URLs pointing back at itself, through --base-url.
+"""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from booru_server import (BooruServer, cut_mid_body, html_as_image, short_body, slowly, status,
+                          without_length)
+from conftest import ROOT, SHARED_DATA, run_script
+from Pretreatment import Crawler
+
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=(
+    f"{SHARED_DATA} is absent: the booru captures and illustrations the local server serves "
+    "only exist beside the project's own checkout"))
+
+BOORU = SHARED_DATA / "booru"
+GOOD_MD5, BAD_MD5, OTHER_MD5 = "a" * 32, "b" * 32, "c" * 32
+
+
+@pytest.fixture
+def server():
+    with BooruServer(SHARED_DATA) as booru:
+        yield booru
+
+
+def crawl(server, out, *flags):
+    """Crawl in-process, quickly: no delay between requests and a short back-off."""
+    args = Crawler.parse_args(["--base-url", server.url, "--out", str(out), "--delay", "0",
+                               "--backoff", "0.01", "--workers", "2", *flags])
+    return Crawler.Crawl(args).run()
+
+
+def kept_files(out):
+    """Every file under out, relative, manifest included."""
+    return sorted(path.relative_to(out).as_posix() for path in Path(out).rglob("*")
+                  if path.is_file())
+
+
+def manifest(out):
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def assert_clean(out):
+    """No temporary file anywhere; every image kept decodes and is in the manifest."""
+    files = kept_files(out)
+    assert not [name for name in files if name.endswith(".part")]
+    listed = {record["file"] for record in manifest(out)} if (out / "manifest.jsonl").exists() else set()
+    images = {name for name in files if name != "manifest.jsonl"}
+    assert images == listed
+    for name in images:
+        with Image.open(out / name) as image:
+            image.load()
+
+
+def fixture_posts(name):
+    return json.loads((BOORU / name).read_text())
+
+
+def use_posts(server, *posts):
+    server.danbooru_posts = list(posts)
+
+
+def test_safebooru_json_keeps_the_safe_posts_under_their_md5(server, tmp_path):
+    posts = fixture_posts("danbooru_posts.json")
+    safe = [post for post in posts if post["rating"] in ("g", "s")]
+    tally = crawl(server, tmp_path, "--site", "safebooru")
+    assert (tally.pages, tally.posts, tally.downloaded) == (1, 10, 7)
+    assert tally.skipped == {"rating": 3} and not tally.failed
+    # sample size: the large_file_url, a JPEG even for PNG originals
+    assert kept_files(tmp_path) == sorted(
+        ["manifest.jsonl"] + [f"safebooru/{post['md5']}.jpg" for post in safe])
+    record = next(r for r in manifest(tmp_path) if r["md5"] == safe[0]["md5"])
+    assert record == {"site": "safebooru", "id": str(safe[0]["id"]), "md5": safe[0]["md5"],
+                      "rating": safe[0]["rating"], "tags": safe[0]["tag_string"],
+                      "url": safe[0]["large_file_url"].replace("https://", server.url + "/"),
+                      "file": f"safebooru/{safe[0]['md5']}.jpg"}
+    assert_clean(tmp_path)
+
+
+def test_original_size_takes_the_extension_of_the_original(server, tmp_path):
+    posts = fixture_posts("danbooru_posts.json")
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--size", "original", "--rating", "any")
+    assert tally.downloaded == 10
+    assert kept_files(tmp_path) == sorted(
+        ["manifest.jsonl"] + [f"safebooru/{post['md5']}.{post['file_ext']}" for post in posts])
+    assert_clean(tmp_path)
+
+
+def test_konachan_json_takes_the_extension_from_the_url(server, tmp_path):
+    posts = fixture_posts("moebooru_posts.json")  # Moebooru sends no file_ext
+    tally = crawl(server, tmp_path, "--site", "konachan")
+    assert (tally.pages, tally.posts, tally.downloaded) == (1, 10, 10)
+    assert kept_files(tmp_path) == sorted(
+        ["manifest.jsonl"] + [f"konachan/{post['md5']}.jpg" for post in posts])
+    assert_clean(tmp_path)
+
+
+def test_html_listings_of_both_sites(server, tmp_path):
+    tally = crawl(server, tmp_path, "--site", "both", "--api", "html")
+    assert (tally.pages, tally.posts, tally.downloaded) == (2, 30, 30)
+    assert not tally.skipped and not tally.failed
+    files = kept_files(tmp_path)
+    # Danbooru's data-large-file-url is the PNG itself where there is no sample.
+    assert "safebooru/228d766b9b6986d8f555243b4add0be4.png" in files
+    assert "safebooru/12a54c9a24868a6c717759f1dfef5864.jpg" in files
+    assert sum(name.startswith("safebooru/") for name in files) == 20
+    moebooru = fixture_posts("moebooru_posts.json")
+    assert {f"konachan/{post['md5']}.jpg" for post in moebooru} <= set(files)
+    record = next(r for r in manifest(tmp_path) if r["md5"] == moebooru[0]["md5"])
+    assert record["rating"] == "s" and record["tags"] == moebooru[0]["tags"]
+    assert_clean(tmp_path)
+
+
+def test_a_second_identical_crawl_downloads_nothing(server, tmp_path):
+    first = crawl(server, tmp_path, "--site", "both")
+    images_fetched = len(server.image_paths())
+    second = crawl(server, tmp_path, "--site", "both")
+    assert first.downloaded == 17
+    assert second.downloaded == 0 and second.skipped == {"existing": 17, "rating": 3}
+    assert len(server.image_paths()) == images_fetched
+    assert len(manifest(tmp_path)) == 17
+
+
+def test_paging_stops_at_the_short_page(server, tmp_path, capsys):
+    tally = crawl(server, tmp_path, "--site", "konachan", "--limit", "4")
+    pages = [query["page"] for _, path, query in server.log if path == "/post.json"]
+    assert pages == ["1", "2", "3"] and tally.pages == 3 and tally.downloaded == 10
+    assert "page 3 had 2 of 4 posts, the last page" in capsys.readouterr().out
+
+
+def test_paging_stops_at_the_end_of_pages(server, tmp_path, capsys):
+    tally = crawl(server, tmp_path, "--site", "konachan", "--limit", "3", "--pages", "2-3")
+    pages = [query["page"] for _, path, query in server.log if path == "/post.json"]
+    assert pages == ["2", "3"] and tally.posts == 6
+    assert "stopped after page 3, the end of --pages" in capsys.readouterr().out
+
+
+def test_the_sites_page_limit_stops_the_crawl_with_a_message(server, tmp_path, capsys):
+    server.page_limit = 1
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--limit", "4")
+    assert tally.pages == 1 and tally.site_errors == 0
+    assert "answered page 2 with its page limit" in capsys.readouterr().out
+
+
+def test_a_limit_over_the_sites_maximum_is_lowered_to_it(server, tmp_path):
+    crawl(server, tmp_path, "--site", "konachan", "--limit", "500")
+    assert [query["limit"] for _, path, query in server.log if path == "/post.json"] == ["100"]
+
+
+def test_requests_to_one_site_start_delay_apart_across_threads(server, tmp_path):
+    args = Crawler.parse_args(["--base-url", server.url, "--out", str(tmp_path), "--site",
+                               "konachan", "--delay", "0.1", "--workers", "4"])
+    Crawler.Crawl(args).run()
+    starts = [when for when, _, _ in server.log]
+    assert len(starts) == 11  # one page, ten images
+    # Spaced by the client; the margin is for when each request reaches the server.
+    assert starts[-1] - starts[0] >= 0.95
+    assert min(b - a for a, b in zip(starts, starts[1:])) > 0.05
+
+
+def test_429_with_retry_after_is_retried_after_that_wait(server, tmp_path):
+    server.script("/posts.json", status(429, {"Retry-After": "1"}))
+    started = time.monotonic()
+    tally = crawl(server, tmp_path, "--site", "safebooru")
+    assert time.monotonic() - started >= 1.0
+    assert server.requests_of("/posts.json") == 2
+    assert tally.pages == 1 and tally.downloaded == 7 and not tally.failed
+    assert_clean(tmp_path)
+
+
+def test_two_500s_then_success_is_a_download(server, tmp_path):
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg"),
+              server.danbooru_post(BAD_MD5, "flaky.jpg"))
+    server.script("/img/flaky.jpg", status(500), status(500))
+    tally = crawl(server, tmp_path, "--site", "safebooru")
+    assert server.requests_of("/img/flaky.jpg") == 3
+    assert tally.downloaded == 2 and not tally.failed
+    assert kept_files(tmp_path) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg",
+                                    f"safebooru/{BAD_MD5}.jpg"]
+    assert_clean(tmp_path)
+
+
+def test_5xx_beyond_the_retries_fails_that_download(server, tmp_path):
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg"),
+              server.danbooru_post(BAD_MD5, "down.jpg"))
+    server.script("/img/down.jpg", status(503), status(503), status(503))
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--retries", "2")
+    assert tally.downloaded == 1 and tally.failed == {"http 503": 1}
+    assert kept_files(tmp_path) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
+    assert_clean(tmp_path)
+
+
+@pytest.mark.parametrize("fault, reason", [
+    (cut_mid_body, "incomplete"),
+    (short_body, "incomplete"),
+    (html_as_image, "not an image"),
+], ids=["connection closed mid-body", "body shorter than its Content-Length", "HTML as an image"])
+def test_a_broken_download_leaves_no_file_and_is_counted(server, tmp_path, fault, reason):
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg"),
+              server.danbooru_post(BAD_MD5, "broken.jpg"))
+    server.script("/img/broken.jpg", fault)
+    tally = crawl(server, tmp_path, "--site", "safebooru")
+    assert tally.downloaded == 1 and tally.failed == {reason: 1}
+    assert server.requests_of("/img/broken.jpg") == 1  # a broken body is not retried
+    assert kept_files(tmp_path) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
+    assert_clean(tmp_path)
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["Content-Length", "chunked"])
+def test_a_body_over_max_bytes_is_refused(server, tmp_path, announced):
+    small = (SHARED_DATA / "illustrations" / "pdmera_test.jpg").read_bytes()  # 28 KB
+    server.bodies["/img/small.jpg"] = small
+    server.bodies["/img/big.jpg"] = (SHARED_DATA / "illustrations" / "xavierjiezou_test_2.jpg").read_bytes()
+    if not announced:
+        server.script("/img/big.jpg", without_length)
+    use_posts(server, server.danbooru_post(GOOD_MD5, "small.jpg"),
+              server.danbooru_post(BAD_MD5, "big.jpg"))
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--max-bytes", "100000")
+    assert tally.downloaded == 1 and tally.failed == {"too large": 1}
+    assert kept_files(tmp_path) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
+    assert (tmp_path / f"safebooru/{GOOD_MD5}.jpg").read_bytes() == small
+    assert_clean(tmp_path)
+
+
+def test_posts_that_could_escape_or_are_not_images_are_never_fetched(server, tmp_path):
+    deleted = {"id": 4, "md5": OTHER_MD5, "rating": "g"}  # no URL fields, as for deleted posts
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg", id=1),
+              server.danbooru_post("../../x", "escape.jpg", id=2),
+              server.danbooru_post(BAD_MD5, "payload.exe", id=3), deleted)
+    tally = crawl(server, tmp_path / "out", "--site", "safebooru")
+    assert tally.downloaded == 1
+    assert tally.skipped == {"bad md5": 1, "file type": 1, "no URL": 1}
+    assert server.image_paths() == ["/img/good.jpg"]
+    assert kept_files(tmp_path) == ["out/manifest.jsonl", f"out/safebooru/{GOOD_MD5}.jpg"]
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_no_partial_file(server, tmp_path):
+    server.bodies["/img/slow.jpg"] = (SHARED_DATA / "illustrations" / "xavierjiezou_test_4.jpg").read_bytes()
+    server.script("/img/slow.jpg", slowly(seconds=20))
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg", id=1),
+              server.danbooru_post(BAD_MD5, "slow.jpg", id=2),
+              server.danbooru_post(OTHER_MD5, "never.jpg", id=3))
+    out = tmp_path / "raw"
+    crawler = subprocess.Popen(
+        [sys.executable, "Pretreatment/Crawler.py", "--site", "safebooru", "--base-url",
+         server.url, "--out", str(out), "--delay", "0", "--workers", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not list((out / "safebooru").glob(f".{BAD_MD5}.*.part")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    crawler.send_signal(signal.SIGINT)
+    stdout, stderr = crawler.communicate(timeout=20)
+    assert crawler.returncode == 130, stderr
+    assert "Interrupted: no partial file was kept" in stdout
+    assert "Traceback" not in stderr
+    assert kept_files(out) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
+    assert_clean(out)
+
+
+def test_the_command_line_crawls_and_prints_a_summary(server, tmp_path):
+    result = run_script("Pretreatment/Crawler.py", "--site", "konachan", "--base-url", server.url,
+                        "--out", tmp_path, "--delay", "0")
+    assert "Downloaded:  10" in result.stdout
+    assert "Skipped:     0 (existing 0, rating 0, no URL 0)" in result.stdout
+    assert "Failed:      0" in result.stdout
+
+
+def test_an_unreachable_site_ends_in_one_sentence_and_exit_status_1(tmp_path, capsys):
+    code = Crawler.main(["--site", "konachan", "--base-url", "http://127.0.0.1:9", "--out",
+                         str(tmp_path), "--retries", "0"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "konachan: could not read page 1" in out and "check the connection and --base-url" in out
+
+
+def test_a_backwards_page_range_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        Crawler.parse_args(["--pages", "5-2"])
+    assert exit.value.code == 2
+    assert "must count up" in capsys.readouterr().err

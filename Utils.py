@@ -20,10 +20,13 @@ def _configure_cpu_environment():
     os.environ.setdefault("GLOG_minloglevel", "2")
 
 
+_USER_SET_THREADS = "OMP_NUM_THREADS" in os.environ  # Paddle sets it to 1 when it loads
+
+
 def _use_all_cores():
     # Paddle's CPU build computes on one thread unless told otherwise. Setting OMP_NUM_THREADS
     # would do it too, but makes Paddle print a warning about data parallelism at every start.
-    if "OMP_NUM_THREADS" not in os.environ and hasattr(paddle.base.core, "set_num_threads"):
+    if not _USER_SET_THREADS and hasattr(paddle.base.core, "set_num_threads"):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         paddle.base.core.set_num_threads(cores)
 

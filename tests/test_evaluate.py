@@ -1,0 +1,103 @@
+"""Evaluate.py's metrics on cases whose answers are known, and the command on a tiny model."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import Evaluate
+from conftest import SHARED_DATA, run_script
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """48 faces: shared real faces when present, else smooth random pictures."""
+    folder = SHARED_DATA / "faces"
+    if folder.is_dir():
+        return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted(folder.glob("*.jpg"))[:48]])
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
+    return np.stack([np.asarray(Image.fromarray(image).resize((96, 96), Image.Resampling.BICUBIC)) for image in small])
+
+
+def blurred(images, radius=2):
+    from PIL import ImageFilter
+    return np.stack([np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius))) for image in images])
+
+
+def noise_like(images, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, images.shape, dtype=np.uint8)
+
+
+def test_the_pyramid_has_levels_96_48_24_12_and_adds_back_up_to_the_image(faces):
+    images = faces[:2].astype(np.float32) / 255
+    pyramid = Evaluate.laplacian_pyramid(images)
+    assert [level.shape[1] for level in pyramid] == [96, 48, 24, 12]
+    rebuilt = pyramid[-1]
+    for band in reversed(pyramid[:-1]):
+        rebuilt = Evaluate._upsample(rebuilt) + band
+    np.testing.assert_allclose(rebuilt, images, atol=1e-5)
+
+
+def test_swd_orders_identical_below_blurred_below_noise(faces):
+    a, b = faces[:24], faces[24:]
+    same = Evaluate.swd(a, a, seed=0)["swd_mean"]
+    other_real = Evaluate.swd(a, b, seed=0)["swd_mean"]
+    blur = Evaluate.swd(a, blurred(a), seed=0)
+    noise = Evaluate.swd(a, noise_like(a), seed=0)["swd_mean"]
+    assert same < other_real < blur["swd_mean"] < noise
+    assert blur["swd_96px"] > blur["swd_12px"]  # blurring removes fine detail, not the coarse picture
+
+
+def test_swd_is_deterministic_for_a_seed_and_needs_equal_sizes(faces):
+    assert Evaluate.swd(faces[:8], faces[8:16], seed=3) == Evaluate.swd(faces[:8], faces[8:16], seed=3)
+    assert Evaluate.swd(faces[:8], faces[8:16], seed=3) != Evaluate.swd(faces[:8], faces[8:16], seed=4)
+    with pytest.raises(ValueError, match="equal size"):
+        Evaluate.swd(faces[:8], faces[:9])
+
+
+def test_ms_ssim_is_one_for_identical_images_and_low_for_noise(faces):
+    np.testing.assert_allclose(Evaluate.ms_ssim(faces[:4], faces[:4]), 1.0, atol=1e-9)
+    noise = noise_like(faces[:4])
+    assert np.all(Evaluate.ms_ssim(noise, noise_like(faces[:4], seed=2)) < 0.15)
+    pair = Evaluate.ms_ssim(faces[:4], faces[4:8])
+    np.testing.assert_allclose(pair, Evaluate.ms_ssim(faces[4:8], faces[:4]))
+    assert np.all((pair >= 0) & (pair < 1))  # 0 where a scale is anti-correlated (clipped, as in TF)
+
+
+def test_a_collapsed_set_scores_diversity_one_and_real_faces_far_less(faces):
+    collapsed = np.repeat(faces[:1], 16, axis=0)
+    assert Evaluate.diversity(collapsed, 20) == pytest.approx(1.0)
+    assert Evaluate.diversity(faces, 40) < 0.6
+    assert Evaluate.diversity(noise_like(faces), 40) < Evaluate.diversity(faces, 40)
+
+
+def test_nearest_finds_a_copy_and_skip_identical_finds_the_next(faces):
+    pool = faces[:20]
+    index, distance = Evaluate.nearest(faces[[3, 7]], pool)
+    assert index.tolist() == [3, 7] and np.allclose(distance, 0)
+    index, distance = Evaluate.nearest(faces[[3]], pool, skip_identical=True)
+    assert index[0] != 3 and distance[0] > 1
+
+
+def test_evaluate_writes_metrics_and_the_nearest_picture(trained, faces_dir, tmp_path):
+    result = run_script("Evaluate.py", "--model-dir", trained[0] / "Model", "--real", faces_dir, "--n", 12,
+                        "--output", tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n"] == 12 and {"swd_96px", "swd_12px", "swd_mean", "ms_ssim_candidates"} <= set(metrics)
+    assert "SWD x1e3, mean" in result.stdout
+    with Image.open(tmp_path / "nearest.png") as picture:
+        assert picture.size == (16 * 96, 2 * 96)  # 12 pairs, 8 a row
+
+
+def test_real_b_measures_the_floor_between_two_real_folders(faces_dir, tmp_path):
+    run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 12, "--output", tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["candidates"] == str(faces_dir)
+    assert metrics["ms_ssim_candidates"] == pytest.approx(metrics["ms_ssim_real"], abs=0.2)
+
+
+def test_asking_for_more_faces_than_the_folder_holds_is_explained(faces_dir, tmp_path):
+    result = run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 500,
+                        "--output", tmp_path, check=False)
+    assert result.returncode == 2 and "fewer than --n 500" in result.stderr

@@ -16,6 +16,7 @@ upstream into that path and checked against its known sha256.
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -198,7 +199,10 @@ def run_crops(sources, cascade_path, settings, workers):
         load_worker(cascade_path, settings)
         yield from map(crop_file, sources)
         return
-    with ProcessPoolExecutor(workers, initializer=init_pool_worker,
+    # Spawned, not forked: a fork copies OpenCV's (or an importer's, like Paddle's) thread pools
+    # in a state their missing threads never release, and the child can hang on its first call.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=init_pool_worker,
                              initargs=(cascade_path, settings)) as pool:
         try:
             yield from pool.map(crop_file, sources, chunksize=1)

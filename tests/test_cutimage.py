@@ -1,0 +1,221 @@
+"""Pretreatment/CutImage.py on the shared illustrations and negatives, and the whole data path:
+crawl from the local booru server, crop, read with Reader.py, one training step."""
+import json
+import re
+import socket
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from booru_server import BooruServer
+from conftest import ROOT, SHARED_DATA, run_script
+from Pretreatment import Crawler, CutImage
+
+CASCADE = SHARED_DATA / "cascade" / "lbpcascade_animeface.xml"
+ILLUSTRATIONS = SHARED_DATA / "illustrations"
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=(
+    f"{SHARED_DATA} is absent: the cascade and illustrations only exist beside the project's "
+    "own checkout"))
+
+
+def cut(src, dst, *flags):
+    args = CutImage.parse_args(["--src", str(src), "--dst", str(dst), "--cascade", str(CASCADE),
+                                *flags])
+    return CutImage.cut_images(args)
+
+
+def sources_md_counts():
+    """{stem: lbp faces} from the illustrations table of ../shared/data/SOURCES.md."""
+    counts = {}
+    for line in (SHARED_DATA / "SOURCES.md").read_text().splitlines():
+        found = re.match(r"\| `illustrations/([^`]+)` \|[^|]*\|[^|]*\| (\d+) \|", line)
+        if found:
+            counts[found.group(1).rsplit(".", 1)[0]] = int(found.group(2))
+    return counts
+
+
+def manifest_faces(dst):
+    return {record["stem"]: record["faces"] for record in
+            map(json.loads, (dst / "manifest.jsonl").read_text().splitlines())}
+
+
+def crops_of(dst, stem):
+    return sorted(dst.glob(f"{stem}-*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def illustration_crops(tmp_path_factory):
+    """The shared illustrations cropped at --min-size 24, the setting SOURCES.md counted with.
+    One process: cv2 then spreads the 3072x3072 grid over both cores, which is faster here."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    dst = tmp_path_factory.mktemp("faces")
+    counts = cut(ILLUSTRATIONS, dst, "--min-size", "24", "--workers", "1")
+    return dst, counts
+
+
+@pytest.fixture
+def mixed_sources(tmp_path):
+    """One illustration as JPEG, grayscale PNG and RGBA PNG, a corrupt JPEG and a text file."""
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    image = Image.open(ILLUSTRATIONS / "pdmera_test.jpg")
+    image.save(src / "colour.jpg", quality=95)
+    image.convert("L").save(src / "nested" / "gray.png")
+    rgba = image.convert("RGBA")
+    alpha = np.full((image.height, image.width), 255, np.uint8)
+    alpha[:40, :40] = 0  # a transparent corner, away from the faces
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(src / "nested" / "rgba.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 100)
+    (src / "notes.txt").write_text("not an image")
+    return src
+
+
+@needs_shared
+def test_faces_per_illustration_match_sources_md(illustration_crops):
+    dst, counts = illustration_crops
+    expected = sources_md_counts()
+    assert len(expected) == 13
+    assert manifest_faces(dst) == expected
+    assert {stem: len(crops_of(dst, stem)) for stem in expected} == expected
+    assert counts["read"] == 13 and counts["faces"] == sum(expected.values()) == 64
+    assert counts["no face"] == 1 and counts["unreadable"] == 0
+
+
+@needs_shared
+def test_every_crop_is_a_96x96_rgb_jpeg(illustration_crops):
+    dst, _ = illustration_crops
+    crops = sorted(dst.glob("*.jpg"))
+    assert len(crops) == 64
+    for path in crops:
+        with Image.open(path) as image:
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (96, 96))
+
+
+@needs_shared
+def test_negatives_give_no_face(tmp_path):
+    counts = cut(SHARED_DATA / "negatives", tmp_path, "--min-size", "24", "--workers", "2")
+    assert counts["read"] == 7 and counts["no face"] == 7 and counts["faces"] == 0
+    assert not list(tmp_path.glob("*.jpg"))
+
+
+@needs_shared
+def test_grayscale_and_rgba_sources_work_and_a_corrupt_one_is_skipped(mixed_sources, tmp_path,
+                                                                       capsys):
+    dst = tmp_path / "faces"
+    counts = cut(mixed_sources, dst, "--min-size", "24", "--workers", "2")
+    assert (counts["read"], counts["faces"], counts["unreadable"]) == (3, 6, 1)
+    out = capsys.readouterr().out
+    assert f"Skipped {mixed_sources / 'broken.jpg'}: not an image OpenCV can read." in out
+    assert manifest_faces(dst) == {"colour": 2, "gray": 2, "rgba": 2}
+    for path in dst.glob("*.jpg"):
+        with Image.open(path) as image:
+            assert (image.mode, image.size) == ("RGB", (96, 96))
+
+
+@needs_shared
+def test_a_second_run_crops_only_new_sources(mixed_sources, tmp_path):
+    dst = tmp_path / "faces"
+    cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
+    Image.open(ILLUSTRATIONS / "waifu2x_miku_CC_BY-NC.jpg").save(mixed_sources / "new.jpg")
+    again = cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
+    assert again["done before"] == 3
+    assert (again["read"], again["faces"], again["unreadable"]) == (1, 1, 1)
+    assert len(list(dst.glob("*.jpg"))) == 7
+
+
+def test_margin_widens_the_box_evenly_as_far_as_the_image_allows():
+    image = np.arange(100 * 120 * 3, dtype=np.uint32).reshape(100, 120, 3)
+    inside = CutImage.square_crop(image, (40, 30, 20, 20), margin=0.5)
+    assert inside.shape[:2] == (40, 40)
+    assert (inside == image[20:60, 30:70]).all()
+    near_edge = CutImage.square_crop(image, (4, 30, 20, 20), margin=0.5)  # 4 px to the left edge
+    assert near_edge.shape[:2] == (28, 28)
+    assert (near_edge == image[26:54, 0:28]).all()
+    assert (CutImage.square_crop(image, (4, 30, 20, 20), margin=0.0) == image[30:50, 4:24]).all()
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_cascade_download_ends_in_one_sentence(tmp_path, monkeypatch, capsys):
+    url = f"http://127.0.0.1:{closed_port()}/lbpcascade_animeface.xml"
+    monkeypatch.setattr(CutImage, "DEFAULT_CASCADE", tmp_path / "lbpcascade_animeface.xml")
+    monkeypatch.setattr(CutImage, "CASCADE_URL", url)
+    (tmp_path / "src").mkdir()
+    code = CutImage.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "faces")])
+    error = capsys.readouterr().err.strip()
+    assert code == 1
+    assert error == (f"Could not download the face cascade from {url} (no connection); download "
+                     "that file by hand and pass it with --cascade PATH.")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["src"]
+
+
+@needs_shared
+@pytest.mark.parametrize("served, good", [(CASCADE, True),
+                                          (CASCADE.with_name("lbpcascade_frontalface_opencv.xml"), False)],
+                         ids=["the known file", "another file"])
+def test_the_downloaded_cascade_is_kept_only_with_the_known_sha256(tmp_path, monkeypatch, capsys,
+                                                                  served, good):
+    dest = tmp_path / "model" / "lbpcascade_animeface.xml"
+    dest.parent.mkdir()
+    (tmp_path / "src").mkdir()
+    with BooruServer(SHARED_DATA) as server:
+        server.bodies["/lbpcascade_animeface.xml"] = served.read_bytes()
+        monkeypatch.setattr(CutImage, "DEFAULT_CASCADE", dest)
+        monkeypatch.setattr(CutImage, "CASCADE_URL", f"{server.url}/lbpcascade_animeface.xml")
+        code = CutImage.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "faces")])
+    if good:
+        assert code == 0 and dest.read_bytes() == CASCADE.read_bytes()
+    else:
+        assert code == 1 and "has sha256" in capsys.readouterr().err
+        assert list(dest.parent.iterdir()) == []
+
+
+def test_a_missing_source_folder_ends_in_one_sentence(tmp_path, capsys):
+    code = CutImage.main(["--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "faces")])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"There is no folder {tmp_path / 'nowhere'}: download images first with "
+        "Pretreatment/Crawler.py, or point --src at a folder of images.")
+
+
+@needs_shared
+def test_the_command_line_crops_and_prints_a_summary(mixed_sources, tmp_path):
+    result = run_script("Pretreatment/CutImage.py", "--src", mixed_sources, "--dst",
+                        tmp_path / "faces", "--min-size", "24", "--cascade", CASCADE)
+    assert "Faces written:   6" in result.stdout and "Unreadable:      1" in result.stdout
+
+
+@needs_shared
+def test_end_to_end_crawl_crop_read_and_train_one_step(tmp_path):
+    if not (ROOT / "Train.py").is_file() or not (ROOT / "Reader.py").is_file():
+        pytest.skip("Reader.py and Train.py are not in this checkout yet")
+    from Reader import FaceDataset
+    raw, faces = tmp_path / "raw", tmp_path / "faces"
+    with BooruServer(SHARED_DATA) as server:
+        server.moebooru_posts = server.moebooru_posts[:2]
+        for post, picture in zip(server.moebooru_posts, ["pdmera_test.jpg", "waifu2x_miku_CC_BY-NC.jpg"]):
+            path = re.sub(r"^https?://[^/]+", "", post["sample_url"])
+            server.bodies[path] = (ILLUSTRATIONS / picture).read_bytes()  # 2 faces and 1
+        assert Crawler.main(["--site", "konachan", "--base-url", server.url, "--out", str(raw),
+                             "--delay", "0"]) == 0
+    assert len(list((raw / "konachan").glob("*.jpg"))) == 2
+    assert cut(raw, faces, "--min-size", "24", "--workers", "1")["faces"] == 3
+
+    dataset = FaceDataset(faces)
+    assert len(dataset) == 3
+    face = np.asarray(dataset[0])
+    assert face.shape == (3, 96, 96) and face.dtype == np.float32
+    assert -1 <= face.min() < face.max() <= 1
+
+    run_script("Train.py", "--data", faces, "--epochs", 1, "--batch-size", 2,
+               "--model-dir", tmp_path / "Model", "--output", tmp_path / "Output",
+               "--num-workers", 0, "--device", "cpu")
+    assert (tmp_path / "Model" / "G.safetensors").is_file()

@@ -22,7 +22,7 @@ import signal
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,7 +194,7 @@ def read_manifest(path):
 
 
 def run_crops(sources, cascade_path, settings, workers):
-    """Yield (source, faces) as the sources are cropped, in a process pool if workers > 1."""
+    """Yield (source, faces) as each source is done, in a process pool if workers > 1."""
     if workers == 1:
         load_worker(cascade_path, settings)
         yield from map(crop_file, sources)
@@ -204,8 +204,15 @@ def run_crops(sources, cascade_path, settings, workers):
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_pool_worker,
                              initargs=(cascade_path, settings)) as pool:
+        pending = set()
         try:
-            yield from pool.map(crop_file, sources, chunksize=1)
+            for source in sources:
+                # A few tasks ahead of the workers, not one future per file of a huge folder.
+                if len(pending) >= 4 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (future.result() for future in done)
+                pending.add(pool.submit(crop_file, source))
+            yield from (future.result() for future in as_completed(pending))
         finally:  # on Ctrl-C, let running crops finish and drop the queued ones
             pool.shutdown(wait=True, cancel_futures=True)
 

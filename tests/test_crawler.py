@@ -250,10 +250,16 @@ def test_ctrl_c_stops_cleanly_and_keeps_no_partial_file(server, tmp_path):
               server.danbooru_post(BAD_MD5, "slow.jpg", id=2),
               server.danbooru_post(OTHER_MD5, "never.jpg", id=3))
     out = tmp_path / "raw"
-    crawler = subprocess.Popen(
-        [sys.executable, "Pretreatment/Crawler.py", "--site", "safebooru", "--base-url",
-         server.url, "--out", str(out), "--delay", "0", "--workers", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Where pytest itself runs as a shell's background job, SIGINT is ignored, and a child
+    # would inherit that; with a handler here, the child starts with the default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        crawler = subprocess.Popen(
+            [sys.executable, "Pretreatment/Crawler.py", "--site", "safebooru", "--base-url",
+             server.url, "--out", str(out), "--delay", "0", "--workers", "1"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 20
     while not list((out / "safebooru").glob(f".{BAD_MD5}.*.part")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -446,7 +446,7 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=None,
                         help="posts per page (default and maximum: 200 safebooru, 100 konachan)")
     parser.add_argument("--size", choices=["preview", "sample", "original"], default="sample",
-                        help="which rendition to download (default sample, about 850 px)")
+                        help="which rendition to download (default sample, the site's reduced JPEG)")
     parser.add_argument("--out", default="DataSet/raw",
                         help="output folder; files go to OUT/<site>/<md5>.<ext> (default DataSet/raw)")
     parser.add_argument("--workers", type=int, default=4,

@@ -211,6 +211,7 @@ def test_a_broken_download_leaves_no_file_and_is_counted(server, tmp_path, fault
     tally = crawl(server, tmp_path, "--site", "safebooru")
     assert tally.downloaded == 1 and tally.failed == {reason: 1}
     assert server.requests_of("/img/broken.jpg") == 1  # a broken body is not retried
+    assert f"Failed:      1 ({reason} 1)" in Crawler.format_summary(tally, seconds=1.0)
     assert kept_files(tmp_path) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
     assert_clean(tmp_path)
 

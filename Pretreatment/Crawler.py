@@ -161,12 +161,12 @@ def to_post(site, item, size, page_url):
                 url=urljoin(page_url, url) if url else None)
 
 
-def make_session(retries, backoff):
+def make_session(retries, backoff, workers):
     """One session per site: keeps its connections alive, and its adapter does all retrying."""
     retry = Retry(total=retries, backoff_factor=backoff, status_forcelist=RETRY_STATUSES,
                   allowed_methods=frozenset({"GET"}), respect_retry_after_header=True,
                   raise_on_status=False)
-    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=max(10, workers + 1))
     session = requests.Session()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -196,21 +196,23 @@ class Manifest:
     def __init__(self, path):
         self.path = path
         self.lock = threading.Lock()
-        self.records = []
+        self.kept = set()  # (site, md5)
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    self.records.append(json.loads(line))
-                except json.JSONDecodeError:
+                    record = json.loads(line)
+                    self.kept.add((record["site"], record["md5"]))
+                except (json.JSONDecodeError, KeyError, TypeError):
                     pass  # a line cut short by a killed process; its file is found on disk
 
     def md5s(self, site):
-        return {record.get("md5") for record in self.records if record.get("site") == site}
+        return {md5 for kept_site, md5 in self.kept if kept_site == site}
 
     def add(self, record):
-        with self.lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.records.append(record)
+        with self.lock:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.kept.add((record["site"], record["md5"]))
 
 
 def decodes_as_image(path):
@@ -308,7 +310,7 @@ class Crawl:
             stale.unlink()
         have = self.manifest.md5s(site.name) | {
             path.stem for path in folder.iterdir() if path.suffix[1:] in ALLOWED_EXTENSIONS}
-        session = make_session(args.retries, args.backoff)
+        session = make_session(args.retries, args.backoff, args.workers)
         limiter = RateLimiter(args.delay, self.stop)
         limit = min(args.limit or site.max_limit, site.max_limit)
         if args.limit and args.limit > site.max_limit:
@@ -324,7 +326,7 @@ class Crawl:
                 if answer is None:
                     break
                 items, page_url = answer
-                self.queue_downloads(site, session, limiter, folder, have, items, page_url, bar)
+                self.download_posts(site, session, limiter, folder, have, items, page_url, bar)
                 if len(items) < limit:
                     tqdm.write(f"{site.name}: page {page} had {len(items)} of {limit} posts, "
                                "the last page.")
@@ -361,7 +363,7 @@ class Crawl:
         self.tally.pages += 1
         return [item for item in items if isinstance(item, dict)], response.url
 
-    def queue_downloads(self, site, session, limiter, folder, have, items, page_url, bar):
+    def download_posts(self, site, session, limiter, folder, have, items, page_url, bar):
         """Download the page's new posts on the worker threads, waiting for all of them."""
         bar.total += len(items)
         bar.refresh()

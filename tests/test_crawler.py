@@ -18,16 +18,15 @@ from booru_server import (BooruServer, cut_mid_body, html_as_image, short_body, 
 from conftest import ROOT, SHARED_DATA, run_script
 from Pretreatment import Crawler
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=(
-    f"{SHARED_DATA} is absent: the booru captures and illustrations the local server serves "
-    "only exist beside the project's own checkout"))
-
 BOORU = SHARED_DATA / "booru"
 GOOD_MD5, BAD_MD5, OTHER_MD5 = "a" * 32, "b" * 32, "c" * 32
 
 
 @pytest.fixture
 def server():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent: the booru captures and illustrations the local "
+                    "server serves only exist beside the project's own checkout")
     with BooruServer(SHARED_DATA) as booru:
         yield booru
 

@@ -169,17 +169,18 @@ def crop_file(source):
         face = cv2.resize(square_crop(image, box, _settings.margin),
                           (_settings.size, _settings.size), interpolation=cv2.INTER_AREA)
         # A 3-channel JPEG is RGB to every reader; OpenCV just holds it in BGR order.
-        ok, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         write_atomically(_settings.dst / f"{source.stem}-{i}.jpg", encoded.tobytes())
     return source, len(boxes)
 
 
 def list_sources(src, dst):
-    """Image files under src, leaving out hidden files and anything inside dst."""
+    """Image files under src, leaving out hidden files and anything inside dst (which may be a
+    folder of src: its crops are not sources)."""
     dst = dst.resolve()
-    return sorted(path for path in src.rglob("*")
+    return sorted(path for path in src.resolve().rglob("*")
                   if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-                  and dst not in path.resolve().parents and path.is_file())
+                  and dst not in path.parents and path.is_file())
 
 
 def read_manifest(path):

@@ -127,6 +127,15 @@ def test_a_second_run_crops_only_new_sources(mixed_sources, tmp_path):
     assert len(list(dst.glob("*.jpg"))) == 7
 
 
+@needs_shared
+def test_crops_inside_the_source_folder_are_not_taken_for_sources(mixed_sources):
+    dst = mixed_sources / "faces"
+    cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
+    (dst / "manifest.jsonl").unlink()  # forget the sources done: all files under src look new
+    again = cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
+    assert (again["read"], again["unreadable"]) == (3, 1)  # the 6 crops are not among them
+
+
 def test_margin_widens_the_box_evenly_as_far_as_the_image_allows():
     image = np.arange(100 * 120 * 3, dtype=np.uint32).reshape(100, 120, 3)
     inside = CutImage.square_crop(image, (40, 30, 20, 20), margin=0.5)

@@ -4,7 +4,6 @@ import json
 import re
 import socket
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -47,8 +46,8 @@ def crops_of(dst, stem):
 
 @pytest.fixture(scope="module")
 def illustration_crops(tmp_path_factory):
-    """The shared illustrations cropped at --min-size 24, the setting SOURCES.md counted with.
-    One process: cv2 then spreads the 3072x3072 grid over both cores, which is faster here."""
+    """The shared illustrations cropped at --min-size 24, the setting SOURCES.md counted with,
+    in this process (the pool is exercised on the negatives and the mixed sources)."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     dst = tmp_path_factory.mktemp("faces")

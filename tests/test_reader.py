@@ -150,3 +150,20 @@ def test_the_shared_faces_all_decode():
     dataset = FaceDataset(folder, limit=200)
     assert len(dataset) == 200 and not dataset.skipped
     assert dataset.faces.shape == (200, 96, 96, 3)
+
+
+def test_the_device_loader_cuts_the_same_batches_as_the_loader_to_the_bit(tmp_path):
+    from Reader import DeviceLoader
+
+    for number in range(7):
+        save(tmp_path, f"{number}.png", np.random.default_rng(number).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    dataset = FaceDataset(tmp_path, flip=True, seed=9)
+    for epoch in (1, 2):
+        dataset.set_epoch(epoch)
+        host, device = make_loader(dataset, batch_size=3, seed=9), DeviceLoader(dataset, batch_size=3, seed=9)
+        host.batch_sampler.set_epoch(epoch)
+        device.batch_sampler.set_epoch(epoch)
+        pairs = list(zip(host, device, strict=True))
+        assert len(pairs) == len(device) == 2
+        for expected, batch in pairs:
+            assert np.array_equal(expected.numpy(), batch.numpy())

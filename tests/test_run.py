@@ -1,5 +1,8 @@
 """Run.py: avatar grids and interpolation strips from G.safetensors, reproducible by seed."""
+import os
+
 import numpy as np
+import paddle
 import pytest
 from PIL import Image
 
@@ -18,10 +21,13 @@ def size(path):
 def drawn(trained, tmp_path_factory):
     model = trained[0] / "Model"
     outputs = tmp_path_factory.mktemp("drawn")
+    cache = {"env": dict(os.environ, XDG_CACHE_HOME=str(outputs / "cache"))}  # the exported generator goes here
     first = run_script("Run.py", "--model-dir", model, "--output", outputs / "a", "--seed", 3,
-                       "--dims", "3,17,40", "--count", 2)
-    run_script("Run.py", "--model-dir", model, "--output", outputs / "b", "--seed", 3, "--dims", "3,17,40", "--count", 2)
-    run_script("Run.py", "--model-dir", model, "--output", outputs / "c", "--seed", 4, "--dims", "3,17,40")
+                       "--dims", "3,17,40", "--count", 2, **cache)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "b", "--seed", 3, "--dims", "3,17,40", "--count", 2,
+               **cache)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "c", "--seed", 4, "--dims", "3,17,40", **cache)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "d", "--seed", 3, "--dims", "3,17,40", "--dygraph")
     return outputs, first
 
 
@@ -47,6 +53,13 @@ def test_the_same_seed_gives_byte_identical_pictures_and_another_seed_others(dra
     for name in ["avatars.png", "strips.png", "strips/dim_40.png", "avatar_0000.png"]:
         assert (outputs / "a" / name).read_bytes() == (outputs / "b" / name).read_bytes()
     assert (outputs / "a" / "avatars.png").read_bytes() != (outputs / "c" / "avatars.png").read_bytes()
+
+
+def test_the_exported_generator_and_the_dynamic_graph_give_the_same_pixels(drawn):
+    outputs = drawn[0]
+    exported, dygraph = (np.asarray(Image.open(outputs / run / "strips.png"), np.int16) for run in ("a", "d"))
+    assert np.abs(exported - dygraph).max() <= 1  # 1e-4 on [-1, 1] can tip a pixel's rounding, no more
+    assert (outputs / "cache" / "avatar-generator").is_dir()
 
 
 def test_strip_noise_sets_one_value_from_0_05_to_1_on_one_base_vector():
@@ -83,3 +96,30 @@ def test_weights_of_another_network_are_refused(tmp_path):
     Utils.save_weights(Discriminator(), tmp_path / "G.safetensors")
     with pytest.raises(Utils.UserError, match="weights of another network"):
         Run.main(["--model-dir", str(tmp_path)])
+
+
+def test_the_exported_cpu_generator_draws_what_the_dynamic_graph_draws(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = trained[0] / "Model"
+    fast = Utils.load_generator_for_inference(model)
+    assert isinstance(fast, Utils.ExportedGenerator)
+    assert len(list((tmp_path / "avatar-generator").iterdir())) == 1  # one export, keyed by the weights
+    noise = Utils.random_noise(np.random.default_rng(0), 10)
+    plain = Utils.load_generator(model)
+    with paddle.no_grad():
+        expected = plain(paddle.to_tensor(noise)).numpy()
+    assert np.abs(fast(noise) - expected).max() < 1e-4
+    assert isinstance(Utils.load_generator_for_inference(model), Utils.ExportedGenerator)  # from the cache
+
+
+def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no oneDNN here")
+
+    monkeypatch.setattr(Utils, "export_generator", broken)
+    with pytest.warns(UserWarning, match="no oneDNN here.*dynamic graph"):
+        generator = Utils.load_generator_for_inference(trained[0] / "Model")
+    assert not isinstance(generator, Utils.ExportedGenerator)
+    assert Utils.generate(generator, Utils.random_noise(np.random.default_rng(0), 2)).shape == (2, 96, 96, 3)

@@ -158,3 +158,15 @@ def test_two_cpu_processes_split_the_data_and_only_rank_0_writes(faces_dir, tmp_
     assert "Training on" not in logs[1] and "Done" not in logs[1]
     assert json.loads((tmp_path / "Model" / "state.json").read_text())["global_step"] == 1
     assert CHECKPOINT_FILES <= {path.name for path in (tmp_path / "Model").iterdir()}
+
+
+def test_cache_device_trains_exactly_as_the_loader_does(faces_dir, tmp_path):
+    Train.main(train_args(faces_dir, tmp_path / "loader", "--epochs", "1", "--flip"))
+    Train.main(train_args(faces_dir, tmp_path / "device", "--epochs", "1", "--flip", "--cache-device"))
+    losses = [json.loads((tmp_path / run / "Model" / "state.json").read_text())["losses"] for run in ("loader", "device")]
+    assert losses[0] == losses[1]
+
+
+def test_amp_on_a_cpu_is_refused_in_one_sentence(faces_dir, tmp_path):
+    with pytest.raises(UserError, match="--amp .* is for GPUs"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--amp"))

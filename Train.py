@@ -359,6 +359,7 @@ def train(args):
     fixed_noise = Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE * GRID_SIDE)
     output = Path(args.output)
     started = time.time() - state["wall_seconds"]
+    step_seconds = []  # this run's steps, data loading and pictures left out
 
     def checkpoint():
         state["wall_seconds"] = round(time.time() - started, 1)
@@ -380,8 +381,10 @@ def train(args):
                             desc=f"epoch {epoch}/{args.epochs}", disable=not writer, dynamic_ncols=True)
             for real in progress:
                 paddle.seed(step_seed(hp["seed"], rank, state["global_step"]))
+                step_started = time.perf_counter()
                 step_losses = train_step(G_step, D_step, opt_g, opt_d, real, hp["g_steps"], world_size == 1, amp)
-                losses = [float(loss) for loss in step_losses]
+                losses = [float(loss) for loss in step_losses]  # waits for the device
+                step_seconds.append(time.perf_counter() - step_started)
                 if not all(math.isfinite(loss) for loss in losses):
                     raise UserError(f"the losses became {losses} at epoch {epoch}, step {state['global_step'] + 1}; "
                                     f"training stopped and the last checkpoint in {args.model_dir} was kept. "
@@ -407,7 +410,8 @@ def train(args):
                 save_loss_curve(state["losses"], steps_per_epoch, output / "loss.png")
     if writer:
         print(f"Done: {state['epochs_done']} epochs, {state['global_step']} steps; model in {args.model_dir}, "
-              f"samples in {output}.")
+              f"samples in {output}. A training step took {np.median(step_seconds):.2f} s "
+              f"(median of this run's {len(step_seconds)}).")
     return state
 
 

@@ -72,23 +72,29 @@ class Generator(nn.Layer):
         return paddle.tanh(self.to_rgb(self.up(self.residual(x))))
 
 
-def down_block(in_channels, out_channels):
+def down_block(in_channels, out_channels, norm=True):
     """Halve the picture's size: a stride-2 convolution, BatchNorm, leaky ReLU, dropout."""
     return nn.Sequential(
         nn.Conv2D(in_channels, out_channels, 4, stride=2, padding=1),
-        batch_norm(out_channels),
+        batch_norm(out_channels) if norm else nn.Identity(),
         nn.LeakyReLU(LEAKY_SLOPE),
         nn.Dropout(DROPOUT),
     )
 
 
 class Discriminator(nn.Layer):
-    """image [N, 3, 96, 96] -> logits [N, 2]: index 0 "generated", index 1 "real"."""
+    """image [N, 3, 96, 96] -> logits [N, 2]: index 0 "generated", index 1 "real".
 
-    def __init__(self):
+    input_norm=False leaves out the first block's BatchNorm, as DCGAN and the Chainer ancestor
+    do: D sees each batch alone (all real or all generated), and a BatchNorm on its input
+    normalises away the batch's colour and brightness, so G is never told when those are wrong
+    (Radford et al. 2015, section 3: BatchNorm on D's input "resulted in sample oscillation and
+    model instability"). The original, and the default here, keep it."""
+
+    def __init__(self, input_norm=True):
         super().__init__()
         self.features = nn.Sequential(
-            down_block(IMAGE_CHANNELS, 64),  # 48 x 48
+            down_block(IMAGE_CHANNELS, 64, norm=input_norm),  # 48 x 48
             down_block(64, 128),             # 24 x 24
             down_block(128, 256),            # 12 x 12
             down_block(256, 512),            # 6 x 6

@@ -40,7 +40,8 @@ REAL, FAKE = 1, 0
 GRID_SIDE = 8  # the progress grids show 8x8 samples of one fixed noise batch
 STATE_FILE = "state.json"
 # Flags that define the run; a checkpoint trained with other values is not silently continued.
-HYPER_PARAMETERS = {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "seed": None}
+HYPER_PARAMETERS = {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle",
+                    "d_input_bn": True, "seed": None}
 
 
 def parse_args(argv=None):
@@ -54,6 +55,9 @@ def parse_args(argv=None):
     parser.add_argument("--g-steps", type=int, help="generator updates per batch (default 2)")
     parser.add_argument("--init", choices=["paddle", "dcgan"],
                         help="weight initialisation: Paddle's default, or DCGAN's N(0, 0.02) (default paddle)")
+    parser.add_argument("--no-d-input-bn", dest="d_input_bn", action="store_const", const=False,
+                        help="stabiliser outside the brief: no BatchNorm in D's first block, as in DCGAN "
+                             "(default: BatchNorm there, as the original)")
     parser.add_argument("--seed", type=int, help="seed of noise, dropout and data order (default: random, then kept)")
     parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every epoch")
     parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve")
@@ -327,7 +331,7 @@ def train(args):
                         f"on each of {world_size} process(es); lower --batch-size or add images.")
 
     Utils.seed_everything(hp["seed"])
-    G, D = Generator(), Discriminator()
+    G, D = Generator(), Discriminator(input_norm=hp["d_input_bn"])
     if hp["init"] == "dcgan":
         init_dcgan_weights(G), init_dcgan_weights(D)
     opt_g = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=G.parameters())

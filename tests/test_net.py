@@ -99,3 +99,10 @@ def test_dcgan_initialisation_draws_weights_with_spread_0_02():
     weights = generator.residual.conv2.weight.numpy()
     assert weights.std() == pytest.approx(0.02, rel=0.05)
     assert np.all(generator.residual.conv2.bias.numpy() == 0)
+
+
+def test_the_discriminator_can_leave_out_its_input_batch_norm_as_dcgan_does():
+    plain = Discriminator(input_norm=False)
+    assert isinstance(plain.features[0][1], paddle.nn.Identity)
+    assert count(plain) == count(Discriminator()) - 2 * 64
+    assert plain(paddle.rand([2, 3, 96, 96])).shape == [2, 2]

@@ -41,7 +41,7 @@ def test_state_json_records_progress_hyper_parameters_losses_and_versions(traine
     state = json.loads((trained[0] / "Model" / "state.json").read_text())
     assert (state["epochs_done"], state["batches_done"], state["global_step"]) == (1, 0, 2)
     assert state["hyper_parameters"] == {"batch_size": 4, "lr": 2e-4, "beta1": 0.8, "g_steps": 2,
-                                         "init": "paddle", "seed": 5}
+                                         "init": "paddle", "d_input_bn": True, "seed": 5}
     assert all(len(values) == 2 for values in state["losses"].values())
     assert set(state["versions"]) == {"paddle", "numpy", "python"}
 
@@ -170,3 +170,13 @@ def test_cache_device_trains_exactly_as_the_loader_does(faces_dir, tmp_path):
 def test_amp_on_a_cpu_is_refused_in_one_sentence(faces_dir, tmp_path):
     with pytest.raises(UserError, match="--amp .* is for GPUs"):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--amp"))
+
+
+def test_the_dcgan_stabilisers_are_recorded_and_kept_on_resume(faces_dir, tmp_path):
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--init", "dcgan", "--no-d-input-bn"))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))  # resumes with the checkpoint's settings
+    state = json.loads((tmp_path / "Model" / "state.json").read_text())
+    assert state["hyper_parameters"]["init"] == "dcgan" and state["hyper_parameters"]["d_input_bn"] is False
+    assert "features.0.1._mean" not in load_file(str(tmp_path / "Model" / "D.safetensors"))
+    with pytest.raises(UserError, match="--init paddle"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "3", "--init", "paddle"))

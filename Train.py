@@ -240,15 +240,25 @@ def load_checkpoint(model_dir, G, D, opt_g, opt_d):
 
 # ---------------------------------------------------------------------------------------- outputs
 
+def sample_spread(images):
+    """Per-pixel standard deviation across samples, in grey levels, averaged over the pixels: about
+    65 for real faces, near 0 when G draws one picture for every noise vector (mode collapse)."""
+    return float(images.astype(np.float32).std(axis=0).mean())
+
+
 def save_sample_grid(G, fixed_noise, path, title):
-    """An 8x8 grid of what G makes of the fixed noise, titled like the original's."""
+    """An 8x8 grid of what G makes of the fixed noise, titled like the original's plus the
+    samples' spread; returns the spread."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     G.eval()
-    grid = Utils.tile_images(Utils.generate(G, fixed_noise), GRID_SIDE, GRID_SIDE)
+    samples = Utils.generate(G, fixed_noise)
     G.train()
+    spread = sample_spread(samples)
+    title += f"  spread {spread:.1f}"
+    grid = Utils.tile_images(samples, GRID_SIDE, GRID_SIDE)
     height, width, _ = grid.shape
     title_height = 40
     # One figure pixel per image pixel, so the tiles are not resampled.
@@ -259,6 +269,7 @@ def save_sample_grid(G, fixed_noise, path, title):
     figure.text(0.5, 1 - title_height / 2 / (height + title_height), title, ha="center", va="center", fontsize=12)
     Utils.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
+    return spread
 
 
 def save_loss_curve(losses, steps_per_epoch, path):
@@ -374,7 +385,8 @@ def train(args):
         losses = state["losses"]
         title = (f"Epoch {epoch}  Batch {batch}  D loss {losses['d_fake'][-1] + losses['d_real'][-1]:.4f}  "
                  f"G loss {losses['g'][-1]:.4f}")
-        save_sample_grid(G, fixed_noise, output / f"epoch_{epoch:04d}_batch_{batch:04d}.png", title)
+        spread = save_sample_grid(G, fixed_noise, output / f"epoch_{epoch:04d}_batch_{batch:04d}.png", title)
+        state.setdefault("spread", []).append([state["global_step"], round(spread, 2)])
 
     with StopRequest() as stop:
         while state["epochs_done"] < args.epochs:
@@ -398,7 +410,8 @@ def train(args):
                 state["global_step"] += 1
                 state["batches_done"] += 1
                 progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
-                if writer and args.sample_every and state["batches_done"] % args.sample_every == 0:
+                every = args.sample_every and state["batches_done"] % args.sample_every == 0
+                if writer and (every or state["batches_done"] == steps_per_epoch):
                     sample(epoch, state["batches_done"])
                 if stop.requested:
                     progress.close()
@@ -410,7 +423,6 @@ def train(args):
             state["epochs_done"], state["batches_done"] = epoch, 0
             checkpoint()
             if writer:
-                sample(epoch, steps_per_epoch)
                 save_loss_curve(state["losses"], steps_per_epoch, output / "loss.png")
     if writer:
         print(f"Done: {state['epochs_done']} epochs, {state['global_step']} steps; model in {args.model_dir}, "

@@ -34,7 +34,16 @@ def test_one_epoch_writes_every_checkpoint_file_a_titled_grid_and_a_loss_curve(t
     grids = sorted(path.name for path in (run / "Output").glob("epoch_*.png"))
     assert grids == ["epoch_0001_batch_0001.png", "epoch_0001_batch_0002.png"]
     assert (run / "Output" / "loss.png").stat().st_size > 10_000
+    spread = json.loads((run / "Model" / "state.json").read_text())["spread"]
+    assert [step for step, _ in spread] == [1, 2]  # every batch (the second is also the epoch's end)
+    assert all(value > 0 for _, value in spread)
     assert "Done: 1 epochs, 2 steps" in result.stdout
+
+
+def test_spread_measures_how_much_samples_differ():
+    assert Train.sample_spread(np.zeros((4, 96, 96, 3), np.uint8)) == 0
+    two = np.stack([np.zeros((96, 96, 3), np.uint8), np.full((96, 96, 3), 100, np.uint8)])
+    assert Train.sample_spread(two) == 50
 
 
 def test_state_json_records_progress_hyper_parameters_losses_and_versions(trained):

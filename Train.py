@@ -2,10 +2,13 @@
 
 One process, GPU if there is one, else CPU:
     python Train.py --data DataSet/faces
-Several GPUs on one machine (one process per GPU, each takes its share of every batch schedule;
-only rank 0 writes files):
-    python -m paddle.distributed.launch --gpus 0,1 Train.py --data DataSet/faces
+Several GPUs on one machine (one process per GPU, each trains on its own share of every epoch,
+gradients averaged by DataParallel; --batch-size is per process, so 2 GPUs x 50 make the brief's
+100; only rank 0 writes files):
+    python -m paddle.distributed.launch --gpus 0,1 Train.py --data DataSet/faces --batch-size 50
 Run it again with the same --model-dir and it continues where it stopped (--fresh starts over).
+Checkpoints go to --model-dir every epoch and on Ctrl-C/SIGTERM; sample grids and the loss curve
+to --output.
 
 Per batch, as the original (../shared/REFERENCE.md section 1): one discriminator update on a batch
 of generated faces alone (label 0), one on the real batch alone (label 1), then --g-steps generator

@@ -17,7 +17,6 @@ Prints one table; writes <output>/metrics.json and <output>/nearest.png (each ge
 left, beside its nearest training face, right).
 """
 import argparse
-import json
 from pathlib import Path
 
 import Utils  # first: sets the CPU environment before Paddle loads

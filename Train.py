@@ -187,7 +187,10 @@ def settle_hyper_parameters(args, state):
     for name, default in HYPER_PARAMETERS.items():
         given = getattr(args, name)
         if name in saved and given is not None and given != saved[name]:
-            conflicts.append(f"--{name.replace('_', '-')} {given} (checkpoint: {saved[name]})")
+            if name == "d_input_bn":  # the only flag for it is --no-d-input-bn
+                conflicts.append("--no-d-input-bn (checkpoint: with BatchNorm on D's input)")
+            else:
+                conflicts.append(f"--{name.replace('_', '-')} {given} (checkpoint: {saved[name]})")
         settled[name] = saved.get(name, default) if given is None else given
     if conflicts:
         raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "

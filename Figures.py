@@ -1,0 +1,143 @@
+"""Draw the README's pictures into Res/ from a trained model, in one command:
+
+    python Figures.py --model-dir Model --train DataSet/faces --progress Output --output Res
+
+- avatars.png: an 8x8 grid of random avatars;
+- hair_shade.png, hair_colour.png: interpolation strips (three base vectors, one row each) for the
+  latent dimension that most changes the hair's brightness, and the one that most changes its hue.
+  Both are chosen by measuring all 72 dimensions, not by eye (see measure_hair);
+- loss.png: the loss curve of the whole training run, from Model/state.json;
+- progress.gif: the fixed-noise grids that Train.py wrote during training (--progress: its
+  --output folder), one frame per epoch end;
+- nearest.png and metrics.json: Evaluate.py's memorisation picture and metrics (--train, --real).
+
+figures.json records the seed and every dimension's measurement.
+"""
+import argparse
+from pathlib import Path
+
+import Utils  # first: sets the CPU environment before Paddle loads
+import numpy as np
+from matplotlib.colors import rgb_to_hsv
+
+import Evaluate
+import Train
+from Net import IMAGE_SIZE, Z_DIM
+from Run import interpolation_strips
+
+STRIP_STEPS = 20    # 0.05, 0.10, ..., 1.00, as the original's strips
+STRIP_ROWS = 3      # base vectors shown per strip picture
+MEASURE_BASES = 16  # base vectors averaged over when measuring a dimension
+
+
+def hair_mask(size=IMAGE_SIZE):
+    """Where the hair usually is in the crops: the top 30% of the picture (fringe and crown) and
+    the outer eighth on each side down to two thirds of the height (hair falling beside the face)."""
+    mask = np.zeros((size, size), bool)
+    mask[:int(size * 0.3)] = True
+    side = size // 8
+    mask[:int(size * 2 / 3), :side] = True
+    mask[:int(size * 2 / 3), -side:] = True
+    return mask
+
+
+def hair_colour(images, mask):
+    """Mean brightness (HSV value, 0..1) and mean chroma of the hair region: a 2-vector whose angle
+    is the hue and whose length is how colourful the hair is (grey hair has no reliable hue)."""
+    hsv = rgb_to_hsv(images[:, mask].astype(np.float32) / 255)  # [N, pixels, 3]
+    angle = 2 * np.pi * hsv[..., 0]
+    weight = hsv[..., 1] * hsv[..., 2]
+    chroma = np.stack([(weight * np.cos(angle)).mean(1), (weight * np.sin(angle)).mean(1)], axis=1)
+    return hsv[..., 2].mean(1), chroma
+
+
+def measure_hair(generator, rng, bases=MEASURE_BASES):
+    """For each of the 72 dimensions, how much the hair's brightness and hue change between the
+    value 0.05 and 1.00, averaged over `bases` random base vectors. The hue change is the angle
+    between the two ends' mean chroma, weighted by the smaller chroma, so that a dimension
+    scores only when it turns one clear colour into another."""
+    base = Utils.random_noise(rng, bases)
+    noise = np.repeat(base[None], 2 * Z_DIM, axis=0)  # [72 * 2, bases, 72]: each dimension at both ends
+    for dim in range(Z_DIM):
+        noise[2 * dim, :, dim], noise[2 * dim + 1, :, dim] = 1 / STRIP_STEPS, 1.0
+    images = Utils.generate(generator, noise.reshape(-1, Z_DIM))
+    brightness, chroma = hair_colour(images, hair_mask())
+    brightness, chroma = brightness.reshape(Z_DIM, 2, bases), chroma.reshape(Z_DIM, 2, bases, 2)
+    shade = np.abs(brightness[:, 1] - brightness[:, 0]).mean(1)
+    start, end = chroma[:, 0], chroma[:, 1]
+    cosine = (start * end).sum(-1) / np.maximum(np.linalg.norm(start, axis=-1) * np.linalg.norm(end, axis=-1), 1e-8)
+    angle = np.degrees(np.arccos(np.clip(cosine, -1, 1)))
+    strength = np.minimum(np.linalg.norm(start, axis=-1), np.linalg.norm(end, axis=-1))
+    hue = (angle * strength).mean(1)
+    return shade, hue
+
+
+def strip_picture(generator, base, dim):
+    rows = [Utils.generate(generator, interpolation_strips(vector, [dim], STRIP_STEPS)) for vector in base]
+    return Utils.tile_images(np.concatenate(rows), len(base), STRIP_STEPS)
+
+
+def progress_gif(grids_folder, state, path, frame_ms=600):
+    """One frame per epoch end: the grids Train.py saved as epoch_XXXX_batch_<last>.png."""
+    from PIL import Image
+
+    last = f"_batch_{state['steps_per_epoch']:04d}.png"
+    frames = sorted(p for p in Path(grids_folder).glob("epoch_*_batch_*.png") if p.name.endswith(last))
+    if not frames:
+        raise Utils.UserError(f"{grids_folder} holds no epoch-end grids (epoch_XXXX{last}); "
+                              f"pass Train.py's --output folder as --progress, or leave --progress out.")
+    images = [Image.open(frame).convert("RGB").quantize(colors=255, method=Image.Quantize.MEDIANCUT)
+              for frame in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0, optimize=True)
+    return len(images)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors and state.json")
+    parser.add_argument("--train", default="DataSet/faces", help="the training faces, for nearest.png")
+    parser.add_argument("--real", help="held-out real faces for the metrics (default: --train)")
+    parser.add_argument("--n", type=int, default=500, help="faces on each side of the metrics")
+    parser.add_argument("--progress", help="Train.py's --output folder, for progress.gif (default: no GIF)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every picture's noise")
+    parser.add_argument("--output", default="Res", help="folder for the pictures")
+    args = parser.parse_args(argv)
+
+    output = Path(args.output)
+    Utils.choose_device("auto")
+    generator = Utils.load_generator_for_inference(args.model_dir)
+    state = Train.read_state(args.model_dir)
+    if state is None:
+        raise Utils.UserError(f"{Path(args.model_dir) / Train.STATE_FILE} does not exist: the loss curve and the "
+                              f"progress GIF need the state.json that Train.py writes beside the weights.")
+    rng = np.random.default_rng(args.seed)
+
+    Utils.save_png(Utils.tile_images(Utils.generate(generator, Utils.random_noise(rng, 64)), 8, 8),
+                   output / "avatars.png")
+
+    shade, hue = measure_hair(generator, rng)
+    shade_dim = int(shade.argmax())
+    colour_dim = int(np.where(np.arange(Z_DIM) == shade_dim, -np.inf, hue).argmax())  # another dimension
+    base = Utils.random_noise(rng, STRIP_ROWS)
+    Utils.save_png(strip_picture(generator, base, shade_dim), output / "hair_shade.png")
+    Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
+
+    Train.save_loss_curve(state["losses"], state["steps_per_epoch"], output / "loss.png")
+    frames = progress_gif(args.progress, state, output / "progress.gif") if args.progress else 0
+
+    Evaluate.main(["--model-dir", args.model_dir, "--real", args.real or args.train, "--train", args.train,
+                   "--n", str(args.n), "--seed", str(args.seed), "--output", str(output)])
+
+    Utils.write_json({"seed": args.seed, "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
+                      "hair_brightness_change": [round(float(v), 4) for v in shade],
+                      "hair_hue_change_degrees": [round(float(v), 2) for v in hue],
+                      "progress_frames": frames, "epochs": state["epochs_done"], "steps": state["global_step"]},
+                     output / "figures.json")
+    print(f"Hair shade: dimension {shade_dim} (brightness change {shade[shade_dim]:.3f}); hair colour: "
+          f"dimension {colour_dim} (hue change {hue[colour_dim]:.1f} degrees, weighted). Pictures in {output}.")
+
+
+if __name__ == "__main__":
+    Utils.run_main(main)

@@ -1,0 +1,79 @@
+"""Figures.py: the hair measurements find the dimensions that change hair shade and hair colour,
+and one command writes every picture of the README."""
+import json
+
+import numpy as np
+import paddle
+from PIL import Image
+
+import Figures
+from conftest import run_script
+
+
+def hair_pictures(rgb):
+    """Pictures whose hair region is one colour (RGB in 0..255) and whose face is mid grey."""
+    images = np.full((len(rgb), 96, 96, 3), 128, np.uint8)
+    images[:, Figures.hair_mask()] = np.asarray(rgb, np.uint8)[:, None, :]
+    return images
+
+
+def test_hair_mask_is_the_top_and_the_sides_not_the_face():
+    mask = Figures.hair_mask()
+    assert mask[:28].all() and mask[30:60, :12].all() and mask[30:60, -12:].all()
+    assert not mask[40:, 20:76].any() and not mask[70:].any()
+
+
+def test_hair_colour_measures_brightness_and_hue_and_sees_no_hue_in_grey():
+    brightness, chroma = Figures.hair_colour(hair_pictures([[255, 0, 0], [0, 0, 255], [100, 100, 100]]),
+                                             Figures.hair_mask())
+    assert np.allclose(brightness, [1.0, 1.0, 100 / 255], atol=1e-4)
+    red, blue, grey = chroma
+    assert np.linalg.norm(red) > 0.99 and np.linalg.norm(blue) > 0.99 and np.linalg.norm(grey) < 1e-6
+    angle = np.degrees(np.arccos(red @ blue / (np.linalg.norm(red) * np.linalg.norm(blue))))
+    assert abs(angle - 120) < 0.01  # red at 0 degrees of hue, blue at 240
+
+
+class HairGenerator(paddle.nn.Layer):
+    """A stand-in generator: noise value 5 sets the hair's brightness, value 9 turns it from red
+    to blue, the other 70 do nothing."""
+
+    def forward(self, z):
+        shade, colour = 0.2 + 0.8 * z[:, 5:6], z[:, 9:10]
+        rgb = paddle.concat([1 - colour, paddle.zeros_like(colour), colour], axis=1) * shade  # [N, 3] in 0..1
+        mask = paddle.to_tensor(Figures.hair_mask().astype("float32"))
+        hair = rgb[:, :, None, None] * mask + 0.5 * (1 - mask)
+        return hair * 2 - 1
+
+
+def test_measure_hair_finds_the_shade_and_the_colour_dimensions():
+    shade, hue = Figures.measure_hair(HairGenerator(), np.random.default_rng(0), bases=4)
+    assert shade.shape == hue.shape == (72,)
+    assert shade.argmax() == 5 and 0.38 < shade[5] <= 0.76 + 1e-6  # 0.8 * 0.95 times the brighter channel
+    assert hue.argmax() == 9 and hue[9] > 30
+    assert np.delete(shade, [5, 9]).max() < 1e-6 and np.delete(hue, [9]).max() < 1  # uint8 rounding
+
+
+def test_one_command_writes_every_picture(trained, faces_dir, tmp_path):
+    run, _ = trained
+    result = run_script("Figures.py", "--model-dir", run / "Model", "--train", faces_dir, "--n", 8,
+                        "--progress", run / "Output", "--output", tmp_path / "Res")
+    written = {path.name for path in (tmp_path / "Res").iterdir()}
+    assert written == {"avatars.png", "hair_shade.png", "hair_colour.png", "loss.png", "progress.gif",
+                       "nearest.png", "metrics.json", "figures.json"}
+    assert Image.open(tmp_path / "Res" / "avatars.png").size == (8 * 96, 8 * 96)
+    assert Image.open(tmp_path / "Res" / "hair_shade.png").size == (20 * 96, 3 * 96)
+    assert Image.open(tmp_path / "Res" / "progress.gif").n_frames == 1  # one epoch, one frame
+    figures = json.loads((tmp_path / "Res" / "figures.json").read_text())
+    assert figures["hair_shade_dim"] != figures["hair_colour_dim"]
+    assert len(figures["hair_brightness_change"]) == len(figures["hair_hue_change_degrees"]) == 72
+    assert "Hair shade: dimension" in result.stdout
+
+
+def test_without_state_json_the_error_is_one_sentence(trained, faces_dir, tmp_path):
+    model = tmp_path / "Model"
+    model.mkdir()
+    (model / "G.safetensors").write_bytes((trained[0] / "Model" / "G.safetensors").read_bytes())
+    result = run_script("Figures.py", "--model-dir", model, "--train", faces_dir, "--output", tmp_path / "Res",
+                        check=False)
+    assert result.returncode == 2
+    assert "state.json does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -8,7 +8,7 @@
   Both are chosen by measuring all 72 dimensions, not by eye (see measure_hair);
 - loss.png: the loss curve of the whole training run, from Model/state.json;
 - progress.gif: the fixed-noise grids that Train.py wrote during training (--progress: its
-  --output folder), one frame per epoch end;
+  --output folder), at most 16 frames evenly spaced, at half size;
 - nearest.png and metrics.json: Evaluate.py's memorisation picture and metrics (--train, --real).
 
 figures.json records the seed and every dimension's measurement.
@@ -77,17 +77,22 @@ def strip_picture(generator, base, dim):
     return Utils.tile_images(np.concatenate(rows), len(base), STRIP_STEPS)
 
 
-def progress_gif(grids_folder, state, path, frame_ms=600):
-    """One frame per epoch end: the grids Train.py saved as epoch_XXXX_batch_<last>.png."""
+def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
+    """The fixed-noise grids Train.py saved during training (epoch_XXXX_batch_XXXX.png), in order,
+    at most max_frames of them evenly spaced (the last one always in), shrunk by scale to keep
+    the file small, as an endless GIF."""
     from PIL import Image
 
-    last = f"_batch_{state['steps_per_epoch']:04d}.png"
-    frames = sorted(p for p in Path(grids_folder).glob("epoch_*_batch_*.png") if p.name.endswith(last))
+    frames = sorted(Path(grids_folder).glob("epoch_*_batch_*.png"))
     if not frames:
-        raise Utils.UserError(f"{grids_folder} holds no epoch-end grids (epoch_XXXX{last}); "
-                              f"pass Train.py's --output folder as --progress, or leave --progress out.")
-    images = [Image.open(frame).convert("RGB").quantize(colors=255, method=Image.Quantize.MEDIANCUT)
-              for frame in frames]
+        raise Utils.UserError(f"{grids_folder} holds no training grids (epoch_XXXX_batch_XXXX.png); pass "
+                              f"Train.py's --output folder as --progress, or leave --progress out.")
+    chosen = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))]
+    images = []
+    for frame in chosen:
+        image = Image.open(frame).convert("RGB")
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        images.append(image.quantize(colors=255, method=Image.Quantize.MEDIANCUT))
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0, optimize=True)
     return len(images)
@@ -125,7 +130,7 @@ def main(argv=None):
     Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
 
     Train.save_loss_curve(state["losses"], state["steps_per_epoch"], output / "loss.png")
-    frames = progress_gif(args.progress, state, output / "progress.gif") if args.progress else 0
+    frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
 
     Evaluate.main(["--model-dir", args.model_dir, "--real", args.real or args.train, "--train", args.train,
                    "--n", str(args.n), "--seed", str(args.seed), "--output", str(output)])

@@ -62,7 +62,7 @@ def test_one_command_writes_every_picture(trained, faces_dir, tmp_path):
                        "nearest.png", "metrics.json", "figures.json"}
     assert Image.open(tmp_path / "Res" / "avatars.png").size == (8 * 96, 8 * 96)
     assert Image.open(tmp_path / "Res" / "hair_shade.png").size == (20 * 96, 3 * 96)
-    assert Image.open(tmp_path / "Res" / "progress.gif").n_frames == 1  # one epoch, one frame
+    assert Image.open(tmp_path / "Res" / "progress.gif").n_frames == 2  # the grids of batches 1 and 2
     figures = json.loads((tmp_path / "Res" / "figures.json").read_text())
     assert figures["hair_shade_dim"] != figures["hair_colour_dim"]
     assert len(figures["hair_brightness_change"]) == len(figures["hair_hue_change_degrees"]) == 72

@@ -1,0 +1,51 @@
+"""The generator shipped in Model/: a fresh clone's `python Run.py` draws from it, the files stay
+within the size budget, and its samples are not collapsed."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import Train
+import Utils
+from conftest import ROOT, run_script
+
+MODEL = ROOT / "Model"
+SHIPPED = {"G.safetensors", "D.safetensors", "state.json"}
+
+
+@pytest.fixture(autouse=True)
+def shipped_model_untouched():
+    """Training into Model/ replaces the shipped model with the user's own: then these tests skip."""
+    changed = subprocess.run(["git", "status", "--porcelain", "--", *SHIPPED], cwd=MODEL,
+                             capture_output=True, text=True)
+    if changed.returncode != 0:
+        pytest.skip("not a git checkout, so the shipped model cannot be told from a retrained one")
+    if changed.stdout.strip():
+        pytest.skip("Model/ holds a model trained here, not the shipped one (git status shows it changed)")
+
+
+def test_the_shipped_files_are_tracked_without_optimizer_state_and_within_25_mb():
+    tracked = subprocess.run(["git", "ls-files"], cwd=MODEL, capture_output=True, text=True).stdout.split()
+    assert set(tracked) == SHIPPED | {"README.md"}
+    assert sum((MODEL / name).stat().st_size for name in SHIPPED) <= 25 * 2**20
+
+
+def test_state_json_says_how_the_model_was_trained():
+    state = json.loads((MODEL / "state.json").read_text())
+    assert state["epochs_done"] >= 1 and state["batches_done"] == 0  # ends on an epoch boundary
+    assert len(state["losses"]["g"]) == state["global_step"] == state["epochs_done"] * state["steps_per_epoch"]
+    assert set(state["hyper_parameters"]) >= set(Train.HYPER_PARAMETERS)
+
+
+def test_run_py_with_its_defaults_draws_from_the_shipped_generator(tmp_path):
+    result = run_script("Run.py", "--dims", "0,1", "--seed", "3", "--output", tmp_path)
+    assert "Model/G.safetensors" in result.stdout
+    assert Image.open(tmp_path / "avatars.png").size == (8 * 96, 8 * 96)
+
+
+def test_the_shipped_generator_draws_different_faces_for_different_noise():
+    generator = Utils.load_generator(MODEL)
+    samples = Utils.generate(generator, Utils.random_noise(np.random.default_rng(0), 64))
+    assert Train.sample_spread(samples) > 20  # a collapsed generator scores near 0, real faces about 65

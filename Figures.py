@@ -111,12 +111,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     output = Path(args.output)
-    Utils.choose_device("auto")
-    generator = Utils.load_generator_for_inference(args.model_dir)
     state = Train.read_state(args.model_dir)
     if state is None:
-        raise Utils.UserError(f"{Path(args.model_dir) / Train.STATE_FILE} does not exist: the loss curve and the "
-                              f"progress GIF need the state.json that Train.py writes beside the weights.")
+        raise Utils.UserError(f"{Path(args.model_dir) / Train.STATE_FILE} does not exist: the loss curve needs "
+                              f"the state.json that Train.py writes beside the weights.")
+    Utils.choose_device("auto")
+    generator = Utils.load_generator_for_inference(args.model_dir)
     rng = np.random.default_rng(args.seed)
 
     Utils.save_png(Utils.tile_images(Utils.generate(generator, Utils.random_noise(rng, 64)), 8, 8),

@@ -73,8 +73,9 @@ def measure_hair(generator, rng, bases=MEASURE_BASES):
 
 
 def strip_picture(generator, base, dim):
-    rows = [Utils.generate(generator, interpolation_strips(vector, [dim], STRIP_STEPS)) for vector in base]
-    return Utils.tile_images(np.concatenate(rows), len(base), STRIP_STEPS)
+    """One strip of dimension dim per base vector, one row each."""
+    noise = np.concatenate([interpolation_strips(vector, [dim], STRIP_STEPS) for vector in base])
+    return Utils.tile_images(Utils.generate(generator, noise), len(base), STRIP_STEPS)
 
 
 def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):

@@ -4,6 +4,7 @@ and the one-sentence error a user sees instead of a traceback.
 Import this module before anything imports paddle: the CPU settings below only take effect if
 they are in the environment when Paddle's libraries load.
 """
+import ctypes
 import hashlib
 import json
 import os
@@ -35,6 +36,24 @@ def _configure_cpu_environment():
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     # Paddle prints "No ccache found" at import; that concerns people who build Paddle, not users.
     os.environ.setdefault("GLOG_minloglevel", "2")
+    _keep_freed_memory()
+
+
+def _keep_freed_memory():
+    # Paddle's CPU tensors come from malloc, and glibc serves large blocks (over 32 MB at most; a
+    # batch of 64 images of 64 x 48 x 48 features is 38 MB) with a fresh mmap, unmapped when freed:
+    # every step then page-faults all its large tensors in again (2.2 million faults in 4 steps
+    # of batch 64). Keeping freed memory in the heap for reuse made a training step about 15%
+    # faster here, for about a third more peak memory (1.9 GB instead of 1.4 GB at batch 100).
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_MAX_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
 _USER_SET_THREADS = "OMP_NUM_THREADS" in os.environ  # Paddle sets it to 1 when it loads

@@ -3,7 +3,8 @@ import numpy as np
 import paddle
 import pytest
 
-from Net import (IMAGE_SIZE, Z_DIM, Discriminator, Generator, ResidualBlock, init_dcgan_weights)
+from Net import (IMAGE_SIZE, Z_DIM, Conv2D, Conv2DTranspose, Discriminator, Dropout, Generator, ResidualBlock,
+                 init_dcgan_weights)
 
 
 def count(layer, trainable=True):
@@ -91,6 +92,38 @@ def test_dropout_is_active_in_training_and_off_in_evaluation():
     np.testing.assert_allclose(discriminator(images).numpy(), discriminator(images).numpy())
     discriminator.train()
     assert not np.allclose(discriminator(images).numpy(), discriminator(images).numpy())
+
+
+@pytest.mark.parametrize("ours, paddles", [(Conv2D, paddle.nn.Conv2D), (Conv2DTranspose, paddle.nn.Conv2DTranspose)])
+def test_the_faster_convolutions_compute_what_paddles_own_layers_do(ours, paddles):
+    fast, reference = ours(8, 16, 4, stride=2, padding=1), paddles(8, 16, 4, stride=2, padding=1)
+    fast.set_state_dict(reference.state_dict())  # same parameter names, so checkpoints load as before
+    x = paddle.randn([3, 8, 12, 12])
+    outputs, bias_gradients = [], []
+    for layer in (fast, reference):
+        y = layer(x)
+        (y * y).sum().backward()
+        outputs.append(y.numpy())
+        bias_gradients.append(layer.bias.grad.numpy())
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+    np.testing.assert_allclose(bias_gradients[0], bias_gradients[1], rtol=1e-4)
+
+
+def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
+    dropout = Dropout(0.4)
+    x = paddle.ones([1000, 1000])
+    x.stop_gradient = False
+    paddle.seed(3)
+    y = dropout(x)
+    kept = y.numpy() > 0
+    assert kept.mean() == pytest.approx(0.6, abs=0.002)
+    np.testing.assert_allclose(y.numpy()[kept], 1 / 0.6, rtol=1e-6)
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), y.numpy(), rtol=1e-6)  # the gradient goes where the values went
+    paddle.seed(3)
+    np.testing.assert_array_equal(dropout(x).numpy(), y.numpy())  # paddle.seed decides the mask
+    dropout.eval()
+    np.testing.assert_array_equal(dropout(x).numpy(), x.numpy())
 
 
 def test_dcgan_initialisation_draws_weights_with_spread_0_02():

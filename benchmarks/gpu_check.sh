@@ -3,7 +3,8 @@
 # and with --amp, then one epoch of Train.py over ../shared/data/faces (or $1) with and without
 # --amp --cache-device, as one table.
 #     bash benchmarks/gpu_check.sh [faces folder]
-# Not run in CI, and not yet run on a GPU by the project (no GPU was available when it was written).
+# Not run in CI, and not yet run on a GPU by the project: the one GPU it was lent had no Paddle and
+# could not be given one (benchmarks/README.md, "GPU").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/faces}"

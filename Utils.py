@@ -87,6 +87,7 @@ _use_all_cores()
 from safetensors import SafetensorError  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from Files import atomic_write, write_json  # noqa: E402,F401  (re-exported to the scripts)
 from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
 
 GENERATOR_FILE = "G.safetensors"
@@ -161,27 +162,6 @@ def save_png(picture, path):
 
 
 # ----------------------------------------------------------------------------------- checkpoints
-
-def atomic_write(path, write):
-    """Call write(temporary_path), then rename the result onto path. A crash at any moment leaves
-    either the old file or the new one under path, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.chmod(tmp, 0o644)  # some writers create private files; checkpoints are meant to be shared
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(data, path):
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
-
 
 def save_weights(layer, path, metadata=None):
     """Weights and BatchNorm statistics of a layer as safetensors: plain arrays, no pickle, readable

@@ -6,7 +6,6 @@ they are in the environment when Paddle's libraries load.
 """
 import ctypes
 import hashlib
-import json
 import os
 import platform
 import random

@@ -23,6 +23,7 @@ import Utils  # first: sets the CPU environment before Paddle loads
 import numpy as np
 from scipy.ndimage import convolve1d
 
+import Files
 from Reader import DataSetError, FaceDataset
 
 SWD_LEVELS = 4            # 96, 48, 24, 12 px
@@ -32,6 +33,7 @@ PROJECTION_REPEATS = 4
 PROJECTIONS = 128
 MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])  # Wang et al. 2003
 NEAREST_COUNT = 64
+FEWEST_FACES = 2          # MS-SSIM compares pairs of different faces within each set
 
 _BINOMIAL = np.array([1, 4, 6, 4, 1], np.float32) / 16  # the 5-tap filter of Burt and Adelson's pyramid
 
@@ -186,6 +188,9 @@ def load_faces(folder):
 
 
 def pick(images, count, rng, what):
+    if len(images) < FEWEST_FACES:
+        raise Utils.UserError(f"{what} holds only {len(images)} face, and MS-SSIM needs pairs: "
+                              f"put at least {FEWEST_FACES} faces in it.")
     if len(images) < count:
         raise Utils.UserError(f"{what} holds {len(images)} faces, fewer than --n {count}; lower --n.")
     return images[rng.choice(len(images), count, replace=False)]
@@ -205,18 +210,30 @@ def evaluate(candidates, real, train, seed):
     return metrics, shown, train[index]
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors")
     parser.add_argument("--real", default="DataSet/faces", help="real faces to compare with (ideally held out)")
     parser.add_argument("--train", help="the faces the model was trained on, for the nearest-neighbour test (default: --real)")
     parser.add_argument("--real-b", help="compare this second real folder with --real instead of a generator")
-    parser.add_argument("--n", type=int, default=1000, help="faces on each side")
-    parser.add_argument("--seed", type=int, default=0, help="seed of noise, patches, projections and pairs")
+    parser.add_argument("--n", type=int, default=1000, help=f"faces on each side, at least {FEWEST_FACES}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of noise, patches, projections and pairs, 0 or more")
     parser.add_argument("--output", default="Eval", help="folder for metrics.json and nearest.png")
     args = parser.parse_args(argv)
+    if args.n < FEWEST_FACES:
+        parser.error(f"--n must be at least {FEWEST_FACES}, not {args.n}: MS-SSIM compares pairs of different faces")
+    if args.seed < 0:
+        parser.error(f"--seed must be at least 0, not {args.seed}")
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:  # before the faces are read and measured, which takes minutes at the default --n
+        output = Files.writable_folder(args.output, "--output")
+    except Files.FolderError as error:
+        raise Utils.UserError(str(error)) from None
     rng = np.random.default_rng(args.seed)
     real = pick(load_faces(args.real), args.n, rng, args.real)
     train = load_faces(args.train) if args.train else real
@@ -229,8 +246,6 @@ def main(argv=None):
         source = str(Path(args.model_dir) / Utils.GENERATOR_FILE)
     metrics, shown, neighbours = evaluate(candidates, real, train, args.seed)
     metrics.update(candidates=source, real=args.real, train=args.train or args.real, seed=args.seed)
-
-    output = Path(args.output)
     Utils.write_json(metrics, output / "metrics.json")
     Utils.save_png(nearest_picture(shown, neighbours), output / "nearest.png")
     print(format_table(metrics))

@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA, run_script
 from PIL import Image
 
 import Evaluate
-from conftest import SHARED_DATA, run_script
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,39 @@ def test_asking_for_more_faces_than_the_folder_holds_is_explained(faces_dir, tmp
     result = run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 500,
                         "--output", tmp_path, check=False)
     assert result.returncode == 2 and "fewer than --n 500" in result.stderr
+
+
+def refused(result):
+    """The one-line error of a refused command, checked to be nothing more."""
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_two_faces_a_side_are_the_fewest_and_fewer_are_refused_in_one_sentence(faces_dir, tmp_path):
+    run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 2, "--output", tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 2
+    for n in (1, 0, -1):
+        message = refused(run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", n,
+                                     "--output", tmp_path / str(n), check=False))
+        assert f"--n must be at least 2, not {n}" in message and "pairs" in message
+
+
+def test_a_negative_seed_is_refused_in_one_sentence(faces_dir, tmp_path):
+    message = refused(run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 2,
+                                 "--seed", -1, "--output", tmp_path, check=False))
+    assert "--seed must be at least 0, not -1" in message
+
+
+def test_an_output_that_is_a_file_is_refused_before_any_face_is_read(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    message = refused(run_script("Evaluate.py", "--real", tmp_path / "no faces here", "--n", 2,
+                                 "--output", tmp_path / "metrics.json", check=False))
+    assert f"--output {tmp_path / 'metrics.json'} is a file, not a folder; name a folder." in message
+
+
+def test_a_folder_of_one_face_asks_for_more_faces_not_a_lower_n(faces_dir, tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "face.png").symlink_to(next(faces_dir.iterdir()))
+    message = refused(run_script("Evaluate.py", "--real", tmp_path / "one", "--real-b", faces_dir, "--n", 2,
+                                 "--output", tmp_path / "out", check=False))
+    assert message.endswith("holds only 1 face, and MS-SSIM needs pairs: put at least 2 faces in it.")

@@ -21,6 +21,7 @@ from pathlib import Path
 import Utils  # first: sets the CPU environment before Paddle loads
 import numpy as np
 
+import Files
 from Net import Z_DIM
 
 
@@ -29,7 +30,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors")
     parser.add_argument("--output", default="Generate", help="folder for the pictures")
-    parser.add_argument("--seed", type=int, help="seed of the noise; the same seed gives the same pictures (default: random)")
+    parser.add_argument("--seed", type=int,
+                        help="seed of the noise, 0 or more; the same seed gives the same pictures (default: random)")
     parser.add_argument("--dims", default="all", help=f"latent dimensions to draw strips for, e.g. 3,17,40 (0 to {Z_DIM - 1})")
     parser.add_argument("--steps", type=int, default=20, help="faces per strip")
     parser.add_argument("--grid", default="8x8", help="rows x columns of the avatar grid")
@@ -50,8 +52,9 @@ def parse_args(argv=None):
     if not match or 0 in (int(match[1]), int(match[2])):
         parser.error(f"--grid takes ROWSxCOLUMNS such as 8x8, not {args.grid!r}")
     args.grid = (int(match[1]), int(match[2]))
-    if args.steps < 1 or args.count < 0:
-        parser.error("--steps must be at least 1 and --count at least 0")
+    for flag, value, least in [("--seed", args.seed, 0), ("--steps", args.steps, 1), ("--count", args.count, 0)]:
+        if value is not None and value < least:
+            parser.error(f"{flag} must be at least {least}, not {value}")
     return args
 
 
@@ -68,10 +71,13 @@ def interpolation_strips(base, dims, steps):
 def main(argv=None):
     args = parse_args(argv)
     Utils.choose_device("auto")
+    try:  # before the generator is loaded and exported, which takes seconds
+        output = Files.writable_folder(args.output, "--output")
+    except Files.FolderError as error:
+        raise Utils.UserError(str(error)) from None
     generator = Utils.load_generator(args.model_dir) if args.dygraph else Utils.load_generator_for_inference(args.model_dir)
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     rng = np.random.default_rng(seed)
-    output = Path(args.output)
     rows, cols = args.grid
 
     avatars = Utils.generate(generator, Utils.random_noise(rng, rows * cols))

@@ -1,15 +1,16 @@
 """Run.py: avatar grids and interpolation strips from G.safetensors, reproducible by seed."""
 import os
+import subprocess
 
 import numpy as np
 import paddle
 import pytest
+from conftest import run_script
 from PIL import Image
 
 import Run
 import Utils
 from Net import Discriminator
-from conftest import run_script
 
 
 def size(path):
@@ -123,3 +124,49 @@ def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained
         generator = Utils.load_generator_for_inference(trained[0] / "Model")
     assert not isinstance(generator, Utils.ExportedGenerator)
     assert Utils.generate(generator, Utils.random_noise(np.random.default_rng(0), 2)).shape == (2, 96, 96, 3)
+
+
+def refused(result):
+    """The one-line error of a refused command, checked to be nothing more."""
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_a_negative_seed_is_refused_in_one_sentence(tmp_path):
+    message = refused(run_script("Run.py", "--seed", -1, "--output", tmp_path / "out", check=False))
+    assert "--seed must be at least 0, not -1" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_is_a_file_is_refused_before_the_generator_is_exported(trained, tmp_path):
+    (tmp_path / "pictures.png").write_bytes(b"not a folder")
+    result = run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", tmp_path / "pictures.png",
+                        check=False, env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert "--output " + str(tmp_path / "pictures.png") + " is a file, not a folder; name a folder." in refused(result)
+    assert not (tmp_path / "cache").exists()  # nothing exported, nothing drawn
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder that even root cannot write: a small read-only tmpfs mounted on it."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mount.stderr.strip()}), and as root every folder "
+                    f"is writable otherwise")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_generator_is_exported(trained, tmp_path,
+                                                                                        read_only_folder):
+    result = run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", read_only_folder / "avatars",
+                        check=False, env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    message = refused(result)
+    assert f"--output {read_only_folder / 'avatars'} cannot be written (Read-only file system)" in message
+    assert "name another folder" in message
+    assert not (tmp_path / "cache").exists()

@@ -18,18 +18,38 @@ def size(path):
         return image.size, image.mode
 
 
+def refused(result):
+    """The one-line error of a refused command, checked to be nothing more."""
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+CUDA_VISIBLE = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
 @pytest.fixture(scope="module")
 def drawn(trained, tmp_path_factory):
+    """Four runs, all on the CPU so that they hold on a GPU machine too: a and b alike, c another
+    seed, d the dynamic graph."""
     model = trained[0] / "Model"
     outputs = tmp_path_factory.mktemp("drawn")
     cache = {"env": dict(os.environ, XDG_CACHE_HOME=str(outputs / "cache"))}  # the exported generator goes here
-    first = run_script("Run.py", "--model-dir", model, "--output", outputs / "a", "--seed", 3,
-                       "--dims", "3,17,40", "--count", 2, **cache)
-    run_script("Run.py", "--model-dir", model, "--output", outputs / "b", "--seed", 3, "--dims", "3,17,40", "--count", 2,
-               **cache)
-    run_script("Run.py", "--model-dir", model, "--output", outputs / "c", "--seed", 4, "--dims", "3,17,40", **cache)
-    run_script("Run.py", "--model-dir", model, "--output", outputs / "d", "--seed", 3, "--dims", "3,17,40", "--dygraph")
+    cpu = ("--device", "cpu", "--dims", "3,17,40")
+    first = run_script("Run.py", "--model-dir", model, "--output", outputs / "a", "--seed", 3, "--count", 2, *cpu,
+                       **cache)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "b", "--seed", 3, "--count", 2, *cpu, **cache)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "c", "--seed", 4, *cpu, **cache)
+    run_script("Run.py", "--model-dir", model, "--output", outputs / "d", "--seed", 3, "--dygraph", *cpu)
     return outputs, first
+
+
+@pytest.fixture
+def on_cpu():
+    """This process on the CPU for one test (on a GPU machine Paddle starts on the GPU)."""
+    before = paddle.device.get_device()
+    Utils.choose_device("cpu")
+    yield
+    paddle.set_device(before)
 
 
 def test_pictures_have_plain_96_pixel_tiles(drawn):
@@ -99,7 +119,7 @@ def test_weights_of_another_network_are_refused(tmp_path):
         Run.main(["--model-dir", str(tmp_path)])
 
 
-def test_the_exported_cpu_generator_draws_what_the_dynamic_graph_draws(trained, tmp_path, monkeypatch):
+def test_the_exported_cpu_generator_draws_what_the_dynamic_graph_draws(trained, tmp_path, monkeypatch, on_cpu):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     model = trained[0] / "Model"
     fast = Utils.load_generator_for_inference(model)
@@ -113,7 +133,7 @@ def test_the_exported_cpu_generator_draws_what_the_dynamic_graph_draws(trained, 
     assert isinstance(Utils.load_generator_for_inference(model), Utils.ExportedGenerator)  # from the cache
 
 
-def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained, tmp_path, monkeypatch):
+def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained, tmp_path, monkeypatch, on_cpu):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
     def broken(*args, **kwargs):
@@ -126,10 +146,20 @@ def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained
     assert Utils.generate(generator, Utils.random_noise(np.random.default_rng(0), 2)).shape == (2, 96, 96, 3)
 
 
-def refused(result):
-    """The one-line error of a refused command, checked to be nothing more."""
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    return result.stderr.strip().splitlines()[-1]
+@pytest.mark.skipif(CUDA_VISIBLE, reason="--device auto takes the GPU here, which draws with the dynamic graph")
+def test_device_cpu_draws_what_the_default_drew_on_a_cpu_machine(drawn, trained, tmp_path):
+    run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", tmp_path, "--seed", 3, "--dims", "3,17,40",
+               "--count", 2, env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    for name in ["avatars.png", "strips.png", "avatar_0001.png"]:
+        assert (tmp_path / name).read_bytes() == (drawn[0] / "a" / name).read_bytes()
+
+
+@pytest.mark.skipif(CUDA_VISIBLE, reason="this machine has a GPU that Paddle can use")
+def test_device_gpu_without_cuda_is_refused_in_one_sentence(trained, tmp_path):
+    message = refused(run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", tmp_path / "out",
+                                 "--device", "gpu", check=False))
+    assert "--device gpu" in message and "no CUDA" in message and "--device cpu" in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_negative_seed_is_refused_in_one_sentence(tmp_path):

@@ -22,6 +22,7 @@ from matplotlib.colors import rgb_to_hsv
 
 import Evaluate
 import Train
+from Checkpoint import STATE_FILE, ModelFolder
 from Net import IMAGE_SIZE, Z_DIM
 from Run import interpolation_strips
 
@@ -112,10 +113,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     output = Path(args.output)
-    state = Train.read_state(args.model_dir)
-    if state is None:
-        raise Utils.UserError(f"{Path(args.model_dir) / Train.STATE_FILE} does not exist: the loss curve needs "
+    if not (Path(args.model_dir) / STATE_FILE).exists():
+        raise Utils.UserError(f"{Path(args.model_dir) / STATE_FILE} does not exist: the loss curve needs "
                               f"the state.json that Train.py writes beside the weights.")
+    state = ModelFolder(args.model_dir).read_state()
     Utils.choose_device("auto")
     generator = Utils.load_generator_for_inference(args.model_dir)
     rng = np.random.default_rng(args.seed)
@@ -130,7 +131,7 @@ def main(argv=None):
     Utils.save_png(strip_picture(generator, base, shade_dim), output / "hair_shade.png")
     Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
 
-    Train.save_loss_curve(state["losses"], state["steps_per_epoch"], output / "loss.png")
+    Train.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
     frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
 
     Evaluate.main(["--model-dir", args.model_dir, "--real", args.real or args.train, "--train", args.train,
@@ -139,7 +140,7 @@ def main(argv=None):
     Utils.write_json({"seed": args.seed, "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
                       "hair_brightness_change": [round(float(v), 4) for v in shade],
                       "hair_hue_change_degrees": [round(float(v), 2) for v in hue],
-                      "progress_frames": frames, "epochs": state["epochs_done"], "steps": state["global_step"]},
+                      "progress_frames": frames, "epochs": state.epochs_done, "steps": state.global_step},
                      output / "figures.json")
     print(f"Hair shade: dimension {shade_dim} (brightness change {shade[shade_dim]:.3f}); hair colour: "
           f"dimension {colour_dim} (hue change {hue[colour_dim]:.1f} degrees, weighted). Pictures in {output}.")

@@ -1,9 +1,13 @@
 """File helpers that need no Paddle, so that Pretreatment's scripts can use them too: atomic
-writes, JSON, and checking that a folder can be written before any work goes into it."""
+writes, JSON, checking that a folder can be written before any work goes into it, and decoding
+an image file the way a viewer shows it."""
 import json
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image
 
 
 class FolderError(Exception):
@@ -33,6 +37,15 @@ def write_bytes(path, data):
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+def read_json(path):
+    """The JSON value in path; raises ValueError (JSONDecodeError) for text that is not JSON."""
+    with open(path, encoding="utf-8") as file:
+        try:
+            return json.load(file)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"not UTF-8 text: {error}") from None
+
+
 def write_json(data, path):
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
 
@@ -59,7 +72,7 @@ def writable_folder(folder, flag):
         raise FolderError(f"{flag} {folder} is a file, not a folder; name a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
         try:
             os.write(fd, b"\0" * 4096)
             os.fsync(fd)
@@ -70,3 +83,85 @@ def writable_folder(folder, flag):
         raise FolderError(f"{flag} {folder} cannot be written ({error.strerror or error}); "
                           f"free some space, fix its permissions or name another folder.") from None
     return folder
+
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# Pillow raises SyntaxError for some files that are not what their header says.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# EXIF orientation -> the turn that shows the picture upright (ImageOps.exif_transpose's table).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def decode_image(path):
+    """uint8 [H, W, 3] RGB of an image file as a viewer shows it, or None if it cannot be decoded.
+
+    8 or 16 bits a sample; grayscale, grayscale with alpha, palette (with or without transparent
+    entries), RGB or RGBA. Transparent pixels are laid on white, 16-bit samples are scaled to
+    8 bits as round(v * 255 / 65535), and the EXIF orientation is applied. The reader and the
+    face cropper both decode with this, so that they train on and crop the same pixels."""
+    try:
+        with Image.open(path) as image:
+            colour, alpha, full = samples(path, image)  # decodes fully: a truncated file raises
+            orientation = image.getexif().get(ExifTags.Base.Orientation)
+    except DECODE_ERRORS:
+        return None
+    rgb = on_white(colour, alpha, full)
+    if orientation in UPRIGHT:
+        rgb = np.asarray(Image.fromarray(rgb).transpose(UPRIGHT[orientation]))
+    return rgb
+
+
+def samples(path, image):
+    """(colour [H, W, 1 or 3], alpha [H, W] or None, the value of full intensity) of an opened
+    image, as stored: 255 for 8-bit samples, 65535 for 16-bit ones."""
+    if image.format == "PNG" and image.mode in ("RGB", "RGBA") and png_bit_depth(path) == 16:
+        return sixteen_bit_colour(path)
+    if image.mode.startswith("I"):  # 16-bit grayscale: I;16 (Pillow before 10 says I)
+        values = np.clip(np.asarray(image), 0, 65535)
+        key = image.info.get("transparency")  # a PNG's one transparent gray value
+        alpha = None if key is None else np.where(values == key, 0, 65535)
+        return values[..., None], alpha, 65535
+    if "transparency" in image.info or image.mode not in ("L", "LA", "RGB", "RGBA"):
+        # Palette, bilevel, CMYK, and colours marked transparent by a tRNS chunk.
+        has_alpha = "transparency" in image.info or "A" in image.getbands()
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if image.mode in ("LA", "RGBA"):
+        return pixels[..., :-1], pixels[..., -1], 255
+    return pixels, None, 255
+
+
+def png_bit_depth(path):
+    """Bits a sample of a PNG, read from its IHDR chunk, which follows the 8-byte signature."""
+    with open(path, "rb") as file:
+        header = file.read(26)
+    return header[24] if len(header) == 26 and header[12:16] == b"IHDR" else None
+
+
+def sixteen_bit_colour(path):
+    """Samples of a 16-bit RGB, RGBA or grayscale+alpha PNG, all 16 bits of them: Pillow keeps
+    only the high byte of these, OpenCV keeps all. Imported here, as nothing else of the reader
+    needs OpenCV."""
+    import cv2
+
+    pixels = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.ndim != 3:
+        raise OSError(f"OpenCV cannot decode {path}")
+    alpha = pixels[..., 3] if pixels.shape[2] == 4 else None
+    return pixels[..., 2::-1], alpha, 65535  # OpenCV's BGR(A) order, turned into RGB
+
+
+def on_white(colour, alpha, full):
+    """uint8 RGB from samples in 0..full: each pixel laid on white by its alpha, and rescaled."""
+    if alpha is None and full == 255:
+        rgb = colour
+    else:
+        opacity = 1.0 if alpha is None else alpha[..., None].astype(np.float32) / full
+        rgb = np.rint((colour.astype(np.float32) / full * opacity + 1 - opacity) * 255)
+    rgb = rgb.astype(np.uint8, copy=False)
+    return np.ascontiguousarray(np.broadcast_to(rgb, colour.shape[:2] + (3,)))

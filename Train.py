@@ -3,16 +3,15 @@
 One process, GPU if there is one, else CPU:
     python Train.py --data DataSet/faces
 Several GPUs on one machine (one process per GPU, each trains on its own share of every epoch,
-gradients averaged by DataParallel; --batch-size is per process, so 2 GPUs x 50 make the brief's
-100; only rank 0 writes files):
+gradients averaged by DataParallel; --batch-size is per process; only rank 0 writes files):
     python -m paddle.distributed.launch --gpus 0,1 Train.py --data DataSet/faces --batch-size 50
 Run it again with the same --model-dir and it continues where it stopped (--fresh starts over).
-Checkpoints go to --model-dir every epoch and on Ctrl-C/SIGTERM; sample grids and the loss curve
-to --output.
+Checkpoints go to --model-dir every epoch and on Ctrl-C/SIGTERM (Checkpoint.py says how they
+survive crashes); sample grids and the loss curve go to --output.
 
-Per batch, as the original (../shared/REFERENCE.md section 1): one discriminator update on a batch
-of generated faces alone (label 0), one on the real batch alone (label 1), then --g-steps generator
-updates, each on fresh noise, with label 1. Loss: softmax cross entropy over D's two logits.
+Per batch, as the original: one discriminator update on a batch of generated faces alone
+(label 0), one on the real batch alone (label 1), then --g-steps generator updates, each on fresh
+noise, with label 1. Loss: softmax cross entropy over D's two logits.
 
 Every step draws its randomness (noise, dropout) from a seed derived from (--seed, step) and
 every epoch's order from (--seed, epoch), so a resumed run goes on exactly as one that never
@@ -20,68 +19,117 @@ stopped.
 """
 import argparse
 import contextlib
-import json
 import math
 import platform
 import secrets
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import Utils  # first: sets the CPU environment before Paddle loads
+import Utils  # noqa: I001  first: sets the CPU environment before Paddle loads
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
+import Files
+from Checkpoint import ModelFolder, RunState
 from Net import Z_DIM, Discriminator, Generator, init_dcgan_weights
 from Reader import DataSetError, DeviceLoader, FaceDataset, make_loader
 from Utils import UserError
 
 REAL, FAKE = 1, 0
 GRID_SIDE = 8  # the progress grids show 8x8 samples of one fixed noise batch
-STATE_FILE = "state.json"
-# Flags that define the run; a checkpoint trained with other values is not silently continued.
-HYPER_PARAMETERS = {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle",
-                    "d_input_bn": True, "seed": None}
+
+
+# ------------------------------------------------------------------------------- the flags
+
+def number(kind, accept, wanted):
+    """An argparse type: text -> kind, refused with "is not <wanted>" unless accept(value)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+    return parse
+
+
+positive_int = number(int, lambda value: value >= 1, "a whole number of at least 1")
+count = number(int, lambda value: value >= 0, "a whole number of at least 0")
+seed_number = number(int, lambda value: 0 <= value < 2**63, "a whole number from 0 to 2**63 - 1")
+learning_rate = number(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
+adam_beta = number(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    """A flag that defines the run: its default, kept in state.json, checked on every resume."""
+    default: object
+    help: str
+    type: object = None
+    choices: tuple = None
+
+
+# The brief's recipe. A checkpoint trained with other values is not silently continued.
+HYPER_PARAMETERS = {
+    "batch_size": HyperParameter(100, "real images per batch (per process under several GPUs)", positive_int),
+    "lr": HyperParameter(2e-4, "Adam learning rate of both networks", learning_rate),
+    "beta1": HyperParameter(0.8, "Adam beta1 of both networks", adam_beta),
+    "g_steps": HyperParameter(2, "generator updates per batch", positive_int),
+    "init": HyperParameter("paddle", "weight initialisation: Paddle's default, or DCGAN's N(0, 0.02)",
+                           choices=("paddle", "dcgan")),
+    "d_input_bn": HyperParameter(True, "BatchNorm in D's first block, as the original; --no-d-input-bn leaves "
+                                       "it out, as DCGAN does"),
+    "seed": HyperParameter(None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
+                           seed_number),
+}
+
+
+def add_hyper_parameters(parser):
+    """One flag per hyper-parameter, defaulting to None so a resume can tell "not given" from
+    "given"; the help says the real default once."""
+    for name, hp in HYPER_PARAMETERS.items():
+        flag = "--" + name.replace("_", "-")
+        text = hp.help if hp.default is None else f"{hp.help} (default {str(hp.default).lower()})"
+        if isinstance(hp.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parser.add_argument(flag, type=hp.type, choices=hp.choices, help=text)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", default="DataSet/faces", help="folder of face images (searched recursively)")
-    parser.add_argument("--epochs", type=int, default=300, help="train until this many epochs are done")
-    parser.add_argument("--batch-size", type=int, help="real images per batch (default 100)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate of both networks (default 2e-4)")
-    parser.add_argument("--beta1", type=float, help="Adam beta1 of both networks (default 0.8)")
-    parser.add_argument("--g-steps", type=int, help="generator updates per batch (default 2)")
-    parser.add_argument("--init", choices=["paddle", "dcgan"],
-                        help="weight initialisation: Paddle's default, or DCGAN's N(0, 0.02) (default paddle)")
-    parser.add_argument("--no-d-input-bn", dest="d_input_bn", action="store_const", const=False,
-                        help="stabiliser outside the brief: no BatchNorm in D's first block, as in DCGAN "
-                             "(default: BatchNorm there, as the original)")
-    parser.add_argument("--seed", type=int, help="seed of noise, dropout and data order (default: random, then kept)")
-    parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every epoch")
-    parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to train")
-    parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes")
-    parser.add_argument("--sample-every", type=int, default=50,
-                        help="write a sample grid every this many batches (0: only at epoch ends)")
-    parser.add_argument("--limit", type=int, help="use only the first N images of --data")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="DataSet/faces", help="folder of face images, searched recursively "
+                                                                "(default %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=300, help="train until this many epochs are done "
+                                                                         "(default %(default)s)")
+    add_hyper_parameters(parser)
+    parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every "
+                                                             "epoch (default %(default)s)")
+    parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve "
+                                                           "(default %(default)s)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to train "
+                                                                                         "(default %(default)s)")
+    parser.add_argument("--num-workers", type=count, default=0, help="data loader worker processes "
+                                                                     "(default %(default)s)")
+    parser.add_argument("--sample-every", type=count, default=50,
+                        help="write a sample grid every this many batches; 0: only at epoch ends (default %(default)s)")
+    parser.add_argument("--limit", type=positive_int, help="use only the first N images of --data (default: all)")
     parser.add_argument("--flip", action="store_true", help="mirror training faces left-right at random")
-    parser.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --model-dir and start over")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over, ignoring the checkpoint in --model-dir (replaced at the first checkpoint)")
     parser.add_argument("--amp", action="store_true",
                         help="GPU only: mixed precision, bfloat16 where the GPU has it, else float16 with loss "
                              "scaling; weights, Adam and checkpoints stay float32")
     parser.add_argument("--cache-device", action="store_true",
                         help="hold the whole data set on the training device as uint8 and cut batches there "
                              "(for fast GPUs; 50,000 faces take 1.4 GB)")
-    args = parser.parse_args(argv)
-    for name, value in [("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--g-steps", args.g_steps)]:
-        if value is not None and value < 1:
-            parser.error(f"{name} must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 # ------------------------------------------------------------------------------------- the step
@@ -167,83 +215,6 @@ def step_seed(seed, rank, step):
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-
-def read_state(model_dir):
-    path = Path(model_dir) / STATE_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        raise UserError(f"{path} is not valid JSON; delete {model_dir} or train with --fresh.") from None
-
-
-def settle_hyper_parameters(args, state):
-    """Fill unset flags from the checkpoint (or the brief's defaults); refuse flags that differ
-    from the checkpoint's, since mixing them would train a model neither setting describes."""
-    saved = state["hyper_parameters"] if state else {}
-    settled, conflicts = {}, []
-    for name, default in HYPER_PARAMETERS.items():
-        given = getattr(args, name)
-        if name in saved and given is not None and given != saved[name]:
-            if name == "d_input_bn":  # the only flag for it is --no-d-input-bn
-                conflicts.append("--no-d-input-bn (checkpoint: with BatchNorm on D's input)")
-            else:
-                conflicts.append(f"--{name.replace('_', '-')} {given} (checkpoint: {saved[name]})")
-        settled[name] = saved.get(name, default) if given is None else given
-    if conflicts:
-        raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "
-                        f"{', '.join(conflicts)}; drop those flags to continue it, or start over "
-                        f"with --fresh or another --model-dir.")
-    if settled["seed"] is None:
-        settled["seed"] = secrets.randbelow(2**31)
-    return settled
-
-
-def _rename_optimizer_state(state, renames):
-    """Adam keys its moments by Paddle's generated parameter names ("conv2d_17.w_0_moment1_0"),
-    which depend on how many layers the process built before; store them under the stable
-    structured names ("residual.conv1.weight_moment1_0") instead, and map them back on loading."""
-    renamed = {}
-    for key, value in state.items():
-        old = max((name for name in renames if key.startswith(name + "_")), key=len, default=None)
-        renamed[renames[old] + key[len(old):] if old else key] = value
-    return renamed
-
-
-def optimizer_state(layer, optimizer):
-    return _rename_optimizer_state(optimizer.state_dict(), {p.name: name for name, p in layer.named_parameters()})
-
-
-def set_optimizer_state(layer, optimizer, state):
-    optimizer.set_state_dict(_rename_optimizer_state(state, {name: p.name for name, p in layer.named_parameters()}))
-
-
-def save_checkpoint(model_dir, G, D, opt_g, opt_d, state):
-    """G/D weights (safetensors), Adam states (.pdopt) and state.json, each written atomically;
-    state.json goes last, so it never describes weights that are not on disk yet."""
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    step = {"global_step": state["global_step"]}
-    Utils.save_weights(G, model_dir / "G.safetensors", step)
-    Utils.save_weights(D, model_dir / "D.safetensors", step)
-    Utils.atomic_write(model_dir / "G.pdopt", lambda tmp: paddle.save(optimizer_state(G, opt_g), tmp))
-    Utils.atomic_write(model_dir / "D.pdopt", lambda tmp: paddle.save(optimizer_state(D, opt_d), tmp))
-    Utils.write_json(state, model_dir / STATE_FILE)
-
-
-def load_checkpoint(model_dir, G, D, opt_g, opt_d):
-    model_dir = Path(model_dir)
-    Utils.load_weights(G, model_dir / "G.safetensors")
-    Utils.load_weights(D, model_dir / "D.safetensors")
-    if (model_dir / "G.pdopt").exists() and (model_dir / "D.pdopt").exists():
-        set_optimizer_state(G, opt_g, paddle.load(str(model_dir / "G.pdopt")))
-        set_optimizer_state(D, opt_d, paddle.load(str(model_dir / "D.pdopt")))
-        return True
-    return False
-
-
 # ---------------------------------------------------------------------------------------- outputs
 
 def sample_spread(images):
@@ -301,7 +272,7 @@ def save_loss_curve(losses, steps_per_epoch, path):
     plt.close(figure)
 
 
-# ------------------------------------------------------------------------------------ the program
+# ------------------------------------------------------------------------------------ stopping
 
 class StopRequest:
     """Within this block, Ctrl-C or SIGTERM asks the loop to stop after the current step and save
@@ -323,117 +294,294 @@ class StopRequest:
         self.requested = True
 
 
-def train(args):
-    rank, world_size = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
-    writer = rank == 0  # under several GPUs only rank 0 writes files and prints progress
-    device = Utils.choose_device(args.device)
-    if world_size > 1:
-        paddle.distributed.init_parallel_env()
+# ------------------------------------------------------------------------- several processes
 
-    state = None if args.fresh else read_state(args.model_dir)
-    hp = settle_hyper_parameters(args, state)
+class Processes:
+    """This process among the training processes (one per GPU; just one on a CPU). Rank 0 writes
+    every file; decisions that end a step or the run are taken together, or one process would
+    leave while the others wait for it in the next gradient all-reduce."""
+
+    def __init__(self):
+        self.rank, self.world_size = paddle.distributed.get_rank(), paddle.distributed.get_world_size()
+        self.writer = self.rank == 0
+        if self.world_size > 1:
+            paddle.distributed.init_parallel_env()
+
+    def from_writer(self, value):
+        """Rank 0's value of a picklable object, on every process."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        paddle.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, *flags):
+        """For each flag, whether it is set on any process."""
+        if self.world_size == 1:
+            return flags
+        votes = paddle.to_tensor([int(flag) for flag in flags], dtype="int32")
+        paddle.distributed.all_reduce(votes, op=paddle.distributed.ReduceOp.MAX)
+        return [bool(vote) for vote in votes.numpy()]
+
+    def wait_for_all(self):
+        if self.world_size > 1:
+            paddle.distributed.barrier()
+
+
+# --------------------------------------------------------------------------------- the set-up
+
+def settle_hyper_parameters(args, state):
+    """Fill unset flags from the checkpoint (or the defaults); refuse flags that differ from the
+    checkpoint's, since mixing them would train a model neither setting describes."""
+    saved = state.hyper_parameters if state else {}
+    settled, conflicts = {}, []
+    for name, hp in HYPER_PARAMETERS.items():
+        given = getattr(args, name)
+        if name in saved and given is not None and given != saved[name]:
+            flag = name.replace("_", "-")
+            conflicts.append(f"--{'' if given else 'no-'}{flag} (checkpoint: --{'' if saved[name] else 'no-'}{flag})"
+                             if isinstance(given, bool) else f"--{flag} {given} (checkpoint: {saved[name]})")
+        settled[name] = saved.get(name, hp.default) if given is None else given
+    if conflicts:
+        raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "
+                        f"{', '.join(conflicts)}; drop those flags to continue it, or start over "
+                        f"with --fresh or another --model-dir.")
+    if settled["seed"] is None:
+        settled["seed"] = secrets.randbelow(2**31)
+    return settled
+
+
+def open_model_folder(args):
+    """Rank 0's part of the set-up: check both folders can be written before any work, take the
+    model folder, repair an interrupted save, and read where training stopped. Returns the
+    folder, the saved RunState or None, and the settled hyper-parameters."""
+    try:
+        Files.writable_folder(args.output, "--output")
+        Files.writable_folder(args.model_dir, "--model-dir")
+    except Files.FolderError as error:
+        raise UserError(str(error)) from None
+    folder = ModelFolder(args.model_dir)
+    folder.lock()
+    repaired = folder.recover()
+    if repaired:
+        print(repaired)
+    if args.fresh:
+        if folder.has_checkpoint():
+            print(f"--fresh: starting over; the checkpoint in {folder.path} stays until this run's first "
+                  f"checkpoint replaces it.")
+        state = None
+    else:
+        state = folder.read_state()
+    return folder, state, settle_hyper_parameters(args, state)
+
+
+def agree_on_start(args, procs):
+    """Rank 0 opens the model folder and every process takes its decisions (seed included), so
+    all ranks shuffle alike and a resume goes on exactly. A mistake found by rank 0 ends every
+    process with the same sentence instead of leaving the others waiting."""
+    folder, decided = ModelFolder(args.model_dir), None
+    if procs.writer:
+        try:
+            folder, state, hp = open_model_folder(args)
+            decided = {"state": state.to_json() if state else None, "hp": hp}
+        except UserError as error:
+            decided = {"error": str(error)}
+            if procs.world_size == 1:
+                raise
+    decided = procs.from_writer(decided)
+    if "error" in decided:
+        raise UserError(decided["error"])
+    state = RunState.from_json(decided["state"], folder.path) if decided["state"] else None
+    return folder, state, decided["hp"]
+
+
+def load_faces(args, hp, procs):
     try:
         dataset = FaceDataset(args.data, limit=args.limit, flip=args.flip, seed=hp["seed"])
     except DataSetError as error:
         raise UserError(str(error)) from None
-    if args.amp and device != "gpu":
-        raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
-                        "so train on CPU without --amp.")
-    amp = MixedPrecision() if args.amp else None
     loader = (DeviceLoader(dataset, hp["batch_size"], seed=hp["seed"]) if args.cache_device
               else make_loader(dataset, hp["batch_size"], num_workers=args.num_workers, seed=hp["seed"]))
-    steps_per_epoch = len(loader.batch_sampler)
-    if steps_per_epoch == 0:
+    if len(loader.batch_sampler) == 0:
         raise UserError(f"{len(dataset)} images in {args.data} do not fill one batch of {hp['batch_size']} "
-                        f"on each of {world_size} process(es); lower --batch-size or add images.")
+                        f"on each of {procs.world_size} process(es); lower --batch-size or add images.")
+    return dataset, loader
 
+
+@dataclass
+class Session:
+    """Everything one training run works with."""
+    args: argparse.Namespace
+    procs: Processes
+    folder: ModelFolder
+    state: RunState
+    dataset: FaceDataset
+    loader: object
+    G: Generator
+    D: Discriminator
+    opt_g: paddle.optimizer.Optimizer
+    opt_d: paddle.optimizer.Optimizer
+    amp: object
+    fixed_noise: np.ndarray
+    last_saved: str = None  # where the folder's newest checkpoint of this run stands, e.g. "step 8 (...)"
+    step_seconds: list = None  # this run's steps, data loading and pictures left out
+    train_G: object = None  # the networks the steps run through (DataParallel wrappers under several processes)
+    train_D: object = None
+    stop: object = None  # the StopRequest of the loop
+
+    @property
+    def networks(self):
+        return {"G": self.G, "D": self.D}
+
+    @property
+    def optimizers(self):
+        return {"G": self.opt_g, "D": self.opt_d}
+
+
+def build_networks(hp):
     Utils.seed_everything(hp["seed"])
     G, D = Generator(), Discriminator(input_norm=hp["d_input_bn"])
     if hp["init"] == "dcgan":
-        init_dcgan_weights(G), init_dcgan_weights(D)
+        for network in (G, D):
+            init_dcgan_weights(network)
     opt_g = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=G.parameters())
     opt_d = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=D.parameters())
-    if state:
-        with_adam = load_checkpoint(args.model_dir, G, D, opt_g, opt_d)
-        if writer:
-            print(f"Resuming from {args.model_dir}: {state['epochs_done']} epochs and "
-                  f"{state['batches_done']} batches done (step {state['global_step']})"
-                  + ("." if with_adam else "; no optimizer state there, so Adam starts afresh."))
+    return G, D, opt_g, opt_d
+
+
+def set_up(args):
+    procs = Processes()
+    device = Utils.choose_device(args.device)
+    if args.amp and device != "gpu":
+        raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
+                        "so train on CPU without --amp.")
+    folder, saved, hp = agree_on_start(args, procs)
+    dataset, loader = load_faces(args, hp, procs)
+    G, D, opt_g, opt_d = build_networks(hp)
+    state = saved or RunState(hyper_parameters=hp)
+    state.run = state.run or procs.from_writer(secrets.token_hex(4))  # a checkpoint from before run ids
+    session = Session(args, procs, folder, state, dataset, loader, G, D, opt_g, opt_d,
+                      amp=MixedPrecision() if args.amp else None, step_seconds=[],
+                      fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2))
+    if saved:
+        with_adam = folder.load(session.networks, session.optimizers, saved)
+        session.last_saved = saved.where()
+        say(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
+                     f"done (step {saved.global_step})"
+                     + ("." if with_adam else "; no usable optimizer state there, so Adam starts afresh."))
+    state.hyper_parameters = hp
+    state.data, state.images, state.steps_per_epoch = str(args.data), len(dataset), len(loader.batch_sampler)
+    state.versions = {"paddle": paddle.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    say(session, f"Training on {device} ({procs.world_size} process(es)"
+                 + (f", {session.amp.dtype} mixed precision" if session.amp else "") + f"), {len(dataset)} faces, "
+                 f"{state.steps_per_epoch} batches of {hp['batch_size']} per epoch, seed {hp['seed']}.")
+    if dataset.skipped:
+        say(session, f"Skipped {len(dataset.skipped)} unreadable files.")
+    return session
+
+
+def say(session, message):
+    if session.procs.writer:
+        print(message)
+
+
+# --------------------------------------------------------------------------------- the loop
+
+def checkpoint(session, started):
+    session.state.wall_seconds = round(time.time() - started, 1)
+    if session.procs.writer:
+        session.folder.save(session.networks, session.optimizers, session.state)
+    session.last_saved = session.state.where()
+    session.procs.wait_for_all()  # nobody leaves before rank 0's checkpoint is on disk
+
+
+def sample(session, epoch):
+    state, losses = session.state, session.state.losses
+    title = (f"Epoch {epoch}  Batch {state.batches_done}  D loss {losses['d_fake'][-1] + losses['d_real'][-1]:.4f}  "
+             f"G loss {losses['g'][-1]:.4f}")
+    path = Path(session.args.output) / f"epoch_{epoch:04d}_batch_{state.batches_done:04d}.png"
+    spread = save_sample_grid(session.G, session.fixed_noise, path, title)
+    state.spread.append([state.global_step, round(spread, 2)])
+
+
+def divergence_message(session, losses, epoch):
+    where = f"the losses became {losses} at epoch {epoch}, step {session.state.global_step + 1}; training stopped"
+    folder = session.folder.path
+    if session.last_saved:
+        kept = f"the last checkpoint in {folder}, of {session.last_saved}, was kept"
+    elif session.args.fresh and session.folder.has_checkpoint():
+        kept = f"no checkpoint of this run was written, so {folder} still holds the one --fresh would have replaced"
     else:
-        state = {"epochs_done": 0, "batches_done": 0, "global_step": 0,
-                 "losses": {"d_fake": [], "d_real": [], "g": []}, "wall_seconds": 0.0}
-    state.update(hyper_parameters=hp, data=str(args.data), images=len(dataset), steps_per_epoch=steps_per_epoch,
-                 versions={"paddle": paddle.__version__, "numpy": np.__version__, "python": platform.python_version()})
-    if state["epochs_done"] >= args.epochs:
-        print(f"{args.model_dir} already holds {state['epochs_done']} epochs (--epochs {args.epochs}); nothing to do.")
+        kept = f"no checkpoint was written yet, so {folder} holds none"
+    return f"{where} and {kept}. Try a lower --lr, or --init dcgan."
+
+
+def run_step(session, real, epoch):
+    """One batch: the update, then the decisions every process takes together. Returns whether
+    to stop after this step."""
+    state, hp, procs = session.state, session.state.hyper_parameters, session.procs
+    paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
+    started = time.perf_counter()
+    G, D = session.train_G, session.train_D
+    step_losses = train_step(G, D, session.opt_g, session.opt_d, real, hp["g_steps"],
+                             freeze_d=procs.world_size == 1, amp=session.amp)
+    losses = [float(loss) for loss in step_losses]  # waits for the device
+    session.step_seconds.append(time.perf_counter() - started)
+    diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)
+    if diverged:
+        raise UserError(divergence_message(session, losses, epoch))
+    for key, value in zip(("d_fake", "d_real", "g"), losses):
+        state.losses[key].append(round(value, 5))
+    state.global_step += 1
+    state.batches_done += 1
+    return losses, stop
+
+
+def run_epoch(session, epoch):
+    """Train the rest of one epoch. Returns False if the run was asked to stop."""
+    state, args = session.state, session.args
+    session.loader.batch_sampler.set_epoch(epoch, start_batch=state.batches_done)
+    session.dataset.set_epoch(epoch)
+    progress = tqdm(session.loader, total=state.steps_per_epoch, initial=state.batches_done,
+                    desc=f"epoch {epoch}/{args.epochs}", disable=not session.procs.writer, dynamic_ncols=True)
+    with progress:
+        for real in progress:
+            losses, stop = run_step(session, real, epoch)
+            progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
+            every = args.sample_every and state.batches_done % args.sample_every == 0
+            if session.procs.writer and (every or state.batches_done == state.steps_per_epoch):
+                sample(session, epoch)
+            if stop:
+                return False
+    state.epochs_done, state.batches_done = epoch, 0
+    return True
+
+
+def train(args):
+    session = set_up(args)
+    state, folder = session.state, session.folder.path
+    if state.epochs_done >= args.epochs:
+        say(session, f"{folder} already holds {state.epochs_done} epochs (--epochs {args.epochs}); nothing to do.")
         return state
-    if writer:
-        print(f"Training on {device} ({world_size} process(es)"
-              + (f", {amp.dtype} mixed precision" if amp else "") + f"), {len(dataset)} faces, "
-              f"{steps_per_epoch} batches of {hp['batch_size']} per epoch, seed {hp['seed']}.")
-        if dataset.skipped:
-            print(f"Skipped {len(dataset.skipped)} unreadable files.")
-
-    # Under several GPUs the steps run through DataParallel wrappers, which average the gradients
-    # across processes; checkpoints and samples use the plain networks.
-    G_step, D_step = (paddle.DataParallel(G), paddle.DataParallel(D)) if world_size > 1 else (G, D)
-    fixed_noise = Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE * GRID_SIDE)
-    output = Path(args.output)
-    started = time.time() - state["wall_seconds"]
-    step_seconds = []  # this run's steps, data loading and pictures left out
-
-    def checkpoint():
-        state["wall_seconds"] = round(time.time() - started, 1)
-        if writer:
-            save_checkpoint(args.model_dir, G, D, opt_g, opt_d, state)
-
-    def sample(epoch, batch):
-        losses = state["losses"]
-        title = (f"Epoch {epoch}  Batch {batch}  D loss {losses['d_fake'][-1] + losses['d_real'][-1]:.4f}  "
-                 f"G loss {losses['g'][-1]:.4f}")
-        spread = save_sample_grid(G, fixed_noise, output / f"epoch_{epoch:04d}_batch_{batch:04d}.png", title)
-        state.setdefault("spread", []).append([state["global_step"], round(spread, 2)])
-
-    with StopRequest() as stop:
-        while state["epochs_done"] < args.epochs:
-            epoch = state["epochs_done"] + 1
-            loader.batch_sampler.set_epoch(epoch, start_batch=state["batches_done"])
-            dataset.set_epoch(epoch)
-            progress = tqdm(loader, total=steps_per_epoch, initial=state["batches_done"],
-                            desc=f"epoch {epoch}/{args.epochs}", disable=not writer, dynamic_ncols=True)
-            for real in progress:
-                paddle.seed(step_seed(hp["seed"], rank, state["global_step"]))
-                step_started = time.perf_counter()
-                step_losses = train_step(G_step, D_step, opt_g, opt_d, real, hp["g_steps"], world_size == 1, amp)
-                losses = [float(loss) for loss in step_losses]  # waits for the device
-                step_seconds.append(time.perf_counter() - step_started)
-                if not all(math.isfinite(loss) for loss in losses):
-                    raise UserError(f"the losses became {losses} at epoch {epoch}, step {state['global_step'] + 1}; "
-                                    f"training stopped and the last checkpoint in {args.model_dir} was kept. "
-                                    f"Try a lower --lr, or --init dcgan.")
-                for key, value in zip(("d_fake", "d_real", "g"), losses):
-                    state["losses"][key].append(round(value, 5))
-                state["global_step"] += 1
-                state["batches_done"] += 1
-                progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
-                every = args.sample_every and state["batches_done"] % args.sample_every == 0
-                if writer and (every or state["batches_done"] == steps_per_epoch):
-                    sample(epoch, state["batches_done"])
-                if stop.requested:
-                    progress.close()
-                    checkpoint()
-                    print(f"Stopped in epoch {epoch} after batch {state['batches_done']}; checkpoint saved to "
-                          f"{args.model_dir}. Run the same command to continue.")
-                    sys.exit(130)
-            progress.close()
-            state["epochs_done"], state["batches_done"] = epoch, 0
-            checkpoint()
-            if writer:
-                save_loss_curve(state["losses"], steps_per_epoch, output / "loss.png")
-    if writer:
-        print(f"Done: {state['epochs_done']} epochs, {state['global_step']} steps; model in {args.model_dir}, "
-              f"samples in {output}. A training step took {np.median(step_seconds):.2f} s "
-              f"(median of this run's {len(step_seconds)}).")
+    # Under several processes the steps run through DataParallel wrappers, which average the
+    # gradients; checkpoints and samples use the plain networks.
+    several = session.procs.world_size > 1
+    session.train_G, session.train_D = ((paddle.DataParallel(session.G), paddle.DataParallel(session.D)) if several
+                                        else (session.G, session.D))
+    started = time.time() - state.wall_seconds
+    with StopRequest() as session.stop:
+        while state.epochs_done < args.epochs:
+            finished = run_epoch(session, state.epochs_done + 1)
+            checkpoint(session, started)
+            if not finished:
+                say(session, f"Stopped in epoch {state.epochs_done + 1} after batch {state.batches_done}; checkpoint "
+                             f"saved to {folder}. Run the same command to continue.")
+                sys.exit(130)
+            if session.procs.writer:
+                save_loss_curve(state.losses, state.steps_per_epoch, Path(args.output) / "loss.png")
+    say(session, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, samples in "
+                 f"{args.output}. A training step took {np.median(session.step_seconds):.2f} s "
+                 f"(median of this run's {len(session.step_seconds)}).")
     return state
 
 

@@ -84,9 +84,10 @@ import paddle  # noqa: E402
 
 _use_all_cores()
 from safetensors import SafetensorError  # noqa: E402
-from safetensors.numpy import load_file, save_file  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
 
-from Files import atomic_write, write_json  # noqa: E402,F401  (re-exported to the scripts)
+from Files import atomic_write, read_json, write_json  # noqa: E402,F401  (re-exported to the scripts)
 from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
 
 GENERATOR_FILE = "G.safetensors"
@@ -171,16 +172,19 @@ def save_weights(layer, path, metadata=None):
 
 
 def load_weights(layer, path):
-    """Load a safetensors file written by save_weights into layer, checking every name and shape."""
+    """Load a safetensors file written by save_weights into layer, checking every name and shape.
+    Returns the file's metadata (Train.py stamps each file with its checkpoint's step)."""
     path = Path(path)
     try:
-        arrays = load_file(str(path))
+        with safe_open(str(path), "np") as weights:
+            metadata = weights.metadata() or {}
+            arrays = {name: weights.get_tensor(name) for name in weights.keys()}
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; train a model with `python Train.py` first "
                         f"or point --model-dir at a folder that holds {path.name}.") from None
     except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{path} is not a readable safetensors file ({error}); "
-                        f"delete it and train again, or use another --model-dir.") from None
+        raise UserError(f"{path} is not a readable safetensors file ({error}): it is damaged or was never "
+                        f"one. Put back a good copy of it, or use another --model-dir.") from None
     expected = layer.state_dict()
     wrong = sorted(set(expected) ^ set(arrays))
     wrong += [name for name in expected if name in arrays and list(arrays[name].shape) != list(expected[name].shape)]
@@ -188,6 +192,7 @@ def load_weights(layer, path):
         raise UserError(f"{path} holds weights of another network (first mismatch: {wrong[0]}); "
                         f"it was not written by this version of Net.py, so train a new model.")
     layer.set_state_dict({name: paddle.to_tensor(array) for name, array in arrays.items()})
+    return metadata
 
 
 def load_generator(model_dir):

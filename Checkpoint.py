@@ -1,0 +1,279 @@
+"""A training checkpoint in a model folder, written and read as one unit.
+
+A model folder (Train.py's --model-dir) holds one checkpoint:
+
+    G.safetensors, D.safetensors   weights and BatchNorm statistics (Run.py reads G alone)
+    G.pdopt, D.pdopt               Adam's moments, in Paddle's optimizer-state format
+    state.json                     where training stopped, its settings and its loss history
+
+Every file is stamped with the checkpoint's identity (the run's id and the step), and loading
+refuses files whose stamps differ, so weights of one step never meet another step's Adam state.
+
+A save writes all files into `.incoming/` first, flushes them to disk, and then writes the marker
+`.incoming/COMPLETE`: that marker is the moment the new checkpoint exists. Only then are the
+files moved into place. The next run that opens the folder finishes the move if the marker is
+there, or throws `.incoming/` away if it is not, so after a kill at any instant or a full disk the
+folder holds one consistent checkpoint: the last complete one.
+
+One process at a time writes to a model folder: `ModelFolder.lock()` takes an advisory lock that
+the operating system releases when the process ends, however it ends.
+"""
+import math
+import os
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import paddle
+
+import Files
+import Utils
+from Utils import UserError
+
+STATE_FILE = "state.json"
+INCOMING = ".incoming"
+COMPLETE = "COMPLETE"
+LOCK_FILE = ".lock"
+NETWORKS = ("G", "D")
+
+
+def weights_file(name):
+    return f"{name}.safetensors"
+
+
+def adam_file(name):
+    return f"{name}.pdopt"
+
+
+# ------------------------------------------------------------------------------- the run's state
+
+@dataclass
+class RunState:
+    """What state.json holds: how far training got, with which settings, and what it measured."""
+
+    hyper_parameters: dict
+    run: str = field(default_factory=lambda: secrets.token_hex(4))  # stamps every file of this run
+    epochs_done: int = 0
+    batches_done: int = 0  # of the epoch under way
+    global_step: int = 0
+    wall_seconds: float = 0.0
+    losses: dict = field(default_factory=lambda: {"d_fake": [], "d_real": [], "g": []})
+    spread: list = field(default_factory=list)  # [step, spread] at each sample grid
+    data: str = ""
+    images: int = 0
+    steps_per_epoch: int = 0
+    versions: dict = field(default_factory=dict)
+
+    def stamp(self):
+        return {"run": self.run, "global_step": str(self.global_step)}
+
+    def where(self):
+        return f"step {self.global_step} (epoch {self.epochs_done + 1}, batch {self.batches_done})" \
+            if self.batches_done else f"step {self.global_step} (end of epoch {self.epochs_done})"
+
+    @classmethod
+    def from_json(cls, data, path):
+        """Check every field's type and range; a wrong state.json is refused, never guessed at."""
+        if not isinstance(data, dict):
+            raise _bad_state(path, f"it holds {type(data).__name__}, not the object Train.py writes")
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name in REQUIRED_FIELDS]
+        if missing:
+            raise _bad_state(path, f"it lacks {', '.join(missing)}")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values.setdefault("run", "")  # written before checkpoints were stamped with a run id
+        for f in fields(cls):
+            kind = FIELD_TYPES[f.name]
+            if f.name in values and not _is(values[f.name], kind):
+                raise _bad_state(path, f"its {f.name} is {values[f.name]!r}, not {_describe(kind)}")
+        for name in ("epochs_done", "batches_done", "global_step"):
+            if values[name] < 0:
+                raise _bad_state(path, f"its {name} is negative")
+        losses = values.get("losses", {})
+        if not all(isinstance(losses.get(key), list) for key in ("d_fake", "d_real", "g")):
+            raise _bad_state(path, "its losses are not the three lists d_fake, d_real and g")
+        return cls(**values)
+
+    def to_json(self):
+        return asdict(self)
+
+
+REQUIRED_FIELDS = {"hyper_parameters", "epochs_done", "batches_done", "global_step", "losses"}
+FIELD_TYPES = {"hyper_parameters": dict, "run": str, "epochs_done": int, "batches_done": int, "global_step": int,
+               "wall_seconds": float, "losses": dict, "spread": list, "data": str, "images": int,
+               "steps_per_epoch": int, "versions": dict}
+
+
+def _is(value, kind):
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _describe(kind):
+    return {int: "a whole number", float: "a number", dict: "an object", list: "a list", str: "a string"}[kind]
+
+
+def _bad_state(path, reason):
+    return UserError(f"{path} cannot be used: {reason}. The weights beside it are intact, but where training "
+                     f"stopped is unknown: put back the state.json written with them, or start over with --fresh "
+                     f"(which replaces them at its first checkpoint) or another --model-dir.")
+
+
+# ----------------------------------------------------------------------------- Adam's state
+
+def _rename_optimizer_state(state, renames):
+    """Adam keys its moments by Paddle's generated parameter names ("conv2d_17.w_0_moment1_0"),
+    which depend on how many layers the process built before; store them under the stable
+    structured names ("residual.conv1.weight_moment1_0") instead, and map them back on loading."""
+    renamed = {}
+    for key, value in state.items():
+        old = max((name for name in renames if key.startswith(name + "_")), key=len, default=None)
+        renamed[renames[old] + key[len(old):] if old else key] = value
+    return renamed
+
+
+def optimizer_state(layer, optimizer):
+    return _rename_optimizer_state(optimizer.state_dict(), {p.name: name for name, p in layer.named_parameters()})
+
+
+def set_optimizer_state(layer, optimizer, state):
+    optimizer.set_state_dict(_rename_optimizer_state(state, {name: p.name for name, p in layer.named_parameters()}))
+
+
+# ------------------------------------------------------------------------------- the folder
+
+class ModelFolder:
+    """The checkpoint of one model folder: recover, lock, read, load and save it."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = None
+
+    def lock(self):
+        """Take the folder for this process, or refuse at once if another process has it."""
+        import fcntl  # POSIX; the lock is advisory and dies with its process
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{self.path} is being trained by another Train.py ({holder}); wait for it to end, "
+                            f"or give this run another --model-dir.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def recover(self):
+        """Finish or discard a save that was interrupted, and remove stray temporary files.
+        Returns a sentence saying what was done, or None."""
+        incoming = self.path / INCOMING
+        said = None
+        if (incoming / COMPLETE).exists():
+            self._move_into_place(incoming)
+            said = f"A save into {self.path} was interrupted after it was complete; its move was finished."
+        elif incoming.exists():
+            said = f"A save into {self.path} was interrupted before it was complete; it was discarded."
+        shutil.rmtree(incoming, ignore_errors=True)
+        for stray in self.path.glob(".*.tmp*"):
+            stray.unlink()
+        return said
+
+    def has_checkpoint(self):
+        names = [weights_file(n) for n in NETWORKS] + [adam_file(n) for n in NETWORKS] + [STATE_FILE]
+        return any((self.path / name).exists() for name in names)
+
+    def read_state(self):
+        """The folder's RunState, or None for a folder without any checkpoint file. A folder with
+        weights but no usable state.json is refused: guessing would overwrite a trained model."""
+        path = self.path / STATE_FILE
+        if not path.exists():
+            if self.has_checkpoint():
+                raise _bad_state(path, "it is missing")
+            return None
+        try:
+            data = Utils.read_json(path)
+        except ValueError as error:
+            raise _bad_state(path, f"it is not valid JSON ({error})") from None
+        return RunState.from_json(data, path)
+
+    def load(self, networks, optimizers, state):
+        """Load weights (and Adam's state when it is there) of the checkpoint that state describes.
+        Returns whether Adam's state was loaded."""
+        for name, layer in networks.items():
+            stamp = Utils.load_weights(layer, self.path / weights_file(name))
+            self._check_stamp(weights_file(name), stamp, state)
+        adam = {name: self.path / adam_file(name) for name in networks}
+        if not all(path.exists() for path in adam.values()):
+            return False
+        saved = {name: _read_adam(path) for name, path in adam.items()}
+        if any(value is None for value in saved.values()):
+            return False  # written before files were stamped: it cannot be matched to the weights
+        for name, value in saved.items():
+            self._check_stamp(adam[name].name, value["checkpoint"], state)
+            set_optimizer_state(networks[name], optimizers[name], value["adam"])
+        return True
+
+    def _check_stamp(self, name, stamp, state):
+        found = (stamp.get("run", ""), str(stamp.get("global_step", "")))
+        if found != (state.run, str(state.global_step)):
+            raise UserError(f"{self.path / name} belongs to another checkpoint (run {found[0] or '?'}, step "
+                            f"{found[1] or '?'}) than {STATE_FILE} (run {state.run or '?'}, step {state.global_step}): "
+                            f"files of two checkpoints were mixed. Put back the matching files, or start over "
+                            f"with --fresh or another --model-dir.")
+
+    def save(self, networks, optimizers, state):
+        """Write the checkpoint as one unit (see the module's docstring)."""
+        incoming = self.path / INCOMING
+        shutil.rmtree(incoming, ignore_errors=True)
+        stamp = state.stamp()
+        try:
+            incoming.mkdir(parents=True)
+            for name, layer in networks.items():
+                Utils.save_weights(layer, incoming / weights_file(name), stamp)
+                adam = {"checkpoint": stamp, "adam": optimizer_state(layer, optimizers[name])}
+                Files.atomic_write(incoming / adam_file(name), lambda tmp: paddle.save(adam, tmp))
+            Files.write_json(state.to_json(), incoming / STATE_FILE)
+            Files.fsync_folder(incoming)
+            Files.write_json(sorted(os.listdir(incoming)), incoming / COMPLETE)
+            Files.fsync_folder(incoming)
+        except OSError as error:
+            shutil.rmtree(incoming, ignore_errors=True)
+            raise UserError(f"the checkpoint of {state.where()} could not be written to {self.path} "
+                            f"({error.strerror or error}); the folder still holds its last complete checkpoint. "
+                            f"Free some space or fix the folder, then run the same command to continue.") from None
+        self._move_into_place(incoming)
+
+    def _move_into_place(self, incoming):
+        """Move a complete checkpoint's files from incoming into the folder, state.json last.
+        Safe to repeat after an interruption: a file already moved is simply no longer there."""
+        names = Utils.read_json(incoming / COMPLETE)
+        for name in sorted(names, key=lambda name: name == STATE_FILE):
+            if (incoming / name).exists():
+                os.replace(incoming / name, self.path / name)
+        Files.fsync_folder(self.path)
+        shutil.rmtree(incoming)
+
+
+def _read_adam(path):
+    """The stamped Adam state in path; None for an unstamped one of an older version."""
+    try:
+        saved = paddle.load(str(path))
+    except Exception as error:  # noqa: BLE001  paddle.load raises many kinds for a damaged file
+        saved, reason = None, f"{type(error).__name__}: {error}"
+    else:
+        reason = "it is not an optimizer state written by Train.py"
+    if isinstance(saved, dict) and isinstance(saved.get("adam"), dict) and isinstance(saved.get("checkpoint"), dict):
+        return saved
+    if isinstance(saved, dict) and saved and all("_moment" in key or "_pow_acc" in key for key in saved):
+        return None
+    raise UserError(f"{path} is damaged or foreign ({reason}). The weights beside it are intact: delete "
+                    f"G.pdopt and D.pdopt to continue with Adam started afresh, or start over with --fresh.")

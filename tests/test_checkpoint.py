@@ -1,0 +1,313 @@
+"""Nothing lost, ever: a checkpoint is one unit whatever kills its save, one Train.py writes a model
+folder at a time, state is never guessed, and every mistake ends in one true sentence."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import paddle
+import pytest
+from safetensors.numpy import load_file
+
+import Checkpoint
+import Files
+import Train
+from Checkpoint import ModelFolder, RunState
+from conftest import ROOT, run_script
+from test_train import train_args
+from Utils import UserError
+
+# A save of two small layers in a process that kills itself with SIGKILL at its N-th fsync or
+# rename: the moments where a real crash leaves the disk in a new state.
+SAVE_AND_DIE = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    import Checkpoint, Files, paddle
+    from test_checkpoint import small_networks
+    kill_at, events = int(sys.argv[3]), [0]
+    def counted(function):
+        def call(*args, **kwargs):
+            events[0] += 1
+            if events[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return function(*args, **kwargs)
+        return call
+    os.fsync, os.replace = counted(os.fsync), counted(os.replace)
+    networks, optimizers, state = small_networks(step=2)
+    Checkpoint.ModelFolder(sys.argv[2]).save(networks, optimizers, state)
+    print(events[0])
+""")
+
+
+def small_networks(step):
+    """Two small layers with Adam state, their weights a function of step, and a RunState at step."""
+    paddle.seed(step)
+    networks = {"G": paddle.nn.Linear(8, 4), "D": paddle.nn.Linear(4, 2)}
+    optimizers = {name: paddle.optimizer.Adam(1e-3, parameters=layer.parameters()) for name, layer in networks.items()}
+    for name, layer in networks.items():
+        layer(paddle.rand([3, layer.weight.shape[0]])).mean().backward()
+        optimizers[name].step()
+    state = RunState(hyper_parameters={"seed": 1}, run="testrun", global_step=step, epochs_done=step)
+    return networks, optimizers, state
+
+
+def weights(folder, name):
+    return load_file(str(folder / f"{name}.safetensors"))
+
+
+def leftovers(folder):
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith(".") and path.name != ".lock")
+
+
+def test_a_save_killed_at_any_instant_leaves_the_last_complete_checkpoint(tmp_path):
+    old = tmp_path / "old"
+    ModelFolder(old).save(*small_networks(step=1))
+    new = tmp_path / "new"
+    ModelFolder(new).save(*small_networks(step=2))
+    outcomes = []
+    for kill_at in range(1, 100):
+        folder = tmp_path / f"killed_{kill_at}"
+        subprocess.run(["cp", "-a", str(old), str(folder)], check=True)
+        died = subprocess.run([sys.executable, "-c", SAVE_AND_DIE, str(ROOT / "tests"), str(folder), str(kill_at)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        if died.returncode == 0:
+            break  # kill_at is past the save's last event: every instant was tried
+        assert died.returncode == -signal.SIGKILL, died.stderr
+        ModelFolder(folder).recover()
+        state = ModelFolder(folder).read_state()
+        networks, optimizers, _ = small_networks(step=0)
+        assert ModelFolder(folder).load(networks, optimizers, state)  # stamps agree, Adam included
+        expected = old if state.global_step == 1 else new
+        for name in ("G", "D"):
+            assert all(np.array_equal(weights(folder, name)[key], weights(expected, name)[key])
+                       for key in weights(expected, name))
+        assert leftovers(folder) == []
+        outcomes.append(state.global_step)
+    assert kill_at > 10, died.stderr  # the save has many steps, and each was interrupted once
+    assert outcomes[0] == 1 and outcomes[-1] == 2 and outcomes == sorted(outcomes)
+
+
+def test_a_save_that_fails_keeps_the_last_checkpoint_and_no_temporary_files(tmp_path, monkeypatch):
+    folder = ModelFolder(tmp_path)
+    folder.save(*small_networks(step=1))
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    writes = []
+
+    def disk_full_at_third_file(path, write):
+        writes.append(path)
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device")
+        return real_write(path, write)
+
+    real_write = Files.atomic_write
+    monkeypatch.setattr(Files, "atomic_write", disk_full_at_third_file)
+    with pytest.raises(UserError, match=r"checkpoint of step 2 .* could not be written .*No space left on device.*"
+                                        r"still holds its last complete checkpoint"):
+        folder.save(*small_networks(step=2))
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+@contextmanager
+def tmpfs(path, options):
+    """A tmpfs mounted at path (root only); skips the test where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_disk_during_training_keeps_the_last_complete_checkpoint(faces_dir, tmp_path):
+    # One checkpoint of the real networks takes about 60 MB: the first fits, a second beside it does not.
+    with tmpfs(tmp_path / "small", "size=100m") as small:
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))
+        with pytest.raises(UserError, match=r"could not be written .*No space left.* last complete checkpoint"):
+            Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--model-dir", str(small)))
+        assert json.loads((small / "state.json").read_text())["epochs_done"] == 1
+        assert leftovers(small) == []
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))  # loads, all stamps agree
+
+
+def test_an_interrupted_complete_save_is_finished_and_stray_temporary_files_removed(tmp_path, capsys):
+    ModelFolder(tmp_path).save(*small_networks(step=1))
+    incoming = tmp_path / Checkpoint.INCOMING
+    networks, optimizers, state = small_networks(step=2)
+    ModelFolder(tmp_path / "staged").save(networks, optimizers, state)
+    incoming.mkdir()
+    for name in ("G.safetensors", "D.safetensors", "state.json"):  # the move stopped after the Adam files
+        os.replace(tmp_path / "staged" / name, incoming / name)
+    for name in ("G.pdopt", "D.pdopt"):
+        os.replace(tmp_path / "staged" / name, tmp_path / name)
+    Files.write_json(sorted(os.listdir(incoming)) + ["G.pdopt", "D.pdopt"], incoming / Checkpoint.COMPLETE)
+    (tmp_path / ".G.safetensors.tmp4242").write_bytes(b"half")  # left by an older version's crash
+    assert "its move was finished" in ModelFolder(tmp_path).recover()
+    assert ModelFolder(tmp_path).read_state().global_step == 2
+    assert ModelFolder(tmp_path).load(*small_networks(step=0)[:2], ModelFolder(tmp_path).read_state())
+    assert leftovers(tmp_path) == []
+
+
+def test_an_incomplete_save_is_discarded(tmp_path):
+    ModelFolder(tmp_path).save(*small_networks(step=1))
+    (tmp_path / Checkpoint.INCOMING).mkdir()
+    (tmp_path / Checkpoint.INCOMING / "G.safetensors").write_bytes(b"new but alone")
+    assert "it was discarded" in ModelFolder(tmp_path).recover()
+    assert ModelFolder(tmp_path).read_state().global_step == 1 and leftovers(tmp_path) == []
+
+
+def test_files_of_two_checkpoints_are_refused_not_mixed(tmp_path):
+    ModelFolder(tmp_path / "a").save(*small_networks(step=1))
+    ModelFolder(tmp_path / "b").save(*small_networks(step=2))
+    os.replace(tmp_path / "b" / "D.safetensors", tmp_path / "a" / "D.safetensors")
+    folder = ModelFolder(tmp_path / "a")
+    with pytest.raises(UserError, match=r"D.safetensors belongs to another checkpoint \(run testrun, step 2\) "
+                                        r"than state.json \(run testrun, step 1\)"):
+        folder.load(*small_networks(step=0)[:2], folder.read_state())
+
+
+# ------------------------------------------------------------------------ state is never guessed
+
+def copy_of_trained(trained, faces_dir, tmp_path):
+    """A copy of the one-epoch checkpoint of conftest's `trained`, and the flags that continue it."""
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    return tmp_path / "Model", train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5")
+
+
+@pytest.mark.parametrize("text", [None, "null", "{}", "[1, 2]", '{"epochs_done": 1}', "{not json", ""],
+                         ids=["deleted", "null", "empty-object", "list", "missing-keys", "invalid", "empty-file"])
+def test_weights_without_a_usable_state_json_are_refused_and_kept(trained, faces_dir, tmp_path, text):
+    model, args = copy_of_trained(trained, faces_dir, tmp_path)
+    if text is None:
+        (model / "state.json").unlink()
+    else:
+        (model / "state.json").write_text(text)
+    before = (model / "G.safetensors").read_bytes()
+    with pytest.raises(UserError) as refused:
+        Train.main(args)
+    message = str(refused.value)
+    assert "state.json cannot be used" in message and "weights beside it are intact" in message
+    assert "--fresh" in message and "delete" not in message
+    assert (model / "G.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"epochs_done": "1"}, "its epochs_done is '1', not a whole number"),
+    ({"global_step": -3}, "its global_step is negative"),
+    ({"hyper_parameters": [1]}, "its hyper_parameters is [1], not an object"),
+    ({"losses": {"g": []}}, "its losses are not the three lists"),
+    ({"wall_seconds": None}, "its wall_seconds is None, not a number"),
+])
+def test_a_state_json_with_wrong_values_is_one_sentence(trained, faces_dir, tmp_path, change, words):
+    model, args = copy_of_trained(trained, faces_dir, tmp_path)
+    state = json.loads((model / "state.json").read_text())
+    (model / "state.json").write_text(json.dumps({**state, **change}))
+    result = run_script("Train.py", *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert words in result.stderr
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04truncated", b"not a pickle at all"], ids=["empty", "truncated",
+                                                                                             "foreign"])
+def test_a_damaged_adam_file_is_one_sentence_that_keeps_the_weights(trained, faces_dir, tmp_path, content):
+    model, args = copy_of_trained(trained, faces_dir, tmp_path)
+    (model / "D.pdopt").write_bytes(content)
+    result = run_script("Train.py", *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "D.pdopt is damaged or foreign" in result.stderr and "Adam started afresh" in result.stderr
+
+
+def test_a_damaged_weights_file_says_to_put_back_a_good_copy_not_to_delete_it(trained, faces_dir, tmp_path):
+    model, args = copy_of_trained(trained, faces_dir, tmp_path)
+    (model / "G.safetensors").write_bytes(b"\x00" * 100)
+    result = run_script("Train.py", *args, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "G.safetensors is not a readable safetensors file" in result.stderr
+    assert "Put back a good copy" in result.stderr and "delete" not in result.stderr
+
+
+def test_fresh_says_it_will_replace_the_checkpoint_there(trained, faces_dir, tmp_path, capsys):
+    model, args = copy_of_trained(trained, faces_dir, tmp_path)
+    (model / "state.json").unlink()
+    Train.main([*args, "--fresh", "--limit", "4", "--epochs", "1"])
+    assert "--fresh: starting over" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- one writer
+
+def test_a_second_train_py_on_the_same_model_folder_refuses_at_once(faces_dir, tmp_path):
+    holder = ModelFolder(tmp_path / "Model")
+    holder.lock()  # as a running Train.py holds it
+    started = time.time()
+    result = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"is being trained by another Train.py (pid {os.getpid()})" in result.stderr
+    assert time.time() - started < 60 and not (tmp_path / "Model" / "state.json").exists()
+
+
+def test_a_killed_run_leaves_no_stuck_lock(faces_dir, tmp_path):
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import Checkpoint, os, signal; "
+            f"Checkpoint.ModelFolder({str(tmp_path / 'Model')!r}).lock(); os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    assert json.loads((tmp_path / "Model" / "state.json").read_text())["epochs_done"] == 1
+
+
+# ------------------------------------------------------------------------- check before the work
+
+@pytest.mark.parametrize("flag", ["--output", "--model-dir"])
+def test_a_folder_that_is_a_file_is_refused_before_any_training(faces_dir, tmp_path, flag):
+    (tmp_path / "file").write_text("not a folder")
+    result = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1"), flag, tmp_path / "file",
+                        check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{flag} {tmp_path / 'file'} is a file, not a folder" in result.stderr
+    assert "Training on" not in result.stdout
+
+
+@pytest.mark.parametrize("options, words", [("ro,size=1m", "Read-only file system"),
+                                            ("size=64k", "No space left on device")], ids=["read-only", "full"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_training(faces_dir, tmp_path, options, words):
+    with tmpfs(tmp_path / "mnt", options) as mnt:
+        if "ro" not in options:  # fill it
+            subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'filler'}", "bs=4k", "count=100"], capture_output=True)
+        result = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1"), "--output", mnt,
+                            check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--output {mnt} cannot be written ({words})" in result.stderr
+    assert "Training on" not in result.stdout
+
+
+@pytest.mark.parametrize("flag, value", [("--beta1", "1.5"), ("--beta1", "-0.1"), ("--beta1", "1"), ("--lr", "-1"),
+                                         ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"), ("--num-workers", "-1"),
+                                         ("--seed", "-1"), ("--limit", "-5"), ("--limit", "0"),
+                                         ("--batch-size", "0"), ("--g-steps", "0"), ("--epochs", "0"),
+                                         ("--sample-every", "-1"), ("--seed", "abc")])
+def test_out_of_range_flags_are_refused_by_the_parser(flag, value, capsys):
+    with pytest.raises(SystemExit) as refused:
+        Train.parse_args([flag, value])
+    assert refused.value.code == 2
+    assert f"argument {flag}: '{value}' is not" in capsys.readouterr().err
+
+
+def test_a_nan_at_the_first_step_says_no_checkpoint_exists(faces_dir, tmp_path, monkeypatch):
+    real_step = Train.train_step
+    monkeypatch.setattr(Train, "train_step", lambda *a, **k: [loss * float("nan") for loss in real_step(*a, **k)])
+    with pytest.raises(UserError, match=r"losses became .*nan.* at epoch 1, step 1; training stopped and no "
+                                        r"checkpoint was written yet, so .*Model holds none"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    assert not (tmp_path / "Model" / "state.json").exists()
+
+
+def test_a_nan_after_a_checkpoint_names_the_checkpoint_kept(faces_dir, tmp_path, monkeypatch):
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    real_step = Train.train_step
+    monkeypatch.setattr(Train, "train_step", lambda *a, **k: [loss * float("nan") for loss in real_step(*a, **k)])
+    with pytest.raises(UserError, match=r"the last checkpoint in .*Model, of step 2 \(end of epoch 1\), was kept"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))

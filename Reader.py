@@ -20,9 +20,9 @@ import numpy as np
 import paddle
 from PIL import Image
 
+from Files import IMAGE_EXTENSIONS, decode_image
 from Net import IMAGE_SIZE
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 DEFAULT_FOLDER = "DataSet/faces"
 
 
@@ -38,15 +38,12 @@ def find_images(folder):
 
 def decode_face(path):
     """uint8 [96, 96, 3] RGB for an image file, or None when the file cannot be decoded.
-    Grayscale, palette and RGBA images are converted to RGB; other sizes are resized."""
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")  # decodes fully: a truncated file raises here
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS)
-            return np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+    Decoded as CutImage.py decodes it (Files.decode_image: transparency on white, 16 bits scaled
+    to 8, EXIF orientation applied); other sizes are resized."""
+    face = decode_image(path)
+    if face is not None and face.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+        face = np.asarray(Image.fromarray(face).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.LANCZOS))
+    return face
 
 
 class FaceDataset(paddle.io.Dataset):
@@ -111,7 +108,7 @@ def to_model_range(faces):
 class EpochBatchSampler(paddle.io.Sampler):
     """Batches of indices, shuffled anew each epoch from (seed, epoch), incomplete last batch
     dropped by default. With several processes (ranks), each takes every world_size-th index of
-    the shuffled order, so the processes share an epoch without overlap."""
+    the shuffled order, so the processes share an epoch without overlap and in equal parts."""
 
     def __init__(self, size, batch_size, seed=0, shuffle=True, drop_last=True, rank=None, world_size=None):
         self.size, self.batch_size, self.seed = size, batch_size, seed
@@ -126,10 +123,14 @@ class EpochBatchSampler(paddle.io.Sampler):
         self.epoch, self.start_batch = epoch, start_batch
 
     def indices(self):
+        """This rank's share of the epoch's order. Every rank gets the same number of indices (the
+        last size % world_size of the order sit the epoch out), so every rank runs the same number
+        of steps: one more on a single rank would wait forever in its gradient all-reduce."""
         order = np.arange(self.size)
         if self.shuffle:
             order = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
-        return order[self.rank::self.world_size]
+        even = self.size - self.size % self.world_size
+        return order[:even][self.rank::self.world_size]
 
     def __len__(self):
         share = len(self.indices())

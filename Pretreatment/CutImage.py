@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
-import numpy as np
 import requests
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
+from Files import IMAGE_EXTENSIONS, decode_image  # noqa: E402
 
 # Upstream tells users to fetch the raw file from master; the digest pins the known version.
 CASCADE_URL = os.environ.get(
@@ -37,7 +39,6 @@ CASCADE_URL = os.environ.get(
     "https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml")
 CASCADE_SHA256 = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30"
 DEFAULT_CASCADE = Path(__file__).resolve().parent / "lbpcascade_animeface.xml"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 JPEG_QUALITY = 95
 
 
@@ -107,22 +108,10 @@ def write_atomically(path, data):
 
 
 def read_image(path):
-    """The image as 8-bit BGR, transparency flattened onto white, or None if it cannot be read."""
-    if path.suffix.lower() in (".png", ".webp"):
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
-    else:  # IMREAD_COLOR also applies a JPEG's EXIF orientation
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        return None
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        # Pixels under full transparency are often black; white is what a viewer shows.
-        alpha = image[:, :, 3:].astype(np.float32) / 255
-        return (image[:, :, :3] * alpha + 255 * (1 - alpha)).round().astype(np.uint8)
-    return image
+    """The image as 8-bit BGR for OpenCV, decoded as Reader.py decodes it (Files.decode_image),
+    or None if it cannot be read."""
+    rgb = decode_image(path)
+    return None if rgb is None else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
 def detect_faces(cascade, image, settings):
@@ -158,10 +147,7 @@ def init_pool_worker(cascade_path, settings):
 
 def crop_file(source):
     """Save the faces of one source; return (source, number of faces), None faces if unreadable."""
-    try:
-        image = read_image(source)
-    except (OSError, cv2.error):
-        image = None
+    image = read_image(source)
     if image is None:
         return source, None
     boxes = detect_faces(_cascade, image, _settings)
@@ -245,7 +231,7 @@ def cut_images(args):
             for source, faces in bar:
                 if faces is None:
                     counts["unreadable"] += 1
-                    tqdm.write(f"Skipped {source}: not an image OpenCV can read.")
+                    tqdm.write(f"Skipped {source}: it does not decode as an image.")
                     continue
                 counts["read"] += 1
                 counts["faces"] += faces

@@ -108,7 +108,7 @@ def test_grayscale_and_rgba_sources_work_and_a_corrupt_one_is_skipped(mixed_sour
     counts = cut(mixed_sources, dst, "--min-size", "24", "--workers", "2")
     assert (counts["read"], counts["faces"], counts["unreadable"]) == (3, 6, 1)
     out = capsys.readouterr().out
-    assert f"Skipped {mixed_sources / 'broken.jpg'}: not an image OpenCV can read." in out
+    assert f"Skipped {mixed_sources / 'broken.jpg'}: it does not decode as an image." in out
     assert manifest_faces(dst) == {"colour": 2, "gray": 2, "rgba": 2}
     for path in dst.glob("*.jpg"):
         with Image.open(path) as image:

@@ -7,8 +7,9 @@ thread, with a descriptive User-Agent; connection errors, 429 and 5xx are retrie
 exponential back-off that honours Retry-After (urllib3's Retry on the session's adapter).
 Resumable: files are named <out>/<site>/<md5>.<ext> and listed in <out>/manifest.jsonl, so the
 same command run again downloads only what is new. Safe: a download streams into a temporary
-file beside its final name and is renamed only once its length, its size limit and its decoding
-as an image check out, so no file under a final name is ever partial, Ctrl-C included.
+file beside its final name (Files.atomic_write) and is renamed only once its length, its size
+limit and its decoding as an image check out, so no file under a final name is ever partial,
+Ctrl-C included.
 
 The JSON APIs are the default (Danbooru /posts.json, Moebooru /post.json); --api html parses
 the listing pages with BeautifulSoup instead.
@@ -16,10 +17,8 @@ the listing pages with BeautifulSoup instead.
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -35,6 +34,9 @@ from PIL import Image
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
+from Files import atomic_write  # noqa: E402
 
 # Danbooru's CDN rejects the default client User-Agents, and a site admin should be able to
 # tell what is crawling them.
@@ -228,12 +230,15 @@ def decodes_as_image(path):
         return False
 
 
+class NotKept(Exception):
+    """A download that is not kept; the message is the reason the summary counts."""
+
+
 def download(session, limiter, url, dest, max_bytes, stop):
     """Fetch url into dest through a temporary file; return None if kept, else the reason not."""
     limiter.wait()
     if stop.is_set():
         return "interrupted"
-    temp = None
     try:
         with session.get(url, stream=True, timeout=TIMEOUT) as response:
             if response.status_code != 200:
@@ -242,35 +247,40 @@ def download(session, limiter, url, dest, max_bytes, stop):
             expected = int(length) if length.isdigit() else None
             if expected is not None and expected > max_bytes:
                 return "too large"
-            fd, temp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.stem}.", suffix=".part")
-            size = 0
-            with os.fdopen(fd, "wb") as f:
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    if stop.is_set():
-                        return "interrupted"
-                    size += len(chunk)
-                    if size > max_bytes:
-                        return "too large"
-                    f.write(chunk)
-            # urllib3 2 already raises on a short body; this also covers urllib3 1.
-            if expected is not None and response.raw.tell() != expected:
-                return "incomplete"
-        if not decodes_as_image(temp):
-            return "not an image"
-        os.replace(temp, dest)
-        temp = None
+            # atomic_write removes the temporary file whatever stops the body.
+            atomic_write(dest, lambda temp: save_body(response, temp, expected, max_bytes, stop))
         return None
-    except requests.exceptions.ChunkedEncodingError:
-        return "incomplete"  # the body stopped before its end: a closed connection, a short body
+    except NotKept as reason:
+        return str(reason)
     except requests.Timeout:
         return "timeout"
     except requests.ConnectionError:
         return "connection"
     except requests.RequestException as error:
         return type(error).__name__
-    finally:
-        if temp is not None:
-            os.unlink(temp)
+
+
+def save_body(response, temp, expected, max_bytes, stop):
+    """Stream the body into temp; raise NotKept unless all of it came and it is an image."""
+    size = 0
+    with open(temp, "wb") as file:
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                if stop.is_set():
+                    raise NotKept("interrupted")
+                size += len(chunk)
+                if size > max_bytes:
+                    raise NotKept("too large")
+                file.write(chunk)
+        # The body stopped before its end: a dropped connection (requests calls a reset or a
+        # read timeout in the body a ConnectionError), a chunk cut short, a short body.
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError):
+            raise NotKept("incomplete") from None
+    # urllib3 2 already raises on a short body; this also covers urllib3 1.
+    if expected is not None and response.raw.tell() != expected:
+        raise NotKept("incomplete")
+    if not decodes_as_image(temp):
+        raise NotKept("not an image")
 
 
 class Crawl:
@@ -306,7 +316,8 @@ class Crawl:
         args = self.args
         folder = self.out / site.name
         folder.mkdir(exist_ok=True)
-        for stale in folder.glob(".*.part"):  # left by a process that was killed outright
+        # Left by a process that was killed outright (.part by versions before Files.atomic_write).
+        for stale in [*folder.glob(".*.tmp"), *folder.glob(".*.part")]:
             stale.unlink()
         have = self.manifest.md5s(site.name) | {
             path.stem for path in folder.iterdir() if path.suffix[1:] in ALLOWED_EXTENSIONS}

@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import requests
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import IMAGE_EXTENSIONS, decode_image  # noqa: E402
+from Files import IMAGE_EXTENSIONS, decode_image, write_bytes  # noqa: E402
 
 # Upstream tells users to fetch the raw file from master; the digest pins the known version.
 CASCADE_URL = os.environ.get(
@@ -81,7 +80,7 @@ def download_cascade(url, dest):
         raise CutImageError(f"The cascade downloaded from {url} has sha256 {digest}, not "
                             f"{CASCADE_SHA256}; download the right file by hand and pass it "
                             "with --cascade PATH.")
-    write_atomically(dest, response.content)
+    write_bytes(dest, response.content)
 
 
 def load_cascade(path):
@@ -93,18 +92,6 @@ def load_cascade(path):
         raise CutImageError(f"OpenCV cannot load {path} as a cascade: pass the path of "
                             "lbpcascade_animeface.xml with --cascade.")
     return cascade
-
-
-def write_atomically(path, data):
-    """Write through a temporary file, so that no file under a final name is ever partial."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def read_image(path):
@@ -156,7 +143,7 @@ def crop_file(source):
                           (_settings.size, _settings.size), interpolation=cv2.INTER_AREA)
         # A 3-channel JPEG is RGB to every reader; OpenCV just holds it in BGR order.
         _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        write_atomically(_settings.dst / f"{source.stem}-{i}.jpg", encoded.tobytes())
+        write_bytes(_settings.dst / f"{source.stem}-{i}.jpg", encoded.tobytes())
     return source, len(boxes)
 
 

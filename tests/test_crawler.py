@@ -51,7 +51,7 @@ def manifest(out):
 def assert_clean(out):
     """No temporary file anywhere; every image kept decodes and is in the manifest."""
     files = kept_files(out)
-    assert not [name for name in files if name.endswith(".part")]
+    assert not [name for name in files if name.endswith((".part", ".tmp"))]
     listed = {record["file"] for record in manifest(out)} if (out / "manifest.jsonl").exists() else set()
     images = {name for name in files if name != "manifest.jsonl"}
     assert images == listed
@@ -261,7 +261,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_no_partial_file(server, tmp_path):
     finally:
         signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 20
-    while not list((out / "safebooru").glob(f".{BAD_MD5}.*.part")) and time.monotonic() < deadline:
+    temporary = out / "safebooru"
+    while not list(temporary.glob(f".{BAD_MD5}.jpg.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)
     crawler.send_signal(signal.SIGINT)
     stdout, stderr = crawler.communicate(timeout=20)

@@ -42,7 +42,12 @@ JPEG_QUALITY = 95
 
 
 class CutImageError(Exception):
-    """A problem the user can fix; its message says how."""
+    """A problem the user can fix; its message says how. `status` is the exit status: 2 for a
+    command-line value that cannot work, as argparse exits, else 1."""
+
+    def __init__(self, message, status=1):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ def find_cascade(path):
     if path:
         if not Path(path).is_file():
             raise CutImageError(f"There is no cascade file at {path}: pass the path of "
-                                "lbpcascade_animeface.xml with --cascade.")
+                                "lbpcascade_animeface.xml with --cascade.", status=2)
         return Path(path)
     if not DEFAULT_CASCADE.is_file():
         download_cascade(CASCADE_URL, DEFAULT_CASCADE)
@@ -87,10 +92,14 @@ def load_cascade(path):
     if not hasattr(cv2, "CascadeClassifier"):
         raise CutImageError(f"OpenCV {cv2.__version__} has no CascadeClassifier; install "
                             "opencv-python-headless<5 (or opencv-contrib-python-headless).")
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
+    cascade = cv2.CascadeClassifier()
+    try:
+        loaded = cascade.load(str(path))
+    except cv2.error:  # a file that is not XML at all (text, an image, an empty file)
+        loaded = False
+    if not loaded or cascade.empty():
         raise CutImageError(f"OpenCV cannot load {path} as a cascade: pass the path of "
-                            "lbpcascade_animeface.xml with --cascade.")
+                            "lbpcascade_animeface.xml with --cascade.", status=2)
     return cascade
 
 
@@ -284,7 +293,7 @@ def main(argv=None):
         counts = cut_images(args)
     except CutImageError as error:
         print(error, file=sys.stderr)
-        return 1
+        return error.status
     except OSError as error:
         print(f"Could not write to {args.dst} ({error}); free some space or choose another "
               "--dst, then rerun to continue.", file=sys.stderr)

@@ -186,6 +186,24 @@ def test_the_downloaded_cascade_is_kept_only_with_the_known_sha256(tmp_path, mon
         assert list(dest.parent.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["text", "empty", "jpeg", "xml"])
+def test_a_cascade_file_that_is_no_cascade_ends_in_one_sentence_and_exit_status_2(tmp_path, capfd,
+                                                                                 kind):
+    cascade = tmp_path / "cascade.xml"
+    texts = {"text": "not a cascade\n", "empty": "",
+             "xml": '<?xml version="1.0"?>\n<opencv_storage></opencv_storage>\n'}
+    if kind == "jpeg":
+        Image.new("RGB", (8, 8)).save(cascade, "JPEG")
+    else:
+        cascade.write_text(texts[kind])
+    (tmp_path / "src").mkdir()
+    code = CutImage.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "faces"),
+                          "--cascade", str(cascade)])
+    assert code == 2
+    assert capfd.readouterr().err == (f"OpenCV cannot load {cascade} as a cascade: pass the path "
+                                      "of lbpcascade_animeface.xml with --cascade.\n")
+
+
 def test_a_missing_source_folder_ends_in_one_sentence(tmp_path, capsys):
     code = CutImage.main(["--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "faces")])
     assert code == 1

@@ -5,9 +5,11 @@
 For each image under --src (recursively): grayscale, equalizeHist, then detectMultiScale with
 lbpcascade_animeface (nagadomi, MIT). Each face box, widened by --margin on every side as far as
 the image allows, is cut square, resized to --size with area interpolation and saved as
-<dst>/<source-stem>-<i>.jpg. Files are spread over a pool of processes, and <dst>/manifest.jsonl
-lists the sources done, so that a second run crops only new ones (delete it to crop everything
-again, for example with other settings).
+<dst>/<folder>/<file>-<i>.jpg, where <folder>/<file> is the source's path under --src (so
+a/pic.jpg gives a/pic.jpg-0.jpg: no two sources share a crop's name). Files are spread over a
+pool of processes, and <dst>/manifest.jsonl lists the sources done by that same path, so that a
+second run crops only new ones (delete it to crop everything again, for example with other
+settings).
 
 The cascade is --cascade, else Pretreatment/lbpcascade_animeface.xml, else downloaded once from
 upstream into that path and checked against its known sha256.
@@ -21,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +55,7 @@ class CutImageError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
+    src: Path  # resolved, as list_sources resolves the sources
     dst: Path
     size: int
     min_size: int
@@ -141,19 +145,32 @@ def init_pool_worker(cascade_path, settings):
     load_worker(cascade_path, settings)
 
 
+def source_key(source, src):
+    """A source's path under --src, as the manifest records it: unique, unlike its file name."""
+    return source.relative_to(src).as_posix()
+
+
+def crop_path(dst, key, i):
+    """Where face i of the source `key` goes: the source's folders under dst, then its whole
+    file name, extension included (a/pic.jpg and a/pic.png must not share a crop)."""
+    return dst / f"{key}-{i}.jpg"
+
+
 def crop_file(source):
-    """Save the faces of one source; return (source, number of faces), None faces if unreadable."""
+    """Save the faces of one source; return (source, crops written), None crops if unreadable."""
     image = read_image(source)
     if image is None:
         return source, None
-    boxes = detect_faces(_cascade, image, _settings)
-    for i, box in enumerate(boxes):
+    key = source_key(source, _settings.src)
+    crops = []
+    for i, box in enumerate(detect_faces(_cascade, image, _settings)):
         face = cv2.resize(square_crop(image, box, _settings.margin),
                           (_settings.size, _settings.size), interpolation=cv2.INTER_AREA)
         # A 3-channel JPEG is RGB to every reader; OpenCV just holds it in BGR order.
         _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        write_bytes(_settings.dst / f"{source.stem}-{i}.jpg", encoded.tobytes())
-    return source, len(boxes)
+        crops.append(crop_path(_settings.dst, key, i))
+        write_bytes(crops[-1], encoded.tobytes())
+    return source, crops
 
 
 def list_sources(src, dst):
@@ -166,18 +183,52 @@ def list_sources(src, dst):
 
 
 def read_manifest(path):
-    done = set()
+    """The manifest's records; a line cut short by a killed process is left out, and its source
+    is simply cropped again."""
+    records = []
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                done.add(json.loads(line)["stem"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a line cut short by a killed process: that source is simply cropped again
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def sources_done(records, src, dst):
+    """The keys of the sources done. Records are {"file": key, "faces": n}, or, from versions
+    that named crops <dst>/<stem>-<i>.jpg, {"stem", "source": absolute path, "faces"}: those count
+    by their source's path, except sources whose stem another one shared, whose crops overwrote
+    each other's. Their mixed crops are removed, so that they are all cropped again under their
+    own names; unless one of them has gone from --src, whose faces would then be lost."""
+    done = {record["file"] for record in records if isinstance(record.get("file"), str)}
+    older = defaultdict(dict)  # stem -> {source path: faces}
+    for record in records:
+        if isinstance(record.get("stem"), str) and isinstance(record.get("source"), str):
+            older[record["stem"]][Path(record["source"])] = record.get("faces")
+    for stem, sources in older.items():
+        keys = {source_key(source, src) for source in sources if source.is_relative_to(src)}
+        shared = len(sources) > 1 and not keys <= done
+        if shared and len(keys) == len(sources) and all(source.is_file() for source in sources):
+            remove_older_crops(dst, stem, sources.values())
+            tqdm.write(f"Cropping {', '.join(sorted(keys - done))} again: an older "
+                       f"CutImage.py wrote their faces over each other's, as {dst / stem}-<i>.jpg.")
+        else:
+            done |= keys
     return done
 
 
+def remove_older_crops(dst, stem, faces):
+    """Remove <dst>/<stem>-<i>.jpg for every i that one of the sources' face counts reaches."""
+    most = max((count for count in faces if isinstance(count, int)), default=0)
+    for i in range(most):
+        (dst / f"{stem}-{i}.jpg").unlink(missing_ok=True)
+
+
 def run_crops(sources, cascade_path, settings, workers):
-    """Yield (source, faces) as each source is done, in a process pool if workers > 1."""
+    """Yield (source, crops) as each source is done, in a process pool if workers > 1."""
     if workers == 1:
         load_worker(cascade_path, settings)
         yield from map(crop_file, sources)
@@ -209,34 +260,34 @@ def cut_images(args):
     cascade_path = find_cascade(args.cascade)
     load_cascade(cascade_path)  # fail here, in one sentence, rather than in every worker
     dst.mkdir(parents=True, exist_ok=True)
+    settings = Settings(src.resolve(), dst, args.size, args.min_size, args.scale_factor,
+                        args.min_neighbors, args.margin)
     manifest = dst / "manifest.jsonl"
-    done = read_manifest(manifest)
+    done = sources_done(read_manifest(manifest), settings.src, dst)
     sources = list_sources(src, dst)
     # Largest first: a big illustration started last would keep one process busy after the
     # others are done.
-    todo = sorted((source for source in sources if source.stem not in done),
+    todo = sorted((source for source in sources if source_key(source, settings.src) not in done),
                   key=lambda source: -source.stat().st_size)
     counts = {"read": 0, "faces": 0, "no face": 0, "unreadable": 0,
               "done before": len(sources) - len(todo), "interrupted": False}
-    settings = Settings(dst, args.size, args.min_size, args.scale_factor, args.min_neighbors,
-                        args.margin)
-    crops = run_crops(todo, cascade_path, settings, args.workers)
+    results = run_crops(todo, cascade_path, settings, args.workers)
     try:
         with open(manifest, "a", encoding="utf-8") as log, \
-                tqdm(crops, total=len(todo), unit="img", desc="cropping") as bar:
-            for source, faces in bar:
-                if faces is None:
+                tqdm(results, total=len(todo), unit="img", desc="cropping") as bar:
+            for source, crops in bar:
+                if crops is None:
                     counts["unreadable"] += 1
                     tqdm.write(f"Skipped {source}: it does not decode as an image.")
                     continue
                 counts["read"] += 1
-                counts["faces"] += faces
-                counts["no face"] += faces == 0
-                log.write(json.dumps({"stem": source.stem, "source": str(source),
-                                      "faces": faces}) + "\n")
+                counts["faces"] += len(crops)  # one file each: no two sources share a name
+                counts["no face"] += not crops
+                log.write(json.dumps({"file": source_key(source, settings.src),
+                                      "faces": len(crops)}) + "\n")
                 log.flush()
     except KeyboardInterrupt:
-        crops.close()  # stops the pool now, not whenever the generator is collected
+        results.close()  # stops the pool now, not whenever the generator is collected
         counts["interrupted"] = True
     return counts
 

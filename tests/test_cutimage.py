@@ -2,14 +2,15 @@
 crawl from the local booru server, crop, read with Reader.py, one training step."""
 import json
 import re
+import shutil
 import socket
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from booru_server import BooruServer
 from conftest import ROOT, SHARED_DATA, run_script
+from PIL import Image
+
 from Pretreatment import Crawler, CutImage
 
 CASCADE = SHARED_DATA / "cascade" / "lbpcascade_animeface.xml"
@@ -26,22 +27,27 @@ def cut(src, dst, *flags):
 
 
 def sources_md_counts():
-    """{stem: lbp faces} from the illustrations table of ../shared/data/SOURCES.md."""
+    """{file name: lbp faces} from the illustrations table of ../shared/data/SOURCES.md."""
     counts = {}
     for line in (SHARED_DATA / "SOURCES.md").read_text().splitlines():
         found = re.match(r"\| `illustrations/([^`]+)` \|[^|]*\|[^|]*\| (\d+) \|", line)
         if found:
-            counts[found.group(1).rsplit(".", 1)[0]] = int(found.group(2))
+            counts[found.group(1)] = int(found.group(2))
     return counts
 
 
 def manifest_faces(dst):
-    return {record["stem"]: record["faces"] for record in
+    """{source path under --src: faces} from the manifest."""
+    return {record["file"]: record["faces"] for record in
             map(json.loads, (dst / "manifest.jsonl").read_text().splitlines())}
 
 
-def crops_of(dst, stem):
-    return sorted(dst.glob(f"{stem}-*.jpg"))
+def crops_of(dst, source):
+    return sorted(dst.glob(f"{source}-*.jpg"))
+
+
+def crops_on_disk(dst):
+    return sorted(path.relative_to(dst).as_posix() for path in dst.rglob("*.jpg"))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +85,7 @@ def test_faces_per_illustration_match_sources_md(illustration_crops):
     expected = sources_md_counts()
     assert len(expected) == 13
     assert manifest_faces(dst) == expected
-    assert {stem: len(crops_of(dst, stem)) for stem in expected} == expected
+    assert {name: len(crops_of(dst, name)) for name in expected} == expected
     assert counts["read"] == 13 and counts["faces"] == sum(expected.values()) == 64
     assert counts["no face"] == 1 and counts["unreadable"] == 0
 
@@ -87,7 +93,7 @@ def test_faces_per_illustration_match_sources_md(illustration_crops):
 @needs_shared
 def test_every_crop_is_a_96x96_rgb_jpeg(illustration_crops):
     dst, _ = illustration_crops
-    crops = sorted(dst.glob("*.jpg"))
+    crops = sorted(dst.rglob("*.jpg"))
     assert len(crops) == 64
     for path in crops:
         with Image.open(path) as image:
@@ -98,7 +104,7 @@ def test_every_crop_is_a_96x96_rgb_jpeg(illustration_crops):
 def test_negatives_give_no_face(tmp_path):
     counts = cut(SHARED_DATA / "negatives", tmp_path, "--min-size", "24", "--workers", "2")
     assert counts["read"] == 7 and counts["no face"] == 7 and counts["faces"] == 0
-    assert not list(tmp_path.glob("*.jpg"))
+    assert not list(tmp_path.rglob("*.jpg"))
 
 
 @needs_shared
@@ -109,8 +115,8 @@ def test_grayscale_and_rgba_sources_work_and_a_corrupt_one_is_skipped(mixed_sour
     assert (counts["read"], counts["faces"], counts["unreadable"]) == (3, 6, 1)
     out = capsys.readouterr().out
     assert f"Skipped {mixed_sources / 'broken.jpg'}: it does not decode as an image." in out
-    assert manifest_faces(dst) == {"colour": 2, "gray": 2, "rgba": 2}
-    for path in dst.glob("*.jpg"):
+    assert manifest_faces(dst) == {"colour.jpg": 2, "nested/gray.png": 2, "nested/rgba.png": 2}
+    for path in dst.rglob("*.jpg"):
         with Image.open(path) as image:
             assert (image.mode, image.size) == ("RGB", (96, 96))
 
@@ -123,7 +129,7 @@ def test_a_second_run_crops_only_new_sources(mixed_sources, tmp_path):
     again = cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
     assert again["done before"] == 3
     assert (again["read"], again["faces"], again["unreadable"]) == (1, 1, 1)
-    assert len(list(dst.glob("*.jpg"))) == 7
+    assert len(list(dst.rglob("*.jpg"))) == 7
 
 
 @needs_shared
@@ -133,6 +139,63 @@ def test_crops_inside_the_source_folder_are_not_taken_for_sources(mixed_sources)
     (dst / "manifest.jsonl").unlink()  # forget the sources done: all files under src look new
     again = cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
     assert (again["read"], again["unreadable"]) == (3, 1)  # the 6 crops are not among them
+
+
+@pytest.fixture
+def same_names(tmp_path):
+    """a/pic.jpg (2 faces), b/pic.jpg (1 face) and b/pic.png (2 faces): one file name thrice."""
+    src = tmp_path / "src"
+    for folder in ("a", "b"):
+        (src / folder).mkdir(parents=True)
+    shutil.copy(ILLUSTRATIONS / "pdmera_test.jpg", src / "a" / "pic.jpg")
+    shutil.copy(ILLUSTRATIONS / "waifu2x_miku_CC_BY-NC.jpg", src / "b" / "pic.jpg")
+    Image.open(ILLUSTRATIONS / "pdmera_test.jpg").save(src / "b" / "pic.png")
+    return src
+
+
+@needs_shared
+def test_sources_sharing_a_file_name_keep_all_their_faces_and_the_summary_counts_the_files(
+        same_names, tmp_path):
+    dst = tmp_path / "faces"
+    counts = cut(same_names, dst, "--min-size", "24", "--workers", "1")
+    assert crops_on_disk(dst) == ["a/pic.jpg-0.jpg", "a/pic.jpg-1.jpg", "b/pic.jpg-0.jpg",
+                                  "b/pic.png-0.jpg", "b/pic.png-1.jpg"]
+    assert "Faces written:   5" in CutImage.format_summary(counts, seconds=1.0)
+    assert manifest_faces(dst) == {"a/pic.jpg": 2, "b/pic.jpg": 1, "b/pic.png": 2}
+
+
+@needs_shared
+def test_a_source_added_under_a_file_name_already_cropped_is_cropped_too(same_names, tmp_path):
+    dst = tmp_path / "faces"
+    later = tmp_path / "later.jpg"
+    (same_names / "b" / "pic.jpg").rename(later)
+    cut(same_names, dst, "--min-size", "24", "--workers", "1")
+    later.rename(same_names / "b" / "pic.jpg")
+    again = cut(same_names, dst, "--min-size", "24", "--workers", "1")
+    assert (again["read"], again["faces"], again["done before"]) == (1, 1, 2)
+    assert crops_of(dst, "b/pic.jpg") == [dst / "b" / "pic.jpg-0.jpg"]
+
+
+@needs_shared
+def test_an_older_manifest_keeps_its_sources_done_but_crops_again_those_whose_faces_collided(
+        same_names, tmp_path, capsys):
+    """A manifest as versions that named crops <stem>-<i>.jpg left it: a/pic.jpg and b/pic.jpg
+    wrote over each other's pic-0.jpg, b/pic.png was skipped as done, solo.jpg is fine."""
+    src, dst = same_names.resolve(), tmp_path / "faces"
+    shutil.copy(ILLUSTRATIONS / "waifu2x_miku_CC_BY-NC.jpg", src / "solo.jpg")
+    dst.mkdir()
+    older = [("pic", "a/pic.jpg", 2), ("pic", "b/pic.jpg", 1), ("solo", "solo.jpg", 1)]
+    (dst / "manifest.jsonl").write_text("".join(
+        json.dumps({"stem": stem, "source": str(src / name), "faces": faces}) + "\n"
+        for stem, name, faces in older))
+    for name in ("pic-0.jpg", "pic-1.jpg", "solo-0.jpg"):
+        Image.new("RGB", (96, 96)).save(dst / name)
+    counts = cut(same_names, dst, "--min-size", "24", "--workers", "1")
+    assert (counts["read"], counts["faces"], counts["done before"]) == (3, 5, 1)
+    assert crops_on_disk(dst) == ["a/pic.jpg-0.jpg", "a/pic.jpg-1.jpg", "b/pic.jpg-0.jpg",
+                                  "b/pic.png-0.jpg", "b/pic.png-1.jpg", "solo-0.jpg"]
+    assert "Cropping a/pic.jpg, b/pic.jpg again" in capsys.readouterr().out
+    assert cut(same_names, dst, "--workers", "1")["done before"] == 4
 
 
 def test_margin_widens_the_box_evenly_as_far_as_the_image_allows():

@@ -4,7 +4,8 @@
 
 Polite: requests to one site start at least --delay seconds apart, shared by every download
 thread, with a descriptive User-Agent; connection errors, 429 and 5xx are retried with
-exponential back-off that honours Retry-After (urllib3's Retry on the session's adapter).
+exponential back-off that honours Retry-After (urllib3's Retry on the session's adapter), and so
+is a download whose body breaks off, which urllib3 no longer retries once the headers are in.
 Resumable: files are named <out>/<site>/<md5>.<ext> and listed in <out>/manifest.jsonl, so the
 same command run again downloads only what is new. Safe: a download streams into a temporary
 file beside its final name (Files.atomic_write) and is renamed only once its length, its size
@@ -234,8 +235,21 @@ class NotKept(Exception):
     """A download that is not kept; the message is the reason the summary counts."""
 
 
-def download(session, limiter, url, dest, max_bytes, stop):
-    """Fetch url into dest through a temporary file; return None if kept, else the reason not."""
+def download(session, limiter, url, dest, max_bytes, stop, retries, backoff):
+    """Fetch url into dest; return None if kept, else the reason not. A body that breaks off is
+    fetched again, up to `retries` times, backoff * 2**(n-1) seconds after the n-th break: the
+    same request usually succeeds, but urllib3's Retry gives up once the headers are in."""
+    for attempt in range(retries + 1):
+        if attempt and stop.wait(backoff * 2 ** (attempt - 1)):
+            return "interrupted"
+        reason = fetch_once(session, limiter, url, dest, max_bytes, stop)
+        if reason != "incomplete":
+            return reason
+    return reason
+
+
+def fetch_once(session, limiter, url, dest, max_bytes, stop):
+    """One request for url into dest, through a temporary file; None if kept, else the reason."""
     limiter.wait()
     if stop.is_set():
         return "interrupted"
@@ -409,7 +423,7 @@ class Crawl:
         """Runs on a worker thread; records its own outcome so that Ctrl-C loses none."""
         name = f"{post.md5}.{post.extension}"
         reason = download(session, limiter, post.url, folder / name, self.args.max_bytes,
-                          self.stop)
+                          self.stop, self.args.retries, self.args.backoff)
         with self.lock:
             if reason is None:
                 self.tally.downloaded += 1
@@ -477,7 +491,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-bytes", type=int, default=20_000_000,
                         help="largest file kept, in bytes (default 20000000, 20 MB)")
     parser.add_argument("--retries", type=int, default=5,
-                        help="retries of one request on connection errors, 429 and 5xx (default 5)")
+                        help="retries of one request on connection errors, 429 and 5xx, and of "
+                             "a download whose body breaks off (default 5)")
     parser.add_argument("--backoff", type=float, default=1.0,
                         help="back-off factor in seconds: retry n waits backoff * 2**(n-1), or "
                              "what Retry-After says (default 1.0)")

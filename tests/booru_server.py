@@ -5,7 +5,8 @@ at itself, paged by the `page` and `limit` parameters; Moebooru listing pages re
 Moebooru posts in the shape of Moebooru's own template (app/helpers/post_helper.rb#print_preview,
 no verbatim capture exists); and, for any other path, an illustration of
 ../shared/data/illustrations/ of the same file type. A test can replace a path's body
-(`bodies`) or script faults for its next requests (`script`).
+(`bodies`), script faults for its next requests (`script`), or have the connection dropped in
+the middle of a file's body the next N times it is asked for (`drop_mid_body`).
 """
 
 import html
@@ -70,6 +71,10 @@ class BooruServer:
         with self._lock:
             self._scripts.setdefault(path, []).extend(faults)
 
+    def drop_mid_body(self, path, times):
+        """The next `times` requests of `path` get half its body, then a reset connection."""
+        self.script(path, *[dropped_mid_body] * times)
+
     def _next_fault(self, path):
         with self._lock:
             queue = self._scripts.get(path)
@@ -132,13 +137,35 @@ def cut_mid_body(handler, body):
     handler.reset_connection()
 
 
-def short_body(handler, body):
-    """A fault: announce the full Content-Length, send half, close the connection."""
+def send_half(handler, body):
+    """Announce the whole body's Content-Length, then send only its first half."""
     handler.send_response(200)
     handler.send_header("Content-Type", "image/jpeg")
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body[: len(body) // 2])
+    handler.wfile.flush()
+
+
+def dropped_mid_body(handler, body):
+    """A fault: announce the full Content-Length, send half the body, reset the connection."""
+    send_half(handler, body)
+    handler.reset_connection()
+
+
+def stalled_mid_body(seconds):
+    """A fault: announce the full Content-Length, send half the body, then nothing for
+    `seconds` before closing."""
+    def fault(handler, body):
+        send_half(handler, body)
+        time.sleep(seconds)
+        handler.close_connection = True
+    return fault
+
+
+def short_body(handler, body):
+    """A fault: announce the full Content-Length, send half, close the connection."""
+    send_half(handler, body)
     handler.close_connection = True
 
 

@@ -11,11 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
+from booru_server import (
+    BooruServer,
+    cut_mid_body,
+    dropped_mid_body,
+    html_as_image,
+    short_body,
+    slowly,
+    stalled_mid_body,
+    status,
+    without_length,
+)
+from conftest import ROOT, SHARED_DATA, run_script
 from PIL import Image
 
-from booru_server import (BooruServer, cut_mid_body, html_as_image, short_body, slowly, status,
-                          without_length)
-from conftest import ROOT, SHARED_DATA, run_script
 from Pretreatment import Crawler
 
 BOORU = SHARED_DATA / "booru"
@@ -198,21 +207,46 @@ def test_5xx_beyond_the_retries_fails_that_download(server, tmp_path):
     assert_clean(tmp_path)
 
 
-@pytest.mark.parametrize("fault, reason", [
-    (cut_mid_body, "incomplete"),
-    (short_body, "incomplete"),
-    (html_as_image, "not an image"),
+@pytest.mark.parametrize("fault, reason, tries", [
+    (cut_mid_body, "incomplete", 2),
+    (short_body, "incomplete", 2),
+    (html_as_image, "not an image", 1),
 ], ids=["connection closed mid-body", "body shorter than its Content-Length", "HTML as an image"])
-def test_a_broken_download_leaves_no_file_and_is_counted(server, tmp_path, fault, reason):
+def test_a_broken_download_leaves_no_file_and_is_counted(server, tmp_path, fault, reason, tries):
     use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg"),
               server.danbooru_post(BAD_MD5, "broken.jpg"))
-    server.script("/img/broken.jpg", fault)
-    tally = crawl(server, tmp_path, "--site", "safebooru")
+    server.script("/img/broken.jpg", fault, fault)
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--retries", "1")
     assert tally.downloaded == 1 and tally.failed == {reason: 1}
-    assert server.requests_of("/img/broken.jpg") == 1  # a broken body is not retried
+    # A body that broke off is fetched once more (--retries 1); a whole one that is no image is not.
+    assert server.requests_of("/img/broken.jpg") == tries
     assert f"Failed:      1 ({reason} 1)" in Crawler.format_summary(tally, seconds=1.0)
     assert kept_files(tmp_path) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
     assert_clean(tmp_path)
+
+
+@pytest.mark.parametrize("fault", [dropped_mid_body, cut_mid_body, short_body, stalled_mid_body(2)],
+                         ids=["connection reset mid-body", "chunked body cut off",
+                              "body shorter than its Content-Length", "read timeout mid-body"])
+def test_a_body_that_breaks_off_is_fetched_again_and_kept_whole(server, tmp_path, monkeypatch,
+                                                                fault):
+    monkeypatch.setattr(Crawler, "TIMEOUT", (10, 0.5))  # seconds of silence that end a read
+    use_posts(server, server.danbooru_post(GOOD_MD5, "flaky.jpg"))
+    server.script("/img/flaky.jpg", fault, fault)
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--retries", "2")
+    assert server.requests_of("/img/flaky.jpg") == 3
+    assert tally.downloaded == 1 and not tally.failed
+    assert (tmp_path / f"safebooru/{GOOD_MD5}.jpg").read_bytes() == server.body("/img/flaky.jpg")
+    assert_clean(tmp_path)
+
+
+def test_a_body_that_breaks_off_is_fetched_again_after_the_back_off(server, tmp_path):
+    use_posts(server, server.danbooru_post(GOOD_MD5, "flaky.jpg"))
+    server.drop_mid_body("/img/flaky.jpg", times=2)
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--backoff", "0.3")
+    starts = [when for when, path, _ in server.log if path == "/img/flaky.jpg"]
+    assert len(starts) == 3 and tally.downloaded == 1
+    assert starts[1] - starts[0] >= 0.3 and starts[2] - starts[1] >= 0.6  # backoff * 2**(n-1)
 
 
 @pytest.mark.parametrize("announced", [True, False], ids=["Content-Length", "chunked"])

@@ -1,10 +1,16 @@
 """Reader.py: folder -> float32 CHW faces in [-1, 1], corrupt files skipped, reproducible batches."""
 import numpy as np
 import pytest
+from conftest import require_shared
 from PIL import Image
 
-from Reader import DataSetError, EpochBatchSampler, FaceDataset, make_loader, to_model_range
-from conftest import require_shared
+from Reader import (
+    DataSetError,
+    EpochBatchSampler,
+    FaceDataset,
+    make_loader,
+    to_model_range,
+)
 
 
 def save(folder, name, pixels, mode=None):

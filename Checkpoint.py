@@ -3,7 +3,7 @@
 A model folder (Train.py's --model-dir) holds one checkpoint:
 
     G.safetensors, D.safetensors   weights and BatchNorm statistics (Run.py reads G alone)
-    G.pdopt, D.pdopt               Adam's moments, in Paddle's optimizer-state format
+    G.pdopt, D.pdopt               Adam's moments (and --amp's loss scaler), in Paddle's format
     state.json                     where training stopped, its settings and its loss history
 
 Every file is stamped with the checkpoint's identity (the run's id and the step), and loading
@@ -205,9 +205,10 @@ class ModelFolder:
             raise _bad_state(path, f"it is not valid JSON ({error})") from None
         return RunState.from_json(data, path)
 
-    def load(self, networks, optimizers, state):
-        """Load weights (and Adam's state when it is there) of the checkpoint that state describes.
-        Returns whether Adam's state was loaded."""
+    def load(self, networks, optimizers, state, scalers=None):
+        """Load weights (and Adam's state when it is there) of the checkpoint that state describes,
+        and the float16 loss scalers (Train.py --amp) where both the checkpoint and scalers have
+        them. Returns whether Adam's state was loaded."""
         for name, layer in networks.items():
             stamp = Utils.load_weights(layer, self.path / weights_file(name))
             self._check_stamp(weights_file(name), stamp, state)
@@ -220,6 +221,8 @@ class ModelFolder:
         for name, value in saved.items():
             self._check_stamp(adam[name].name, value["checkpoint"], state)
             set_optimizer_state(networks[name], optimizers[name], value["adam"])
+            if value.get("loss_scaler") and name in (scalers or {}):
+                scalers[name].load_state_dict(value["loss_scaler"])
         return True
 
     def _check_stamp(self, name, stamp, state):
@@ -230,7 +233,7 @@ class ModelFolder:
                             f"files of two checkpoints were mixed. Put back the matching files, or start over "
                             f"with --fresh or another --model-dir.")
 
-    def save(self, networks, optimizers, state):
+    def save(self, networks, optimizers, state, scalers=None):
         """Write the checkpoint as one unit (see the module's docstring)."""
         incoming = self.path / INCOMING
         shutil.rmtree(incoming, ignore_errors=True)
@@ -239,7 +242,8 @@ class ModelFolder:
             incoming.mkdir(parents=True)
             for name, layer in networks.items():
                 Utils.save_weights(layer, incoming / weights_file(name), stamp)
-                adam = {"checkpoint": stamp, "adam": optimizer_state(layer, optimizers[name])}
+                adam = {"checkpoint": stamp, "adam": optimizer_state(layer, optimizers[name]),
+                        "loss_scaler": scalers[name].state_dict() if name in (scalers or {}) else None}
                 Files.atomic_write(incoming / adam_file(name), lambda tmp: paddle.save(adam, tmp))
             Files.write_json(state.to_json(), incoming / STATE_FILE)
             Files.fsync_folder(incoming)

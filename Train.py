@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import math
 import platform
+import re
 import secrets
 import signal
 import sys
@@ -152,29 +153,59 @@ def update(optimizer, loss, scaler=None):
     return loss
 
 
+def amp_dtype(capability, cuda_version):
+    """The mixed-precision type a GPU of this compute capability computes fast, as Paddle's
+    auto_cast decides (it silently falls back to float32 elsewhere): bfloat16 from Ampere (8.0)
+    with CUDA 11 or newer, float16 from Volta (7.0), None below."""
+    if capability >= (8, 0) and cuda_version and int(str(cuda_version).split(".")[0]) >= 11:
+        return "bfloat16"
+    return "float16" if capability >= (7, 0) else None
+
+
+def amp_white_list(dtype, kernels=None):
+    """The operators --amp computes in dtype: Paddle's own list, plus conv2d_transpose where this
+    Paddle has a GPU kernel of that type. Paddle leaves it out of its list, and G's four
+    transposed convolutions are most of G's work. kernels: Paddle's kernel registry (for tests)."""
+    from paddle.amp import amp_lists
+
+    paddle_list = set(amp_lists.white_list()[dtype]["O1"])
+    if kernels is None:
+        kernels = paddle.base.core._get_all_register_op_kernels("phi")
+    gpu_kernel = re.compile(rf"data_type\[(::phi::dtype::)?{dtype}\].*place\[Place\(gpu")
+    if any(gpu_kernel.search(key) for key in kernels.get("conv2d_transpose", [])):
+        return paddle_list | {"conv2d_transpose"}
+    return paddle_list
+
+
 class MixedPrecision:
     """--amp: the forward passes in bfloat16 where the GPU supports it (same range as float32, no
-    loss scaling needed), else in float16 with one loss scaler per optimizer. Paddle's level O1
-    keeps the weights, Adam's moments and precision-sensitive operators (softmax cross entropy,
-    BatchNorm statistics) in float32, so checkpoints do not change."""
+    loss scaling needed), else in float16 with one loss scaler per optimizer, saved with the
+    checkpoint. Paddle's level O1 keeps the weights, Adam's moments and precision-sensitive
+    operators (softmax cross entropy, BatchNorm statistics) in float32, so checkpoints do not
+    change."""
 
     def __init__(self):
-        self.dtype = "bfloat16" if paddle.amp.is_bfloat16_supported() else "float16"
+        capability = paddle.device.cuda.get_device_capability()
+        self.dtype = amp_dtype(capability, paddle.version.cuda())
+        if self.dtype is None:
+            raise UserError(f"--amp needs a GPU of compute capability 7.0 or newer; this "
+                            f"{paddle.device.cuda.get_device_name()} is {capability[0]}.{capability[1]}, where "
+                            f"Paddle computes in float32 anyway, so train without --amp.")
+        self.white_list = amp_white_list(self.dtype)
         float16 = self.dtype == "float16"
-        self.d_scaler = paddle.amp.GradScaler() if float16 else None
-        self.g_scaler = paddle.amp.GradScaler() if float16 else None
+        self.scalers = {"G": paddle.amp.GradScaler(), "D": paddle.amp.GradScaler()} if float16 else {}
 
     def autocast(self):
-        return paddle.amp.auto_cast(dtype=self.dtype, level="O1")
+        return paddle.amp.auto_cast(dtype=self.dtype, level="O1", custom_white_list=self.white_list)
 
 
 class frozen:
     """Within this block the layer's weights get no gradients: G's updates pass gradients through D
     to G without spending time on D's own weight gradients, which the G step does not use."""
 
-    def __init__(self, layer, enabled=True):
+    def __init__(self, layer):
         # BatchNorm's running statistics are parameters with stop_gradient set: leave them be.
-        self.parameters = [p for p in layer.parameters() if not p.stop_gradient] if enabled else []
+        self.parameters = [p for p in layer.parameters() if not p.stop_gradient]
 
     def __enter__(self):
         for parameter in self.parameters:
@@ -185,28 +216,35 @@ class frozen:
             parameter.stop_gradient = False
 
 
-def train_step(G, D, opt_g, opt_d, real, g_steps, freeze_d=True, amp=None):
+def d_weights_unused(D):
+    """The block of G's updates. A plain D is frozen there. Under several processes D is a
+    DataParallel, which cannot be frozen (it expects a gradient for every weight), so D's weight
+    gradients are computed but kept out of the all-reduce, and cleared afterwards."""
+    return D.no_sync() if hasattr(D, "no_sync") else frozen(D)
+
+
+def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None):
     """One batch of the original's schedule. Returns the losses (D on fakes, D on reals, mean G)
     as tensors, so the caller decides when to wait for the device. amp: a MixedPrecision, or
     None for float32."""
     batch = real.shape[0]
     autocast = amp.autocast if amp else contextlib.nullcontext
-    d_scaler, g_scaler = (amp.d_scaler, amp.g_scaler) if amp else (None, None)
+    scalers = amp.scalers if amp else {}
     with paddle.no_grad(), autocast():
         fake = G(paddle.rand([batch, Z_DIM]))
     with autocast():
         d_fake = gan_loss(D(fake), FAKE)
-    update(opt_d, d_fake, d_scaler)
+    update(opt_d, d_fake, scalers.get("D"))
     with autocast():
         d_real = gan_loss(D(real), REAL)
-    update(opt_d, d_real, d_scaler)
+    update(opt_d, d_real, scalers.get("D"))
     g_losses = []
-    with frozen(D, freeze_d):
+    with d_weights_unused(D):
         for _ in range(g_steps):
             with autocast():
                 g_loss = gan_loss(D(G(paddle.rand([batch, Z_DIM]))), REAL)
-            g_losses.append(update(opt_g, g_loss, g_scaler))
-    opt_d.clear_grad()  # unused when D is frozen; under DataParallel, D's gradients of the G steps
+            g_losses.append(update(opt_g, g_loss, scalers.get("G")))
+    opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps
     return d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps
 
 
@@ -437,13 +475,26 @@ class Session:
     def optimizers(self):
         return {"G": self.opt_g, "D": self.opt_d}
 
+    @property
+    def scalers(self):
+        return self.amp.scalers if self.amp else {}
 
-def build_networks(hp):
+
+def build_networks(hp, device, world_size):
     Utils.seed_everything(hp["seed"])
     G, D = Generator(), Discriminator(input_norm=hp["d_input_bn"])
     if hp["init"] == "dcgan":
         for network in (G, D):
             init_dcgan_weights(network)
+    if device == "gpu":
+        # cuDNN otherwise picks its fastest backward algorithms, some of which add in a varying
+        # order: a resumed run would then not go on exactly as one that never stopped.
+        paddle.set_flags({"FLAGS_cudnn_deterministic": True})
+    if device == "gpu" and world_size > 1:
+        # BatchNorm statistics of the whole batch across GPUs, not of each GPU's share, so that
+        # 2 GPUs x 50 normalise as one batch of 100 and rank 0 saves the statistics of all.
+        # Paddle has this on GPUs only; CPU processes normalise their own shares.
+        G, D = (paddle.nn.SyncBatchNorm.convert_sync_batchnorm(network) for network in (G, D))
     opt_g = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=G.parameters())
     opt_d = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=D.parameters())
     return G, D, opt_g, opt_d
@@ -457,14 +508,14 @@ def set_up(args):
                         "so train on CPU without --amp.")
     folder, saved, hp = agree_on_start(args, procs)
     dataset, loader = load_faces(args, hp, procs)
-    G, D, opt_g, opt_d = build_networks(hp)
+    G, D, opt_g, opt_d = build_networks(hp, device, procs.world_size)
     state = saved or RunState(hyper_parameters=hp)
     state.run = state.run or procs.from_writer(secrets.token_hex(4))  # a checkpoint from before run ids
     session = Session(args, procs, folder, state, dataset, loader, G, D, opt_g, opt_d,
                       amp=MixedPrecision() if args.amp else None, step_seconds=[],
                       fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2))
     if saved:
-        with_adam = folder.load(session.networks, session.optimizers, saved)
+        with_adam = folder.load(session.networks, session.optimizers, saved, session.scalers)
         session.last_saved = saved.where()
         say(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
                      f"done (step {saved.global_step})"
@@ -490,7 +541,7 @@ def say(session, message):
 def checkpoint(session, started):
     session.state.wall_seconds = round(time.time() - started, 1)
     if session.procs.writer:
-        session.folder.save(session.networks, session.optimizers, session.state)
+        session.folder.save(session.networks, session.optimizers, session.state, session.scalers)
     session.last_saved = session.state.where()
     session.procs.wait_for_all()  # nobody leaves before rank 0's checkpoint is on disk
 
@@ -505,7 +556,8 @@ def sample(session, epoch):
 
 
 def divergence_message(session, losses, epoch):
-    where = f"the losses became {losses} at epoch {epoch}, step {session.state.global_step + 1}; training stopped"
+    seen = losses if not all(math.isfinite(loss) for loss in losses) else "non-finite on another process"
+    where = f"the losses became {seen} at epoch {epoch}, step {session.state.global_step + 1}; training stopped"
     folder = session.folder.path
     if session.last_saved:
         kept = f"the last checkpoint in {folder}, of {session.last_saved}, was kept"
@@ -517,14 +569,13 @@ def divergence_message(session, losses, epoch):
 
 
 def run_step(session, real, epoch):
-    """One batch: the update, then the decisions every process takes together. Returns whether
-    to stop after this step."""
+    """One batch: the update, then the decisions every process takes together. Returns the
+    losses and whether to stop after this step."""
     state, hp, procs = session.state, session.state.hyper_parameters, session.procs
     paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
     started = time.perf_counter()
-    G, D = session.train_G, session.train_D
-    step_losses = train_step(G, D, session.opt_g, session.opt_d, real, hp["g_steps"],
-                             freeze_d=procs.world_size == 1, amp=session.amp)
+    step_losses = train_step(session.train_G, session.train_D, session.opt_g, session.opt_d, real, hp["g_steps"],
+                             amp=session.amp)
     losses = [float(loss) for loss in step_losses]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)
@@ -576,6 +627,7 @@ def train(args):
             if not finished:
                 say(session, f"Stopped in epoch {state.epochs_done + 1} after batch {state.batches_done}; checkpoint "
                              f"saved to {folder}. Run the same command to continue.")
+                session.procs.wait_for_all()  # the launcher ends every process once one has left
                 sys.exit(130)
             if session.procs.writer:
                 save_loss_curve(state.losses, state.steps_per_epoch, Path(args.output) / "loss.png")

@@ -18,6 +18,9 @@ folder holds one consistent checkpoint: the last complete one.
 One process at a time writes to a model folder: `ModelFolder.lock()` takes an advisory lock that
 the operating system releases when the process ends, however it ends.
 """
+import Utils
+from Utils import UserError
+
 import math
 import os
 import secrets
@@ -28,8 +31,6 @@ from pathlib import Path
 import paddle
 
 import Files
-import Utils
-from Utils import UserError
 
 STATE_FILE = "state.json"
 INCOMING = ".incoming"
@@ -200,7 +201,7 @@ class ModelFolder:
                 raise _bad_state(path, "it is missing")
             return None
         try:
-            data = Utils.read_json(path)
+            data = Files.read_json(path)
         except ValueError as error:
             raise _bad_state(path, f"it is not valid JSON ({error})") from None
         return RunState.from_json(data, path)
@@ -259,7 +260,7 @@ class ModelFolder:
     def _move_into_place(self, incoming):
         """Move a complete checkpoint's files from incoming into the folder, state.json last.
         Safe to repeat after an interruption: a file already moved is simply no longer there."""
-        names = Utils.read_json(incoming / COMPLETE)
+        names = Files.read_json(incoming / COMPLETE)
         for name in sorted(names, key=lambda name: name == STATE_FILE):
             if (incoming / name).exists():
                 os.replace(incoming / name, self.path / name)

@@ -16,10 +16,11 @@ they are (MS-SSIM), and whether it copies its training faces (nearest neighbours
 Prints one table; writes <output>/metrics.json and <output>/nearest.png (each generated face,
 left, beside its nearest training face, right).
 """
+import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
+
 import argparse
 from pathlib import Path
 
-import Utils  # first: sets the CPU environment before Paddle loads
 import numpy as np
 from scipy.ndimage import convolve1d
 
@@ -215,7 +216,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors")
     parser.add_argument("--real", default="DataSet/faces", help="real faces to compare with (ideally held out)")
-    parser.add_argument("--train", help="the faces the model was trained on, for the nearest-neighbour test (default: --real)")
+    parser.add_argument("--train", help="the faces the model was trained on, for the nearest-neighbour test "
+                                        "(default: --real)")
     parser.add_argument("--real-b", help="compare this second real folder with --real instead of a generator")
     parser.add_argument("--n", type=int, default=1000, help=f"faces on each side, at least {FEWEST_FACES}")
     parser.add_argument("--seed", type=int, default=0, help="seed of noise, patches, projections and pairs, 0 or more")
@@ -246,7 +248,7 @@ def main(argv=None):
         source = str(Path(args.model_dir) / Utils.GENERATOR_FILE)
     metrics, shown, neighbours = evaluate(candidates, real, train, args.seed)
     metrics.update(candidates=source, real=args.real, train=args.train or args.real, seed=args.seed)
-    Utils.write_json(metrics, output / "metrics.json")
+    Files.write_json(metrics, output / "metrics.json")
     Utils.save_png(nearest_picture(shown, neighbours), output / "nearest.png")
     print(format_table(metrics))
 

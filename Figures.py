@@ -13,14 +13,16 @@
 
 figures.json records the seed and every dimension's measurement.
 """
+import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
+
 import argparse
 from pathlib import Path
 
-import Utils  # first: sets the CPU environment before Paddle loads
 import numpy as np
 from matplotlib.colors import rgb_to_hsv
 
 import Evaluate
+import Files
 import Train
 from Checkpoint import STATE_FILE, ModelFolder
 from Net import IMAGE_SIZE, Z_DIM
@@ -137,7 +139,7 @@ def main(argv=None):
     Evaluate.main(["--model-dir", args.model_dir, "--real", args.real or args.train, "--train", args.train,
                    "--n", str(args.n), "--seed", str(args.seed), "--output", str(output)])
 
-    Utils.write_json({"seed": args.seed, "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
+    Files.write_json({"seed": args.seed, "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
                       "hair_brightness_change": [round(float(v), 4) for v in shade],
                       "hair_hue_change_degrees": [round(float(v), 2) for v in hue],
                       "progress_frames": frames, "epochs": state.epochs_done, "steps": state.global_step},

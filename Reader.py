@@ -9,7 +9,6 @@ decoded are skipped and counted, so a bad download never crashes an epoch.
 a function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one, and
 under several GPUs each process takes its own share of every epoch.
 """
-import math
 import os
 import sys
 import warnings
@@ -54,7 +53,7 @@ class FaceDataset(paddle.io.Dataset):
     flip:   mirror each image left-right with probability 1/2 (a function of seed, epoch and index).
     """
 
-    def __init__(self, folder=DEFAULT_FOLDER, limit=None, flip=False, seed=0, workers=None):
+    def __init__(self, folder=DEFAULT_FOLDER, limit=None, flip=False, seed=0):
         folder = Path(folder)
         if not folder.is_dir():
             raise DataSetError(f"The data folder {folder} does not exist; put 96x96 face images in it, "
@@ -65,7 +64,7 @@ class FaceDataset(paddle.io.Dataset):
         if not paths:
             raise DataSetError(f"The data folder {folder} holds no images (.jpg .jpeg .png .webp .bmp); "
                                f"make face crops with the tools in Pretreatment/ (see Pretreatment/README.md).")
-        with ThreadPoolExecutor(workers or os.cpu_count()) as pool:  # PIL decodes without the GIL
+        with ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL decodes without the GIL
             decoded = list(pool.map(decode_face, paths))
         self.paths = [path for path, face in zip(paths, decoded) if face is not None]
         self.skipped = [path for path, face in zip(paths, decoded) if face is None]
@@ -106,13 +105,13 @@ def to_model_range(faces):
 
 
 class EpochBatchSampler(paddle.io.Sampler):
-    """Batches of indices, shuffled anew each epoch from (seed, epoch), incomplete last batch
-    dropped by default. With several processes (ranks), each takes every world_size-th index of
-    the shuffled order, so the processes share an epoch without overlap and in equal parts."""
+    """Batches of indices, shuffled anew each epoch from (seed, epoch), the incomplete last batch
+    dropped (a small batch would skew BatchNorm's statistics). With several processes (ranks),
+    each takes every world_size-th index of the shuffled order, so the processes share an epoch
+    without overlap and in equal parts."""
 
-    def __init__(self, size, batch_size, seed=0, shuffle=True, drop_last=True, rank=None, world_size=None):
+    def __init__(self, size, batch_size, seed=0, rank=None, world_size=None):
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.shuffle, self.drop_last = shuffle, drop_last
         self.rank = paddle.distributed.get_rank() if rank is None else rank
         self.world_size = paddle.distributed.get_world_size() if world_size is None else world_size
         self.epoch = 0
@@ -126,15 +125,12 @@ class EpochBatchSampler(paddle.io.Sampler):
         """This rank's share of the epoch's order. Every rank gets the same number of indices (the
         last size % world_size of the order sit the epoch out), so every rank runs the same number
         of steps: one more on a single rank would wait forever in its gradient all-reduce."""
-        order = np.arange(self.size)
-        if self.shuffle:
-            order = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
         even = self.size - self.size % self.world_size
         return order[:even][self.rank::self.world_size]
 
     def __len__(self):
-        share = len(self.indices())
-        return share // self.batch_size if self.drop_last else math.ceil(share / self.batch_size)
+        return len(self.indices()) // self.batch_size
 
     def __iter__(self):
         mine = self.indices()
@@ -142,10 +138,10 @@ class EpochBatchSampler(paddle.io.Sampler):
             yield mine[number * self.batch_size:(number + 1) * self.batch_size].tolist()
 
 
-def make_loader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=0, seed=0):
+def make_loader(dataset, batch_size, num_workers=0, seed=0):
     """A paddle DataLoader over dataset with an EpochBatchSampler; call
     loader.batch_sampler.set_epoch(epoch) before each epoch."""
-    sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed)
     return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
 
 
@@ -157,9 +153,9 @@ class DeviceLoader:
     convert and copy. Same batches as make_loader's, to the last bit: the same sampler, the same
     flips, the same arithmetic."""
 
-    def __init__(self, dataset, batch_size, shuffle=True, drop_last=True, seed=0):
+    def __init__(self, dataset, batch_size, seed=0):
         self.dataset = dataset
-        self.batch_sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=drop_last)
+        self.batch_sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed)
         self.faces = paddle.to_tensor(dataset.faces)  # uint8 [N, H, W, 3] on the current device
 
     def __len__(self):

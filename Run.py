@@ -15,12 +15,13 @@ inference model (kept in ~/.cache/avatar-generator, keyed by the weights' hash) 
 inference engine with oneDNN, about 2.5x faster than the dynamic graph and the same pictures to
 within 1e-4; --dygraph skips that. On a GPU the dynamic graph draws.
 """
+import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
+
 import argparse
 import re
 import secrets
 from pathlib import Path
 
-import Utils  # first: sets the CPU environment before Paddle loads
 import numpy as np
 
 import Files
@@ -34,7 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="Generate", help="folder for the pictures")
     parser.add_argument("--seed", type=int,
                         help="seed of the noise, 0 or more; the same seed gives the same pictures (default: random)")
-    parser.add_argument("--dims", default="all", help=f"latent dimensions to draw strips for, e.g. 3,17,40 (0 to {Z_DIM - 1})")
+    parser.add_argument("--dims", default="all",
+                        help=f"latent dimensions to draw strips for, e.g. 3,17,40 (0 to {Z_DIM - 1})")
     parser.add_argument("--steps", type=int, default=20, help="faces per strip")
     parser.add_argument("--grid", default="8x8", help="rows x columns of the avatar grid")
     parser.add_argument("--count", type=int, default=0, help="also write this many single avatars")
@@ -79,7 +81,8 @@ def main(argv=None):
         output = Files.writable_folder(args.output, "--output")
     except Files.FolderError as error:
         raise Utils.UserError(str(error)) from None
-    generator = Utils.load_generator(args.model_dir) if args.dygraph else Utils.load_generator_for_inference(args.model_dir)
+    load = Utils.load_generator if args.dygraph else Utils.load_generator_for_inference
+    generator = load(args.model_dir)
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     rng = np.random.default_rng(seed)
     rows, cols = args.grid

@@ -17,6 +17,9 @@ Every step draws its randomness (noise, dropout) from a seed derived from (--see
 every epoch's order from (--seed, epoch), so a resumed run goes on exactly as one that never
 stopped.
 """
+import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
+from Utils import UserError
+
 import argparse
 import contextlib
 import math
@@ -29,7 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import Utils  # noqa: I001  first: sets the CPU environment before Paddle loads
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -39,7 +41,6 @@ import Files
 from Checkpoint import ModelFolder, RunState
 from Net import Z_DIM, Discriminator, Generator, init_dcgan_weights
 from Reader import DataSetError, DeviceLoader, FaceDataset, make_loader
-from Utils import UserError
 
 REAL, FAKE = 1, 0
 GRID_SIDE = 8  # the progress grids show 8x8 samples of one fixed noise batch
@@ -282,7 +283,7 @@ def save_sample_grid(G, fixed_noise, path, title):
     axes.imshow(grid, interpolation="nearest")
     axes.axis("off")
     figure.text(0.5, 1 - title_height / 2 / (height + title_height), title, ha="center", va="center", fontsize=12)
-    Utils.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
     return spread
 
@@ -296,17 +297,17 @@ def save_loss_curve(losses, steps_per_epoch, path):
     g_loss = np.asarray(losses["g"])
     steps = np.arange(1, len(g_loss) + 1)
     window = max(1, len(g_loss) // 50)
-    smooth = lambda values: np.convolve(values, np.ones(window) / window, mode="valid")
     figure, axes = plt.subplots(figsize=(9, 4.5), dpi=100)
     for values, label, color in [(d_loss, "D loss (fake + real)", "tab:blue"), (g_loss, "G loss", "tab:orange")]:
         axes.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-        axes.plot(steps[window - 1:], smooth(values), color=color, label=label)
+        axes.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid"), color=color,
+                  label=label)
     axes.set_xlabel(f"batch ({steps_per_epoch} per epoch)")
     axes.set_ylabel("softmax cross entropy")
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    Utils.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
 
 

@@ -1,8 +1,10 @@
-"""What the scripts share: CPU settings, device choice, seeding, noise, image grids, checkpoint files
-and the one-sentence error a user sees instead of a traceback.
+"""What the scripts share: the process's CPU set-up, device choice, seeding, noise, image grids,
+weight files, fast generation and the one-sentence error a user sees instead of a traceback.
 
-Import this module before anything imports paddle: the CPU settings below only take effect if
-they are in the environment when Paddle's libraries load.
+Importing this module sets up the process for Paddle's CPU kernels (`set_up_cpu`). Paddle's
+libraries read those settings once, when they load, so every script imports Utils before
+anything that imports Paddle; the import order in pyproject.toml (its "process-setup" section)
+keeps `import Utils` first, and `ruff check` in CI fails if it moves.
 """
 import ctypes
 import hashlib
@@ -11,6 +13,7 @@ import platform
 import random
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -26,24 +29,23 @@ def cpu_vendor():
     return platform.processor()  # elsewhere, e.g. "AMD64 Family 25 Model 97, AuthenticAMD" on Windows
 
 
-def _configure_cpu_environment():
-    # Paddle's CPU wheel ships Intel MKL 2019, which picks a slow generic code path on AMD
-    # processors; this variable makes it use the AVX2 path (about 6x faster training on an AMD
-    # EPYC, ../shared/REFERENCE.md section 4). Only on AMD: on an Intel processor with AVX-512,
-    # MKL's own choice multiplies matrices twice as fast as the forced AVX2 path.
+def set_up_cpu():
+    """Every process-wide setting, in one place; each leaves a user's own setting of it alone.
+    benchmarks/README.md has the measurements behind them."""
+    # Paddle's CPU wheel ships Intel MKL 2019, which takes a slow generic path on AMD processors
+    # unless told which instruction set to use. On Intel, MKL's own choice is the fast one.
     if "AuthenticAMD" in cpu_vendor():
         os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
     # Paddle prints "No ccache found" at import; that concerns people who build Paddle, not users.
     os.environ.setdefault("GLOG_minloglevel", "2")
+    warnings.filterwarnings("ignore", message=".*ccache.*")
+    warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
     _keep_freed_memory()
 
 
 def _keep_freed_memory():
-    # Paddle's CPU tensors come from malloc, and glibc serves large blocks (over 32 MB at most; a
-    # batch of 64 images of 64 x 48 x 48 features is 38 MB) with a fresh mmap, unmapped when freed:
-    # every step then page-faults all its large tensors in again (2.2 million faults in 4 steps
-    # of batch 64). Keeping freed memory in the heap for reuse made a training step about 15%
-    # faster here, for about a third more peak memory (1.9 GB instead of 1.4 GB at batch 100).
+    # glibc serves large blocks with a fresh mmap and unmaps them when freed, so every training
+    # step would page-fault its large tensors in again; keep freed memory in the heap for reuse.
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_MAX_" in os.environ:
         return
     try:
@@ -55,7 +57,7 @@ def _keep_freed_memory():
     libc.mallopt(m_trim_threshold, 2**31 - 1)
 
 
-_USER_SET_THREADS = "OMP_NUM_THREADS" in os.environ  # Paddle sets it to 1 when it loads
+_USER_SET_THREADS = "OMP_NUM_THREADS" in os.environ  # read before Paddle loads: it sets the variable to 1
 
 
 def cpu_threads():
@@ -65,6 +67,20 @@ def cpu_threads():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+set_up_cpu()
+
+import numpy as np  # noqa: E402  (the settings above must be in place before Paddle loads)
+import paddle  # noqa: E402
+from safetensors import SafetensorError, safe_open  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+import Files  # noqa: E402
+from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
+
+GENERATOR_FILE = "G.safetensors"
+EXPORT_TOLERANCE = 1e-4  # largest pixel difference (on [-1, 1]) allowed between the two engines
+
+
 def _use_all_cores():
     # Paddle's CPU build computes on one thread unless told otherwise. Setting OMP_NUM_THREADS
     # would do it too, but makes Paddle print a warning about data parallelism at every start.
@@ -72,25 +88,7 @@ def _use_all_cores():
         paddle.base.core.set_num_threads(cpu_threads())
 
 
-_configure_cpu_environment()
-
-import warnings  # noqa: E402
-
-warnings.filterwarnings("ignore", message=".*ccache.*")
-warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
-
-import numpy as np  # noqa: E402
-import paddle  # noqa: E402
-
 _use_all_cores()
-from safetensors import SafetensorError  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
-
-from Files import atomic_write, read_json, write_json  # noqa: E402,F401  (re-exported to the scripts)
-from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
-
-GENERATOR_FILE = "G.safetensors"
 
 
 class UserError(Exception):
@@ -158,7 +156,7 @@ def save_png(picture, path):
     same pixels always give the same bytes)."""
     from PIL import Image
 
-    atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+    Files.atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------- checkpoints
@@ -168,7 +166,7 @@ def save_weights(layer, path, metadata=None):
     by any Paddle version (and by numpy alone)."""
     arrays = {name: np.ascontiguousarray(value.numpy()) for name, value in layer.state_dict().items()}
     meta = {key: str(value) for key, value in (metadata or {}).items()}
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+    Files.atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 
 
 def load_weights(layer, path):
@@ -251,7 +249,8 @@ def export_generator(generator, folder):
     staging = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        paddle.jit.save(generator, str(staging / "generator"), input_spec=[InputSpec([None, Z_DIM], "float32", "noise")])
+        noise_spec = InputSpec([None, Z_DIM], "float32", "noise")
+        paddle.jit.save(generator, str(staging / "generator"), input_spec=[noise_spec])
         noise = random_noise(np.random.default_rng(0), 4)
         with paddle.no_grad():
             expected = generator(paddle.to_tensor(noise)).numpy()
@@ -265,9 +264,6 @@ def export_generator(generator, folder):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder / "generator"
-
-
-EXPORT_TOLERANCE = 1e-4  # largest pixel difference (on [-1, 1]) allowed between the engines
 
 
 def load_generator_for_inference(model_dir):

@@ -111,6 +111,7 @@ class PaddleWorker:
         """FLOPs of one forward pass per image, counted from the layers' shapes."""
         import numpy as np
         import paddle.nn as nn
+
         from Net import Discriminator, Generator
         paddle = self.paddle
         total = [0]
@@ -314,7 +315,8 @@ def measure(args):
             seconds, losses = interleaved_training(paddle, torch, batch, args.steps)
             paddle_rate = batch / seconds["paddle"]
             torch_rate = batch / seconds["torch"] if seconds["torch"] else None
-            results["training"][batch] = {"paddle_images_per_second": paddle_rate, "torch_images_per_second": torch_rate,
+            results["training"][batch] = {"paddle_images_per_second": paddle_rate,
+                                          "torch_images_per_second": torch_rate,
                                           "paddle_seconds_per_step": seconds["paddle"],
                                           "torch_seconds_per_step": seconds["torch"],
                                           "ratio": ratio(paddle_rate, torch_rate),
@@ -339,7 +341,8 @@ def measure(args):
         per_image = 7 * flops["G"] + 10 * flops["D"]
         best_matmul = max(answer["gflops"] for worker in (paddle, torch) for size in args.matmul_sizes
                           if (answer := worker("matmul", size=size, repeats=args.matmul_repeats)) is not None)
-        results["flops"] = {"generator_forward_gflop": flops["G"] / 1e9, "discriminator_forward_gflop": flops["D"] / 1e9,
+        results["flops"] = {"generator_forward_gflop": flops["G"] / 1e9,
+                            "discriminator_forward_gflop": flops["D"] / 1e9,
                             "training_gflop_per_real_image": per_image / 1e9, "best_matmul_gflops": best_matmul,
                             "training_gflops": {batch: {
                                 "paddle": row["paddle_images_per_second"] * per_image / 1e9,
@@ -386,8 +389,8 @@ def table(results):
                      f"{fmt(torch_gen)} | {fmt(row['ratio'], 2)}x |")
     flops = results["flops"]
     for batch, row in flops["training_gflops"].items():
-        lines.append(f"| training GFLOP/s, batch {batch} | {fmt(row['paddle'])} | {fmt(row['torch'] or NOT_INSTALLED)} | "
-                     f"{fmt(ratio(row['paddle'], row['torch']), 2)}x |")
+        lines.append(f"| training GFLOP/s, batch {batch} | {fmt(row['paddle'])} | "
+                     f"{fmt(row['torch'] or NOT_INSTALLED)} | {fmt(ratio(row['paddle'], row['torch']), 2)}x |")
     lines.append(f"| best single matmul GFLOP/s | {fmt(flops['best_matmul_gflops'])} | | |")
     reader = results["reader"]
     if isinstance(reader, dict):
@@ -406,10 +409,14 @@ def table(results):
     return "\n".join(lines)
 
 
+def sizes(text):
+    """An argparse type: "16,64,100" -> [16, 64, 100]."""
+    return [int(value) for value in text.split(",")]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sizes = lambda text: [int(value) for value in text.split(",")]
     parser.add_argument("--threads", type=int, default=2, help="threads of each framework")
     parser.add_argument("--batches", type=sizes, default=[16, 64, 100], help="training batch sizes, comma-separated")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per framework and batch size "

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import Utils  # noqa: E402,F401  first: sets the CPU environment before Paddle loads
+import Utils  # noqa: E402,F401  sets up the CPU for Paddle, so it comes first
+
 import paddle  # noqa: E402
 import paddle.profiler as profiler  # noqa: E402
 

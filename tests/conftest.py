@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-import Utils  # noqa: E402,F401  first: sets the CPU environment before Paddle loads
+import Utils  # noqa: E402,F401  sets up the CPU for Paddle, so it comes first
+
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 

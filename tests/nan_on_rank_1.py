@@ -5,7 +5,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import Utils  # noqa: E402,F401,I001  first: sets the CPU environment before Paddle loads
+import Utils  # noqa: E402,F401  sets up the CPU for Paddle, so it comes first
+
 import paddle  # noqa: E402
 
 import Train  # noqa: E402

@@ -60,7 +60,8 @@ def test_the_pytorch_port_trains_as_many_weights_as_the_paddle_networks():
     import torch_dcgan
     from Net import Discriminator, Generator
 
-    for paddle_net, torch_net in ((Generator(), torch_dcgan.Generator()), (Discriminator(), torch_dcgan.Discriminator())):
+    pairs = ((Generator(), torch_dcgan.Generator()), (Discriminator(), torch_dcgan.Discriminator()))
+    for paddle_net, torch_net in pairs:
         # Paddle lists BatchNorm's running statistics among the parameters, frozen; PyTorch as buffers.
         paddle_count = sum(int(p.size) for p in paddle_net.parameters() if not p.stop_gradient)
         torch_count = sum(p.numel() for p in torch_net.parameters())

@@ -1,5 +1,7 @@
 """Nothing lost, ever: a checkpoint is one unit whatever kills its save, one Train.py writes a model
 folder at a time, state is never guessed, and every mistake ends in one true sentence."""
+from Utils import UserError
+
 import json
 import os
 import signal
@@ -20,7 +22,6 @@ import Train
 from Checkpoint import ModelFolder, RunState
 from conftest import ROOT, run_script
 from test_train import train_args
-from Utils import UserError
 
 # A save of two small layers in a process that kills itself with SIGKILL at its N-th fsync or
 # rename: the moments where a real crash leaves the disk in a new state.
@@ -133,7 +134,8 @@ def test_a_full_disk_during_training_keeps_the_last_complete_checkpoint(faces_di
             Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--model-dir", str(small)))
         assert json.loads((small / "state.json").read_text())["epochs_done"] == 1
         assert leftovers(small) == []
-        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))  # loads, all stamps agree
+        # loads: every file's stamp agrees
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))
 
 
 def test_an_interrupted_complete_save_is_finished_and_stray_temporary_files_removed(tmp_path, capsys):

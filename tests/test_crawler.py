@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
 from booru_server import (
     BooruServer,
     cut_mid_body,
@@ -23,8 +25,6 @@ from booru_server import (
     without_length,
 )
 from conftest import ROOT, SHARED_DATA, run_script
-from PIL import Image
-
 from Pretreatment import Crawler
 
 BOORU = SHARED_DATA / "booru"

@@ -7,10 +7,10 @@ import socket
 
 import numpy as np
 import pytest
-from booru_server import BooruServer
-from conftest import ROOT, SHARED_DATA, run_script
 from PIL import Image
 
+from booru_server import BooruServer
+from conftest import ROOT, SHARED_DATA, run_script
 from Pretreatment import Crawler, CutImage
 
 CASCADE = SHARED_DATA / "cascade" / "lbpcascade_animeface.xml"

@@ -3,10 +3,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, run_script
 from PIL import Image
 
 import Evaluate
+from conftest import SHARED_DATA, run_script
 
 
 @pytest.fixture(scope="module")

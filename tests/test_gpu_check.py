@@ -6,6 +6,7 @@ import sys
 
 import paddle
 import pytest
+
 from conftest import ROOT
 
 
@@ -35,8 +36,8 @@ def faces(folder, count):
 
 def test_a_missing_data_folder_stops_the_check_in_one_line(tmp_path):
     line = stopped(gpu_check(tmp_path / "absent"))
-    assert line == f"gpu_check.sh: the data folder {tmp_path / 'absent'} does not exist; pass a folder of 96x96 faces " \
-                   f"as the first argument."
+    assert line == (f"gpu_check.sh: the data folder {tmp_path / 'absent'} does not exist; pass a folder of 96x96 "
+                    f"faces as the first argument.")
 
 
 def test_a_folder_without_images_stops_the_check_in_one_line(tmp_path):

@@ -3,8 +3,17 @@ import numpy as np
 import paddle
 import pytest
 
-from Net import (IMAGE_SIZE, Z_DIM, Conv2D, Conv2DTranspose, Discriminator, Dropout, Generator, ResidualBlock,
-                 init_dcgan_weights)
+from Net import (
+    IMAGE_SIZE,
+    Z_DIM,
+    Conv2D,
+    Conv2DTranspose,
+    Discriminator,
+    Dropout,
+    Generator,
+    ResidualBlock,
+    init_dcgan_weights,
+)
 
 
 def count(layer, trainable=True):

@@ -1,9 +1,9 @@
 """Reader.py: folder -> float32 CHW faces in [-1, 1], corrupt files skipped, reproducible batches."""
 import numpy as np
 import pytest
-from conftest import require_shared
 from PIL import Image
 
+from conftest import require_shared
 from Reader import (
     DataSetError,
     EpochBatchSampler,
@@ -37,7 +37,8 @@ def test_a_face_keeps_its_orientation_as_channels_height_width(tmp_path):
 
 
 def test_pixels_map_linearly_onto_minus_one_to_one():
-    assert to_model_range(np.array([[[0, 255, 127]]], np.uint8)).ravel().tolist() == [-1.0, 1.0, pytest.approx(-0.00392, abs=1e-4)]
+    expected = [-1.0, 1.0, pytest.approx(-0.00392, abs=1e-4)]
+    assert to_model_range(np.array([[[0, 255, 127]]], np.uint8)).ravel().tolist() == expected
 
 
 def test_grayscale_and_rgba_become_rgb_and_other_sizes_are_resized(tmp_path):
@@ -107,7 +108,8 @@ def test_batches_shuffle_per_epoch_reproducibly_and_drop_the_last_incomplete_one
     assert list(sampler) == first
     sampler.set_epoch(2)
     assert list(sampler) != first
-    assert list(EpochBatchSampler(10, 3, seed=2, rank=0, world_size=1)) != list(EpochBatchSampler(10, 3, seed=1, rank=0, world_size=1))
+    other_seed = EpochBatchSampler(10, 3, seed=1, rank=0, world_size=1)
+    assert list(EpochBatchSampler(10, 3, seed=2, rank=0, world_size=1)) != list(other_seed)
 
 
 def test_resuming_mid_epoch_skips_the_batches_already_done():

@@ -1,15 +1,16 @@
 """Run.py: avatar grids and interpolation strips from G.safetensors, reproducible by seed."""
+import Utils
+
 import os
 import subprocess
 
 import numpy as np
 import paddle
 import pytest
-from conftest import run_script
 from PIL import Image
 
 import Run
-import Utils
+from conftest import run_script
 from Net import Discriminator
 
 

@@ -1,5 +1,7 @@
 """The generator shipped in Model/: a fresh clone's `python Run.py` draws from it, the files stay
 within the size budget, and its samples are not collapsed."""
+import Utils
+
 import json
 import subprocess
 
@@ -8,7 +10,6 @@ import pytest
 from PIL import Image
 
 import Train
-import Utils
 from conftest import ROOT, run_script
 
 MODEL = ROOT / "Model"

@@ -1,5 +1,8 @@
 """Train.py: the schedule runs, checkpoints are complete and atomic, resuming is exact, mistakes
 end in one sentence."""
+import Utils
+from Utils import UserError
+
 import json
 import os
 import signal
@@ -12,10 +15,8 @@ import pytest
 from safetensors.numpy import load_file
 
 import Train
-import Utils
-from Net import Generator
 from conftest import ROOT, run_script
-from Utils import UserError
+from Net import Generator
 
 CHECKPOINT_FILES = {"G.safetensors", "D.safetensors", "G.pdopt", "D.pdopt", "state.json"}
 
@@ -25,6 +26,10 @@ def train_args(data, run, *extra):
     return ["--data", str(data), "--limit", "8", "--batch-size", "4", "--seed", "11", "--sample-every", "0",
             "--num-workers", "0", "--device", "cpu", "--model-dir", str(run / "Model"), "--output", str(run / "Output"),
             *extra]
+
+
+def saved_state(run):
+    return json.loads((run / "Model" / "state.json").read_text())
 
 
 def test_one_epoch_writes_every_checkpoint_file_a_titled_grid_and_a_loss_curve(trained):
@@ -71,7 +76,7 @@ def test_two_epochs_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_pat
         straight = load_file(str(tmp_path / "straight" / "Model" / name))
         resumed = load_file(str(tmp_path / "resumed" / "Model" / name))
         assert max(np.abs(straight[key] - resumed[key]).max() for key in straight) < 1e-5
-    losses = [json.loads((tmp_path / run / "Model" / "state.json").read_text())["losses"] for run in ("straight", "resumed")]
+    losses = [saved_state(tmp_path / run)["losses"] for run in ("straight", "resumed")]
     assert losses[0] == losses[1]
 
 
@@ -172,7 +177,7 @@ def test_two_cpu_processes_split_the_data_and_only_rank_0_writes(faces_dir, tmp_
 def test_cache_device_trains_exactly_as_the_loader_does(faces_dir, tmp_path):
     Train.main(train_args(faces_dir, tmp_path / "loader", "--epochs", "1", "--flip"))
     Train.main(train_args(faces_dir, tmp_path / "device", "--epochs", "1", "--flip", "--cache-device"))
-    losses = [json.loads((tmp_path / run / "Model" / "state.json").read_text())["losses"] for run in ("loader", "device")]
+    losses = [saved_state(tmp_path / run)["losses"] for run in ("loader", "device")]
     assert losses[0] == losses[1]
 
 

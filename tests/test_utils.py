@@ -1,11 +1,12 @@
 """The CPU settings Utils makes before Paddle loads (benchmarks/README.md says what each is worth).
 Each check runs in a fresh Python, since the settings only act at process start."""
+import Utils
+
 import os
 import sys
 
 import pytest
 
-import Utils
 from conftest import run_script
 
 

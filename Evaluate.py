@@ -230,26 +230,34 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def measure_model(model_dir, real, train, n, seed, output, real_b=None):
+    """Evaluate the generator of model_dir (or, with real_b, a second folder of real faces)
+    against n faces of the folder real; write metrics.json and nearest.png to output and return
+    the metrics. train: the training faces' folder, for the nearest-neighbour test (None: real)."""
     try:  # before the faces are read and measured, which takes minutes at the default --n
-        output = Files.writable_folder(args.output, "--output")
+        output = Files.writable_folder(output, "--output")
     except Files.FolderError as error:
         raise Utils.UserError(str(error)) from None
-    rng = np.random.default_rng(args.seed)
-    real = pick(load_faces(args.real), args.n, rng, args.real)
-    train = load_faces(args.train) if args.train else real
-    if args.real_b:
-        candidates, source = pick(load_faces(args.real_b), args.n, rng, args.real_b), args.real_b
+    rng = np.random.default_rng(seed)
+    real_faces = pick(load_faces(real), n, rng, real)
+    train_faces = load_faces(train) if train else real_faces
+    if real_b:
+        candidates, source = pick(load_faces(real_b), n, rng, real_b), real_b
     else:
         Utils.choose_device("auto")
-        generator = Utils.load_generator(args.model_dir)
-        candidates = Utils.generate(generator, Utils.random_noise(rng, args.n))
-        source = str(Path(args.model_dir) / Utils.GENERATOR_FILE)
-    metrics, shown, neighbours = evaluate(candidates, real, train, args.seed)
-    metrics.update(candidates=source, real=args.real, train=args.train or args.real, seed=args.seed)
+        generator = Utils.load_generator(model_dir)
+        candidates = Utils.generate(generator, Utils.random_noise(rng, n))
+        source = str(Path(model_dir) / Utils.GENERATOR_FILE)
+    metrics, shown, neighbours = evaluate(candidates, real_faces, train_faces, seed)
+    metrics.update(candidates=source, real=str(real), train=str(train or real), seed=seed)
     Files.write_json(metrics, output / "metrics.json")
     Utils.save_png(nearest_picture(shown, neighbours), output / "nearest.png")
+    return metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    metrics = measure_model(args.model_dir, args.real, args.train, args.n, args.seed, args.output, args.real_b)
     print(format_table(metrics))
 
 

@@ -23,7 +23,6 @@ from matplotlib.colors import rgb_to_hsv
 
 import Evaluate
 import Files
-import Train
 from Checkpoint import STATE_FILE, ModelFolder
 from Net import IMAGE_SIZE, Z_DIM
 from Run import interpolation_strips
@@ -133,11 +132,11 @@ def main(argv=None):
     Utils.save_png(strip_picture(generator, base, shade_dim), output / "hair_shade.png")
     Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
 
-    Train.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
+    Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
     frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
 
-    Evaluate.main(["--model-dir", args.model_dir, "--real", args.real or args.train, "--train", args.train,
-                   "--n", str(args.n), "--seed", str(args.seed), "--output", str(output)])
+    metrics = Evaluate.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output)
+    print(Evaluate.format_table(metrics))
 
     Files.write_json({"seed": args.seed, "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
                       "hair_brightness_change": [round(float(v), 4) for v in shade],

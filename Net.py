@@ -3,9 +3,9 @@ a discriminator that tells real faces from generated ones.
 
 A faithful port of ZMpursue/AvatarGenerator (PaddlePaddle 1.7, 2020) to the `paddle.nn` dynamic
 graph, itself a descendant of mattya/chainer-DCGAN and of DCGAN (Radford et al. 2015,
-https://arxiv.org/abs/1511.06434). Layer by layer as in ../shared/REFERENCE.md section 1, with one
-deliberate change: the generator ends in Tanh on images scaled to [-1, 1], as the brief's DCGAN
-section says, where the original ended in ReLU on [0, 1].
+https://arxiv.org/abs/1511.06434). Layer by layer as the original, with one deliberate change:
+the generator ends in Tanh on images scaled to [-1, 1], as DCGAN does, where the original ended
+in ReLU on [0, 1] (README.md, "The five changes to the Chainer original").
 
 This file holds layers only: no file access, no argument parsing.
 """
@@ -33,34 +33,43 @@ def batch_norm(channels):
 def add_channel_bias(x, bias):
     """x [N, C, H, W] plus one bias per channel. A bias shaped [C, 1, 1] is the same sum as the
     [1, C, 1, 1] that Paddle's own convolution layers add, but Paddle's CPU kernels broadcast it
-    about 5x faster, forward and backward (a quarter of a training step went to bias adds,
-    benchmarks/README.md)."""
+    several times faster, forward and backward (benchmarks/README.md)."""
     return x + bias.reshape([-1, 1, 1])
 
 
-class Conv2D(nn.Conv2D):
-    """nn.Conv2D (weights, bias and checkpoint names unchanged) with the bias added by
-    add_channel_bias. For this file's layers: NCHW, no groups, no dilation."""
+class ChannelBiasConv2D(nn.Conv2D):
+    """nn.Conv2D whose bias is added by add_channel_bias: the same weights, bias and checkpoint
+    names, the same sums. Only what this file's layers use can be asked for (NCHW, no groups,
+    no dilation), so nothing is silently dropped."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
 
     def forward(self, x):
         return add_channel_bias(F.conv2d(x, self.weight, stride=self._stride, padding=self._padding), self.bias)
 
 
-class Conv2DTranspose(nn.Conv2DTranspose):
-    """nn.Conv2DTranspose with the bias added by add_channel_bias, as Conv2D above."""
+class ChannelBiasConv2DTranspose(nn.Conv2DTranspose):
+    """nn.Conv2DTranspose whose bias is added by add_channel_bias, as ChannelBiasConv2D."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
 
     def forward(self, x):
         y = F.conv2d_transpose(x, self.weight, stride=self._stride, padding=self._padding)
         return add_channel_bias(y, self.bias)
 
 
-class Dropout(nn.Dropout):
+class RandintDropout(nn.Dropout):
     """nn.Dropout(p) with its mask drawn by paddle.randint: the same operation (while training,
     each value is zeroed with probability p and the rest are scaled by 1 / (1 - p); nothing in
-    evaluation), but Paddle's CPU dropout kernel draws its random numbers about 3x slower than
-    randint does, and dropout had become a sixth of a training step (benchmarks/README.md)."""
+    evaluation), but Paddle's CPU dropout kernel draws its random numbers several times slower
+    than randint does (benchmarks/README.md)."""
 
     RANGE = 2**31 - 1  # randint's values, 0 .. RANGE - 1; p * RANGE of them drop: p to within 1e-9
+
+    def __init__(self, p):
+        super().__init__(p)
 
     def forward(self, x):
         if not self.training or self.p == 0:
@@ -76,11 +85,11 @@ class ResidualBlock(nn.Layer):
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
-        self.conv1 = Conv2D(in_channels, out_channels, 3, padding=1)
+        self.conv1 = ChannelBiasConv2D(in_channels, out_channels, 3, padding=1)
         self.bn1 = batch_norm(out_channels)
-        self.conv2 = Conv2D(out_channels, out_channels, 3, padding=1)
+        self.conv2 = ChannelBiasConv2D(out_channels, out_channels, 3, padding=1)
         self.bn2 = batch_norm(out_channels)
-        self.shortcut = nn.Sequential(Conv2D(in_channels, out_channels, 1), batch_norm(out_channels))
+        self.shortcut = nn.Sequential(ChannelBiasConv2D(in_channels, out_channels, 1), batch_norm(out_channels))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
@@ -91,7 +100,7 @@ class ResidualBlock(nn.Layer):
 def up_block(in_channels, out_channels):
     """Double the picture's size: a stride-2 transposed convolution, BatchNorm, ReLU."""
     return nn.Sequential(
-        Conv2DTranspose(in_channels, out_channels, 4, stride=2, padding=1),
+        ChannelBiasConv2DTranspose(in_channels, out_channels, 4, stride=2, padding=1),
         batch_norm(out_channels),
         nn.ReLU(),
     )
@@ -104,7 +113,7 @@ class Generator(nn.Layer):
         super().__init__()
         self.residual = ResidualBlock(Z_SHAPE[0], 256)                     # 256 x 6 x 6
         self.up = nn.Sequential(up_block(256, 256), up_block(256, 128), up_block(128, 64))  # 64 x 48 x 48
-        self.to_rgb = Conv2DTranspose(64, IMAGE_CHANNELS, 4, stride=2, padding=1)        # 3 x 96 x 96
+        self.to_rgb = ChannelBiasConv2DTranspose(64, IMAGE_CHANNELS, 4, stride=2, padding=1)  # 3 x 96 x 96
 
     def forward(self, z):
         x = paddle.reshape(z, [-1, *Z_SHAPE])
@@ -114,10 +123,10 @@ class Generator(nn.Layer):
 def down_block(in_channels, out_channels, norm=True):
     """Halve the picture's size: a stride-2 convolution, BatchNorm, leaky ReLU, dropout."""
     return nn.Sequential(
-        Conv2D(in_channels, out_channels, 4, stride=2, padding=1),
+        ChannelBiasConv2D(in_channels, out_channels, 4, stride=2, padding=1),
         batch_norm(out_channels) if norm else nn.Identity(),
         nn.LeakyReLU(LEAKY_SLOPE),
-        Dropout(DROPOUT),
+        RandintDropout(DROPOUT),
     )
 
 

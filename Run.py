@@ -12,8 +12,8 @@ optimizer state.
 --device auto (the default) draws on a GPU when Paddle has CUDA and one is visible, else on the
 CPU; --device cpu keeps to the CPU on any machine. On CPU the generator is exported once to an
 inference model (kept in ~/.cache/avatar-generator, keyed by the weights' hash) and run by Paddle's
-inference engine with oneDNN, about 2.5x faster than the dynamic graph and the same pictures to
-within 1e-4; --dygraph skips that. On a GPU the dynamic graph draws.
+inference engine with oneDNN, faster than the dynamic graph (benchmarks/README.md) and the same
+pictures to within 1e-4; --dygraph skips that. On a GPU the dynamic graph draws.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 

@@ -288,29 +288,6 @@ def save_sample_grid(G, fixed_noise, path, title):
     return spread
 
 
-def save_loss_curve(losses, steps_per_epoch, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d_loss = np.add(losses["d_fake"], losses["d_real"])
-    g_loss = np.asarray(losses["g"])
-    steps = np.arange(1, len(g_loss) + 1)
-    window = max(1, len(g_loss) // 50)
-    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=100)
-    for values, label, color in [(d_loss, "D loss (fake + real)", "tab:blue"), (g_loss, "G loss", "tab:orange")]:
-        axes.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-        axes.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid"), color=color,
-                  label=label)
-    axes.set_xlabel(f"batch ({steps_per_epoch} per epoch)")
-    axes.set_ylabel("softmax cross entropy")
-    axes.legend()
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
-
-
 # ------------------------------------------------------------------------------------ stopping
 
 class StopRequest:
@@ -631,7 +608,7 @@ def train(args):
                 session.procs.wait_for_all()  # the launcher ends every process once one has left
                 sys.exit(130)
             if session.procs.writer:
-                save_loss_curve(state.losses, state.steps_per_epoch, Path(args.output) / "loss.png")
+                Utils.save_loss_curve(state.losses, state.steps_per_epoch, Path(args.output) / "loss.png")
     say(session, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, samples in "
                  f"{args.output}. A training step took {np.median(session.step_seconds):.2f} s "
                  f"(median of this run's {len(session.step_seconds)}).")

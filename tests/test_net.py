@@ -6,11 +6,11 @@ import pytest
 from Net import (
     IMAGE_SIZE,
     Z_DIM,
-    Conv2D,
-    Conv2DTranspose,
+    ChannelBiasConv2D,
+    ChannelBiasConv2DTranspose,
     Discriminator,
-    Dropout,
     Generator,
+    RandintDropout,
     ResidualBlock,
     init_dcgan_weights,
 )
@@ -103,7 +103,8 @@ def test_dropout_is_active_in_training_and_off_in_evaluation():
     assert not np.allclose(discriminator(images).numpy(), discriminator(images).numpy())
 
 
-@pytest.mark.parametrize("ours, paddles", [(Conv2D, paddle.nn.Conv2D), (Conv2DTranspose, paddle.nn.Conv2DTranspose)])
+@pytest.mark.parametrize("ours, paddles", [(ChannelBiasConv2D, paddle.nn.Conv2D),
+                                           (ChannelBiasConv2DTranspose, paddle.nn.Conv2DTranspose)])
 def test_the_faster_convolutions_compute_what_paddles_own_layers_do(ours, paddles):
     fast, reference = ours(8, 16, 4, stride=2, padding=1), paddles(8, 16, 4, stride=2, padding=1)
     fast.set_state_dict(reference.state_dict())  # same parameter names, so checkpoints load as before
@@ -119,7 +120,7 @@ def test_the_faster_convolutions_compute_what_paddles_own_layers_do(ours, paddle
 
 
 def test_dropout_zeroes_a_fraction_p_and_rescales_the_rest():
-    dropout = Dropout(0.4)
+    dropout = RandintDropout(0.4)
     x = paddle.ones([1000, 1000])
     x.stop_gradient = False
     paddle.seed(3)
@@ -148,3 +149,10 @@ def test_the_discriminator_can_leave_out_its_input_batch_norm_as_dcgan_does():
     assert isinstance(plain.features[0][1], paddle.nn.Identity)
     assert count(plain) == count(Discriminator()) - 2 * 64
     assert plain(paddle.rand([2, 3, 96, 96])).shape == [2, 2]
+
+
+@pytest.mark.parametrize("layer", [ChannelBiasConv2D, ChannelBiasConv2DTranspose])
+def test_the_faster_convolutions_refuse_what_they_do_not_compute(layer):
+    for unsupported in ({"groups": 2}, {"dilation": 2}, {"data_format": "NHWC"}):
+        with pytest.raises(TypeError):
+            layer(8, 16, 3, **unsupported)

@@ -46,6 +46,21 @@ def read_json(path):
             raise ValueError(f"not UTF-8 text: {error}") from None
 
 
+def read_json_lines(path):
+    """The JSON objects of a JSON-lines file (a manifest), in order; [] if there is no file. A line
+    that is not a whole object, as a process killed mid-write leaves, is passed over."""
+    records = []
+    if Path(path).exists():
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
 def write_json(data, path):
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
 

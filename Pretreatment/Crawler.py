@@ -37,7 +37,7 @@ from tqdm import tqdm
 from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import atomic_write  # noqa: E402
+from Files import atomic_write, read_json_lines  # noqa: E402
 
 # Danbooru's CDN rejects the default client User-Agents, and a site admin should be able to
 # tell what is crawling them.
@@ -200,13 +200,9 @@ class Manifest:
         self.path = path
         self.lock = threading.Lock()
         self.kept = set()  # (site, md5)
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    self.kept.add((record["site"], record["md5"]))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    pass  # a line cut short by a killed process; its file is found on disk
+        # A line cut short by a killed process is passed over; its file is found on disk.
+        self.kept.update((record["site"], record["md5"]) for record in read_json_lines(path)
+                         if "site" in record and "md5" in record)
 
     def md5s(self, site):
         return {md5 for kept_site, md5 in self.kept if kept_site == site}

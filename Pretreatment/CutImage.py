@@ -33,7 +33,7 @@ import requests
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import IMAGE_EXTENSIONS, decode_image, write_bytes  # noqa: E402
+from Files import IMAGE_EXTENSIONS, decode_image, read_json_lines, write_bytes  # noqa: E402
 
 # Upstream tells users to fetch the raw file from master; the digest pins the known version.
 CASCADE_URL = os.environ.get(
@@ -182,21 +182,6 @@ def list_sources(src, dst):
                   and dst not in path.parents and path.is_file())
 
 
-def read_manifest(path):
-    """The manifest's records; a line cut short by a killed process is left out, and its source
-    is simply cropped again."""
-    records = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
-
-
 def sources_done(records, src, dst):
     """The keys of the sources done. Records are {"file": key, "faces": n}, or, from versions
     that named crops <dst>/<stem>-<i>.jpg, {"stem", "source": absolute path, "faces"}: those count
@@ -263,7 +248,7 @@ def cut_images(args):
     settings = Settings(src.resolve(), dst, args.size, args.min_size, args.scale_factor,
                         args.min_neighbors, args.margin)
     manifest = dst / "manifest.jsonl"
-    done = sources_done(read_manifest(manifest), settings.src, dst)
+    done = sources_done(read_json_lines(manifest), settings.src, dst)
     sources = list_sources(src, dst)
     # Largest first: a big illustration started last would keep one process busy after the
     # others are done.

@@ -101,7 +101,7 @@ def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
     return len(images)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors and state.json")
@@ -111,8 +111,23 @@ def main(argv=None):
     parser.add_argument("--progress", help="Train.py's --output folder, for progress.gif (default: no GIF)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every picture's noise")
     parser.add_argument("--output", default="Res", help="folder for the pictures")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def hair_strips(generator, rng, output):
+    """hair_shade.png and hair_colour.png, each of the dimension that changes it most; returns
+    the measured changes and the two dimensions."""
+    shade, hue = measure_hair(generator, rng)
+    shade_dim = int(shade.argmax())
+    colour_dim = int(np.where(np.arange(Z_DIM) == shade_dim, -np.inf, hue).argmax())  # another dimension
+    base = Utils.random_noise(rng, STRIP_ROWS)
+    Utils.save_png(strip_picture(generator, base, shade_dim), output / "hair_shade.png")
+    Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
+    return shade, hue, shade_dim, colour_dim
+
+
+def main(argv=None):
+    args = parse_args(argv)
     output = Path(args.output)
     if not (Path(args.model_dir) / STATE_FILE).exists():
         raise Utils.UserError(f"{Path(args.model_dir) / STATE_FILE} does not exist: the loss curve needs "
@@ -124,17 +139,9 @@ def main(argv=None):
 
     Utils.save_png(Utils.tile_images(Utils.generate(generator, Utils.random_noise(rng, 64)), 8, 8),
                    output / "avatars.png")
-
-    shade, hue = measure_hair(generator, rng)
-    shade_dim = int(shade.argmax())
-    colour_dim = int(np.where(np.arange(Z_DIM) == shade_dim, -np.inf, hue).argmax())  # another dimension
-    base = Utils.random_noise(rng, STRIP_ROWS)
-    Utils.save_png(strip_picture(generator, base, shade_dim), output / "hair_shade.png")
-    Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
-
+    shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
     frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
-
     metrics = Evaluate.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output)
     print(Evaluate.format_table(metrics))
 

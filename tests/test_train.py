@@ -194,3 +194,15 @@ def test_the_dcgan_stabilisers_are_recorded_and_kept_on_resume(faces_dir, tmp_pa
     assert "features.0.1._mean" not in load_file(str(tmp_path / "Model" / "D.safetensors"))
     with pytest.raises(UserError, match="--init paddle"):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "3", "--init", "paddle"))
+
+
+def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses():
+    import re
+
+    rows = dict(re.findall(r"^\| `(--[\w-]+)` \| ([^|]+?) \|", (ROOT / "README.md").read_text(), re.M))
+    defaults = {"--" + name.replace("_", "-"): hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
+    defaults["--epochs"] = Train.parse_args([]).epochs
+    shown = {flag: value for flag, value in rows.items() if flag in defaults}
+    assert set(shown) >= {"--lr", "--beta1", "--batch-size", "--epochs", "--g-steps", "--init"}
+    for flag, value in shown.items():
+        assert (float(value) if isinstance(defaults[flag], float) else type(defaults[flag])(value)) == defaults[flag]

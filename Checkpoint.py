@@ -2,7 +2,9 @@
 
 A model folder (Train.py's --model-dir) holds one checkpoint:
 
-    G.safetensors, D.safetensors   weights and BatchNorm statistics (Run.py reads G alone)
+    G.safetensors, D.safetensors   weights and BatchNorm statistics
+    G_ema.safetensors              with --ema only: the moving average of G (weights only, never
+                                   trained), which Run.py draws with when it is there
     G.pdopt, D.pdopt               Adam's moments (and --amp's loss scaler), in Paddle's format
     state.json                     where training stopped, its settings and its loss history
 
@@ -11,9 +13,11 @@ refuses files whose stamps differ, so weights of one step never meet another ste
 
 A save writes all files into `.incoming/` first, flushes them to disk, and then writes the marker
 `.incoming/COMPLETE`: that marker is the moment the new checkpoint exists. Only then are the
-files moved into place. The next run that opens the folder finishes the move if the marker is
-there, or throws `.incoming/` away if it is not, so after a kill at any instant or a full disk the
-folder holds one consistent checkpoint: the last complete one.
+files of the last checkpoint that the new one has not removed (a G_ema.safetensors, when the new
+run trains without --ema) and the new files moved into place. The next run that opens the folder
+finishes the move if the marker is there, or throws `.incoming/` away if it is not, so after a
+kill at any instant or a full disk the folder holds one consistent checkpoint: the last complete
+one.
 
 One process at a time writes to a model folder: `ModelFolder.lock()` takes an advisory lock that
 the operating system releases when the process ends, however it ends.
@@ -36,7 +40,8 @@ STATE_FILE = "state.json"
 INCOMING = ".incoming"
 COMPLETE = "COMPLETE"
 LOCK_FILE = ".lock"
-NETWORKS = ("G", "D")
+NETWORKS = ("G", "D", "G_ema")  # whose weights a checkpoint may hold
+TRAINED = ("G", "D")  # whose Adam state it holds: G_ema is never trained
 
 
 def weights_file(name):
@@ -189,8 +194,7 @@ class ModelFolder:
         return said
 
     def has_checkpoint(self):
-        names = [weights_file(n) for n in NETWORKS] + [adam_file(n) for n in NETWORKS] + [STATE_FILE]
-        return any((self.path / name).exists() for name in names)
+        return any((self.path / name).exists() for name in checkpoint_files())
 
     def read_state(self):
         """The folder's RunState, or None for a folder without any checkpoint file. A folder with
@@ -211,9 +215,12 @@ class ModelFolder:
         and the float16 loss scalers (Train.py --amp) where both the checkpoint and scalers have
         them. Returns whether Adam's state was loaded."""
         for name, layer in networks.items():
-            stamp = Utils.load_weights(layer, self.path / weights_file(name))
-            self._check_stamp(weights_file(name), stamp, state)
-        adam = {name: self.path / adam_file(name) for name in networks}
+            path = self.path / weights_file(name)
+            if not path.exists():
+                raise UserError(f"{path} is missing from the checkpoint that {STATE_FILE} describes; put it back, "
+                                f"or start over with --fresh or another --model-dir.")
+            self._check_stamp(path.name, Utils.load_weights(layer, path), state)
+        adam = {name: self.path / adam_file(name) for name in optimizers}
         if not all(path.exists() for path in adam.values()):
             return False
         saved = {name: _read_adam(path) for name, path in adam.items()}
@@ -243,7 +250,8 @@ class ModelFolder:
             incoming.mkdir(parents=True)
             for name, layer in networks.items():
                 Utils.save_weights(layer, incoming / weights_file(name), stamp)
-                adam = {"checkpoint": stamp, "adam": optimizer_state(layer, optimizers[name]),
+            for name, optimizer in optimizers.items():
+                adam = {"checkpoint": stamp, "adam": optimizer_state(networks[name], optimizer),
                         "loss_scaler": scalers[name].state_dict() if name in (scalers or {}) else None}
                 Files.atomic_write(incoming / adam_file(name), lambda tmp: paddle.save(adam, tmp))
             Files.write_json(state.to_json(), incoming / STATE_FILE)
@@ -258,14 +266,22 @@ class ModelFolder:
         self._move_into_place(incoming)
 
     def _move_into_place(self, incoming):
-        """Move a complete checkpoint's files from incoming into the folder, state.json last.
-        Safe to repeat after an interruption: a file already moved is simply no longer there."""
+        """Move a complete checkpoint's files from incoming into the folder, state.json last, after
+        removing the files of the last checkpoint that this one has not. Safe to repeat after an
+        interruption: a file already moved or removed is simply no longer there."""
         names = Files.read_json(incoming / COMPLETE)
+        for name in sorted(set(checkpoint_files()) - set(names)):  # first: never beside the new checkpoint
+            (self.path / name).unlink(missing_ok=True)
         for name in sorted(names, key=lambda name: name == STATE_FILE):
             if (incoming / name).exists():
                 os.replace(incoming / name, self.path / name)
         Files.fsync_folder(self.path)
         shutil.rmtree(incoming)
+
+
+def checkpoint_files():
+    """The names of every file a checkpoint may hold."""
+    return [weights_file(name) for name in NETWORKS] + [adam_file(name) for name in TRAINED] + [STATE_FILE]
 
 
 def _read_adam(path):

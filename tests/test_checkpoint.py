@@ -46,13 +46,14 @@ SAVE_AND_DIE = textwrap.dedent("""
 
 
 def small_networks(step):
-    """Two small layers with Adam state, their weights a function of step, and a RunState at step."""
+    """Two small layers with Adam state and a third without (as Train.py --ema's G_ema), their
+    weights a function of step, and a RunState at step."""
     paddle.seed(step)
-    networks = {"G": paddle.nn.Linear(8, 4), "D": paddle.nn.Linear(4, 2)}
-    optimizers = {name: paddle.optimizer.Adam(1e-3, parameters=layer.parameters()) for name, layer in networks.items()}
-    for name, layer in networks.items():
-        layer(paddle.rand([3, layer.weight.shape[0]])).mean().backward()
-        optimizers[name].step()
+    networks = {"G": paddle.nn.Linear(8, 4), "D": paddle.nn.Linear(4, 2), "G_ema": paddle.nn.Linear(8, 4)}
+    optimizers = {name: paddle.optimizer.Adam(1e-3, parameters=networks[name].parameters()) for name in ("G", "D")}
+    for name, optimizer in optimizers.items():
+        networks[name](paddle.rand([3, networks[name].weight.shape[0]])).mean().backward()
+        optimizer.step()
     state = RunState(hyper_parameters={"seed": 1}, run="testrun", global_step=step, epochs_done=step)
     return networks, optimizers, state
 
@@ -84,7 +85,7 @@ def test_a_save_killed_at_any_instant_leaves_the_last_complete_checkpoint(tmp_pa
         networks, optimizers, _ = small_networks(step=0)
         assert ModelFolder(folder).load(networks, optimizers, state)  # stamps agree, Adam included
         expected = old if state.global_step == 1 else new
-        for name in ("G", "D"):
+        for name in ("G", "D", "G_ema"):
             assert all(np.array_equal(weights(folder, name)[key], weights(expected, name)[key])
                        for key in weights(expected, name))
         assert leftovers(folder) == []
@@ -144,7 +145,8 @@ def test_an_interrupted_complete_save_is_finished_and_stray_temporary_files_remo
     networks, optimizers, state = small_networks(step=2)
     ModelFolder(tmp_path / "staged").save(networks, optimizers, state)
     incoming.mkdir()
-    for name in ("G.safetensors", "D.safetensors", "state.json"):  # the move stopped after the Adam files
+    # the move stopped after the Adam files
+    for name in ("G.safetensors", "D.safetensors", "G_ema.safetensors", "state.json"):
         os.replace(tmp_path / "staged" / name, incoming / name)
     for name in ("G.pdopt", "D.pdopt"):
         os.replace(tmp_path / "staged" / name, tmp_path / name)

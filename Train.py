@@ -11,11 +11,13 @@ survive crashes); sample grids and the loss curve go to --output.
 
 Per batch, as the original: one discriminator update on a batch of generated faces alone
 (label 0), one on the real batch alone (label 1), then --g-steps generator updates, each on fresh
-noise, with label 1. Loss: softmax cross entropy over D's two logits.
+noise, with label 1. Loss: softmax cross entropy over D's two logits. Two additions, both off by
+default: --augment passes every batch D sees, real or generated, through DiffAugment (Augment.py),
+and --ema keeps G_ema, a moving average of G's weights, saved beside G for Run.py to draw with.
 
-Every step draws its randomness (noise, dropout) from a seed derived from (--seed, step) and
-every epoch's order from (--seed, epoch), so a resumed run goes on exactly as one that never
-stopped.
+Every step draws its randomness (noise, dropout, augmentation) from a seed derived from
+(--seed, step) and every epoch's order from (--seed, epoch), so a resumed run goes on exactly as
+one that never stopped.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 from Utils import UserError
@@ -37,6 +39,7 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
+import Augment
 import Files
 from Checkpoint import ModelFolder, RunState
 from Net import Z_DIM, Discriminator, Generator, init_dcgan_weights
@@ -65,7 +68,15 @@ positive_int = number(int, lambda value: value >= 1, "a whole number of at least
 count = number(int, lambda value: value >= 0, "a whole number of at least 0")
 seed_number = number(int, lambda value: 0 <= value < 2**63, "a whole number from 0 to 2**63 - 1")
 learning_rate = number(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
-adam_beta = number(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
+below_one = number(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
+
+
+def augment_policy(text):
+    """An argparse type: an --augment policy in the one spelling state.json keeps."""
+    try:
+        return Augment.parse_policy(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -77,16 +88,22 @@ class HyperParameter:
     choices: tuple = None
 
 
-# The brief's recipe. A checkpoint trained with other values is not silently continued.
+# The brief's recipe. A checkpoint trained with other values is not silently continued. A
+# checkpoint written before a hyper-parameter existed is taken to have its default, so a new
+# one's default must be what training did without it (as --ema 0 and --augment none are).
 HYPER_PARAMETERS = {
     "batch_size": HyperParameter(100, "real images per batch (per process under several GPUs)", positive_int),
     "lr": HyperParameter(2e-4, "Adam learning rate of both networks", learning_rate),
-    "beta1": HyperParameter(0.8, "Adam beta1 of both networks", adam_beta),
+    "beta1": HyperParameter(0.8, "Adam beta1 of both networks", below_one),
     "g_steps": HyperParameter(2, "generator updates per batch", positive_int),
     "init": HyperParameter("paddle", "weight initialisation: Paddle's default, or DCGAN's N(0, 0.02)",
                            choices=("paddle", "dcgan")),
     "d_input_bn": HyperParameter(True, "BatchNorm in D's first block, as the original; --no-d-input-bn leaves "
                                        "it out, as DCGAN does"),
+    "ema": HyperParameter(0.0, "decay of G_ema, a moving average of G's weights saved beside G, which Run.py "
+                               "draws with; it averages about 1 / (1 - decay) G updates; 0: no G_ema", below_one),
+    "augment": HyperParameter(Augment.NONE, "DiffAugment policy for every batch D sees: none, or any of color, "
+                                            "translation, cutout joined by commas", augment_policy),
     "seed": HyperParameter(None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
                            seed_number),
 }
@@ -224,29 +241,71 @@ def d_weights_unused(D):
     return D.no_sync() if hasattr(D, "no_sync") else frozen(D)
 
 
-def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None):
+def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None):
     """One batch of the original's schedule. Returns the losses (D on fakes, D on reals, mean G)
     as tensors, so the caller decides when to wait for the device. amp: a MixedPrecision, or
-    None for float32."""
+    None for float32. augment: the DiffAugment policy of every batch D sees. ema: a
+    MovingAverage to update after every G update, or None."""
     batch = real.shape[0]
     autocast = amp.autocast if amp else contextlib.nullcontext
     scalers = amp.scalers if amp else {}
+
+    def judge(images):
+        return D(Augment.diff_augment(images, augment))
+
     with paddle.no_grad(), autocast():
         fake = G(paddle.rand([batch, Z_DIM]))
     with autocast():
-        d_fake = gan_loss(D(fake), FAKE)
+        d_fake = gan_loss(judge(fake), FAKE)
     update(opt_d, d_fake, scalers.get("D"))
     with autocast():
-        d_real = gan_loss(D(real), REAL)
+        d_real = gan_loss(judge(real), REAL)
     update(opt_d, d_real, scalers.get("D"))
     g_losses = []
     with d_weights_unused(D):
         for _ in range(g_steps):
             with autocast():
-                g_loss = gan_loss(D(G(paddle.rand([batch, Z_DIM]))), REAL)
+                g_loss = gan_loss(judge(G(paddle.rand([batch, Z_DIM]))), REAL)
             g_losses.append(update(opt_g, g_loss, scalers.get("G")))
+            if ema:
+                ema.update()
     opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps
     return d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps
+
+
+class MovingAverage:
+    """--ema: G_ema, a copy of G that is never trained. After every G update each of its weights
+    moves towards G's, ema = decay * ema + (1 - decay) * G, so it is an average of G's recent
+    weights (about the last 1 / (1 - decay) updates). G itself swings back and forth as it plays
+    against D; the average damps the swings, and in many GANs it draws better samples than G does
+    (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training",
+    https://arxiv.org/abs/1806.04498)."""
+
+    def __init__(self, G, decay):
+        self.decay = decay
+        self.G_ema = Generator()
+        self.G_ema.set_state_dict(G.state_dict())
+        self.G_ema.eval()
+        averages = dict(self.G_ema.named_parameters())
+        # BatchNorm's running statistics are parameters with stop_gradient set, not weights.
+        self.weights = [(averages[name], p) for name, p in G.named_parameters() if not p.stop_gradient]
+        self.statistics = [(averages[name], p) for name, p in G.named_parameters() if p.stop_gradient]
+        for average in averages.values():
+            average.stop_gradient = True
+
+    @paddle.no_grad()
+    def update(self):
+        for average, current in self.weights:
+            paddle.assign(average * self.decay + current * (1 - self.decay), output=average)
+        self.follow_batch_norm_statistics()
+
+    def follow_batch_norm_statistics(self):
+        """G_ema's BatchNorm running means and variances: a copy of G's, the simplest choice. They
+        describe the activations of G's weights, near G_ema's but not the same; recomputing them
+        (G_ema run in training mode on a few batches of noise before it draws) would fit them to
+        the average, and would go here."""
+        for average, current in self.statistics:
+            paddle.assign(current, output=average)
 
 
 def step_seed(seed, rank, step):
@@ -349,7 +408,8 @@ class Processes:
 def settle_hyper_parameters(args, state):
     """Fill unset flags from the checkpoint (or the defaults); refuse flags that differ from the
     checkpoint's, since mixing them would train a model neither setting describes."""
-    saved = state.hyper_parameters if state else {}
+    defaults = {name: hp.default for name, hp in HYPER_PARAMETERS.items()}
+    saved = {**defaults, **state.hyper_parameters} if state else {}  # a key it lacks did not exist yet
     settled, conflicts = {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
@@ -439,6 +499,7 @@ class Session:
     opt_d: paddle.optimizer.Optimizer
     amp: object
     fixed_noise: np.ndarray
+    ema: MovingAverage = None  # --ema's G_ema and its updates; None without --ema
     last_saved: str = None  # where the folder's newest checkpoint of this run stands, e.g. "step 8 (...)"
     step_seconds: list = None  # this run's steps, data loading and pictures left out
     train_G: object = None  # the networks the steps run through (DataParallel wrappers under several processes)
@@ -447,7 +508,8 @@ class Session:
 
     @property
     def networks(self):
-        return {"G": self.G, "D": self.D}
+        """What a checkpoint holds the weights of: G_ema is saved and loaded with G and D, as one unit."""
+        return {"G": self.G, "D": self.D, **({"G_ema": self.ema.G_ema} if self.ema else {})}
 
     @property
     def optimizers(self):
@@ -491,6 +553,7 @@ def set_up(args):
     state.run = state.run or procs.from_writer(secrets.token_hex(4))  # a checkpoint from before run ids
     session = Session(args, procs, folder, state, dataset, loader, G, D, opt_g, opt_d,
                       amp=MixedPrecision() if args.amp else None, step_seconds=[],
+                      ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
                       fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2))
     if saved:
         with_adam = folder.load(session.networks, session.optimizers, saved, session.scalers)
@@ -553,7 +616,7 @@ def run_step(session, real, epoch):
     paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
     started = time.perf_counter()
     step_losses = train_step(session.train_G, session.train_D, session.opt_g, session.opt_d, real, hp["g_steps"],
-                             amp=session.amp)
+                             amp=session.amp, augment=hp["augment"], ema=session.ema)
     losses = [float(loss) for loss in step_losses]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)

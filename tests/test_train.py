@@ -55,7 +55,8 @@ def test_state_json_records_progress_hyper_parameters_losses_and_versions(traine
     state = json.loads((trained[0] / "Model" / "state.json").read_text())
     assert (state["epochs_done"], state["batches_done"], state["global_step"]) == (1, 0, 2)
     assert state["hyper_parameters"] == {"batch_size": 4, "lr": 2e-4, "beta1": 0.8, "g_steps": 2,
-                                         "init": "paddle", "d_input_bn": True, "seed": 5}
+                                         "init": "paddle", "d_input_bn": True, "ema": 0.0, "augment": "none",
+                                         "seed": 5}
     assert all(len(values) == 2 for values in state["losses"].values())
     assert set(state["versions"]) == {"paddle", "numpy", "python"}
 
@@ -203,6 +204,6 @@ def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses()
     defaults = {"--" + name.replace("_", "-"): hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
     defaults["--epochs"] = Train.parse_args([]).epochs
     shown = {flag: value for flag, value in rows.items() if flag in defaults}
-    assert set(shown) >= {"--lr", "--beta1", "--batch-size", "--epochs", "--g-steps", "--init"}
+    assert set(shown) >= {"--lr", "--beta1", "--batch-size", "--epochs", "--g-steps", "--init", "--ema", "--augment"}
     for flag, value in shown.items():
         assert (float(value) if isinstance(defaults[flag], float) else type(defaults[flag])(value)) == defaults[flag]

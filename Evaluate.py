@@ -13,13 +13,15 @@ they are (MS-SSIM), and whether it copies its training faces (nearest neighbours
 - Memorisation: for 64 generated faces, the pixel distance to the nearest training face, beside the
   same distance for real faces the model never saw. A generator that copies its data sits closer.
 
+The generator measured is G_ema.safetensors where --model-dir has it (Train.py --ema), else
+G.safetensors; --raw-g measures G.safetensors in any case.
+
 Prints one table; writes <output>/metrics.json and <output>/nearest.png (each generated face,
 left, beside its nearest training face, right).
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import convolve1d
@@ -214,7 +216,9 @@ def evaluate(candidates, real, train, seed):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors")
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
+    parser.add_argument("--raw-g", action="store_true",
+                        help="measure G.safetensors even where the averaged G_ema.safetensors is there")
     parser.add_argument("--real", default="DataSet/faces", help="real faces to compare with (ideally held out)")
     parser.add_argument("--train", help="the faces the model was trained on, for the nearest-neighbour test "
                                         "(default: --real)")
@@ -230,10 +234,11 @@ def parse_args(argv=None):
     return args
 
 
-def measure_model(model_dir, real, train, n, seed, output, real_b=None):
-    """Evaluate the generator of model_dir (or, with real_b, a second folder of real faces)
-    against n faces of the folder real; write metrics.json and nearest.png to output and return
-    the metrics. train: the training faces' folder, for the nearest-neighbour test (None: real)."""
+def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=False):
+    """Evaluate the generator of model_dir (G_ema where it is there, unless raw_g: see
+    Utils.generator_file), or with real_b a second folder of real faces, against n faces of the
+    folder real; write metrics.json and nearest.png to output and return the metrics. train: the
+    training faces' folder, for the nearest-neighbour test (None: real)."""
     try:  # before the faces are read and measured, which takes minutes at the default --n
         output = Files.writable_folder(output, "--output")
     except Files.FolderError as error:
@@ -245,9 +250,9 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None):
         candidates, source = pick(load_faces(real_b), n, rng, real_b), real_b
     else:
         Utils.choose_device("auto")
-        generator = Utils.load_generator(model_dir)
+        generator = Utils.load_generator(model_dir, raw_g)
         candidates = Utils.generate(generator, Utils.random_noise(rng, n))
-        source = str(Path(model_dir) / Utils.GENERATOR_FILE)
+        source = str(Utils.generator_file(model_dir, raw_g))
     metrics, shown, neighbours = evaluate(candidates, real_faces, train_faces, seed)
     metrics.update(candidates=source, real=str(real), train=str(train or real), seed=seed)
     Files.write_json(metrics, output / "metrics.json")
@@ -257,7 +262,8 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    metrics = measure_model(args.model_dir, args.real, args.train, args.n, args.seed, args.output, args.real_b)
+    metrics = measure_model(args.model_dir, args.real, args.train, args.n, args.seed, args.output, args.real_b,
+                            args.raw_g)
     print(format_table(metrics))
 
 

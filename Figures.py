@@ -11,7 +11,9 @@
   --output folder), at most 16 frames evenly spaced, at half size;
 - nearest.png and metrics.json: Evaluate.py's memorisation picture and metrics (--train, --real).
 
-figures.json records the seed and every dimension's measurement.
+Every picture is drawn by G_ema.safetensors where the model folder has it (Train.py --ema), else by
+G.safetensors; --raw-g takes G.safetensors in any case. figures.json records which, the seed and
+every dimension's measurement.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 
@@ -104,7 +106,10 @@ def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors and state.json")
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors) "
+                                                             "and state.json")
+    parser.add_argument("--raw-g", action="store_true",
+                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
     parser.add_argument("--train", default="DataSet/faces", help="the training faces, for nearest.png")
     parser.add_argument("--real", help="held-out real faces for the metrics (default: --train)")
     parser.add_argument("--n", type=int, default=500, help="faces on each side of the metrics")
@@ -134,7 +139,7 @@ def main(argv=None):
                               f"the state.json that Train.py writes beside the weights.")
     state = ModelFolder(args.model_dir).read_state()
     Utils.choose_device("auto")
-    generator = Utils.load_generator_for_inference(args.model_dir)
+    generator = Utils.load_generator_for_inference(args.model_dir, args.raw_g)
     rng = np.random.default_rng(args.seed)
 
     Utils.save_png(Utils.tile_images(Utils.generate(generator, Utils.random_noise(rng, 64)), 8, 8),
@@ -142,10 +147,12 @@ def main(argv=None):
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
     frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
-    metrics = Evaluate.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output)
+    metrics = Evaluate.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
+                                     raw_g=args.raw_g)
     print(Evaluate.format_table(metrics))
 
-    Files.write_json({"seed": args.seed, "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
+    Files.write_json({"generator": str(Utils.generator_file(args.model_dir, args.raw_g)), "seed": args.seed,
+                      "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
                       "hair_brightness_change": [round(float(v), 4) for v in shade],
                       "hair_hue_change_degrees": [round(float(v), 2) for v in hue],
                       "progress_frames": frames, "epochs": state.epochs_done, "steps": state.global_step},

@@ -1,13 +1,14 @@
 """Draw avatars with a trained generator: a grid of random faces and latent interpolation strips.
 
-    python Run.py                       # Model/G.safetensors -> Generate/avatars.png, strips.png, strips/
+    python Run.py                       # Model/G_ema or G.safetensors -> Generate/avatars.png, strips.png, strips/
     python Run.py --dims 3,17 --seed 7  # strips for two latent dimensions, reproducibly
     python Run.py --count 100           # also 100 single avatars, Generate/avatar_0000.png ...
 
 A strip shows what one of the 72 noise values does: one base vector drawn from U[0, 1), copied
 --steps times with value i set to 1/steps, 2/steps, ..., 1 (0.05, 0.10, ..., 1.00 for 20 steps),
-one face per copy, left to right. Only G.safetensors is read: plain arrays, no pickle, no
-optimizer state.
+one face per copy, left to right. One weights file is read: plain arrays, no pickle, no
+optimizer state. It is G_ema.safetensors where the model folder has it (Train.py --ema's moving
+average of G), else G.safetensors; --raw-g takes G.safetensors in any case.
 
 --device auto (the default) draws on a GPU when Paddle has CUDA and one is visible, else on the
 CPU; --device cpu keeps to the CPU on any machine. On CPU the generator is exported once to an
@@ -20,7 +21,6 @@ import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml ke
 import argparse
 import re
 import secrets
-from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +31,9 @@ from Net import Z_DIM
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors")
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
+    parser.add_argument("--raw-g", action="store_true",
+                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
     parser.add_argument("--output", default="Generate", help="folder for the pictures")
     parser.add_argument("--seed", type=int,
                         help="seed of the noise, 0 or more; the same seed gives the same pictures (default: random)")
@@ -82,7 +84,7 @@ def main(argv=None):
     except Files.FolderError as error:
         raise Utils.UserError(str(error)) from None
     load = Utils.load_generator if args.dygraph else Utils.load_generator_for_inference
-    generator = load(args.model_dir)
+    generator = load(args.model_dir, args.raw_g)
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     rng = np.random.default_rng(seed)
     rows, cols = args.grid
@@ -102,7 +104,16 @@ def main(argv=None):
         Utils.save_png(avatar, output / f"avatar_{number:04d}.png")
     print(f"Seed {seed}: wrote {output / 'avatars.png'} ({rows}x{cols}), {output / 'strips.png'} "
           f"({len(args.dims)} strips of {args.steps})" + (f" and {args.count} single avatars" if args.count else "")
-          + f" from {Path(args.model_dir) / Utils.GENERATOR_FILE}.")
+          + f" with {drawn_with(args.model_dir, args.raw_g)}.")
+
+
+def drawn_with(model_dir, raw_g):
+    """Which weights drew the pictures, in words: G_ema's are not the trained G's, and a user
+    comparing folders needs to know which they saw."""
+    path = Utils.generator_file(model_dir, raw_g)
+    if path.name == Utils.AVERAGED_GENERATOR_FILE:
+        return f"{path}, the averaged generator (--raw-g draws with {Utils.GENERATOR_FILE})"
+    return f"{path}, the trained generator"
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ import Files  # noqa: E402
 from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
 
 GENERATOR_FILE = "G.safetensors"
+AVERAGED_GENERATOR_FILE = "G_ema.safetensors"  # Train.py --ema's moving average of G
 EXPORT_TOLERANCE = 1e-4  # largest pixel difference (on [-1, 1]) allowed between the two engines
 
 
@@ -217,10 +218,19 @@ def load_weights(layer, path):
     return metadata
 
 
-def load_generator(model_dir):
-    """The trained generator of model_dir, in evaluation mode (BatchNorm uses its running statistics)."""
+def generator_file(model_dir, raw_g=False):
+    """The weights the scripts draw with: G_ema.safetensors where model_dir has it (the moving
+    average of G's weights that Train.py --ema keeps, free of the swings of G's latest update),
+    else G.safetensors; with raw_g, G.safetensors, the trained G itself, in any case."""
+    averaged = Path(model_dir) / AVERAGED_GENERATOR_FILE
+    return averaged if averaged.exists() and not raw_g else Path(model_dir) / GENERATOR_FILE
+
+
+def load_generator(model_dir, raw_g=False):
+    """The generator of model_dir (see generator_file), in evaluation mode (BatchNorm uses its
+    running statistics)."""
     generator = Generator()
-    load_weights(generator, Path(model_dir) / GENERATOR_FILE)
+    load_weights(generator, generator_file(model_dir, raw_g))
     generator.eval()
     return generator
 
@@ -290,15 +300,15 @@ def export_generator(generator, folder):
     return folder / "generator"
 
 
-def load_generator_for_inference(model_dir):
-    """The fastest generator for this machine: on CPU, the trained generator exported once to
-    the inference cache (keyed by the weights' sha256 and Paddle's version) and run by oneDNN;
-    on a GPU, or if exporting fails for any reason, the dynamic graph of load_generator."""
-    generator = load_generator(model_dir)  # checks the file and says what is wrong, in one sentence
+def load_generator_for_inference(model_dir, raw_g=False):
+    """The fastest generator for this machine: on CPU, load_generator's generator exported once
+    to the inference cache (keyed by the sha256 of the weights file it loads and Paddle's version)
+    and run by oneDNN; on a GPU, or if exporting fails for any reason, the dynamic graph."""
+    generator = load_generator(model_dir, raw_g)  # checks the file and says what is wrong, in one sentence
     if paddle.device.get_device() != "cpu":
         return generator
     try:
-        weights = (Path(model_dir) / GENERATOR_FILE).read_bytes()
+        weights = generator_file(model_dir, raw_g).read_bytes()
         folder = inference_cache() / f"{hashlib.sha256(weights).hexdigest()[:16]}-paddle{paddle.__version__}"
         prefix = folder / "generator"
         if not Path(f"{prefix}.pdiparams").exists():

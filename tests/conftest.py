@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT))
 import Utils  # noqa: E402,F401  sets up the CPU for Paddle, so it comes first
 
 import numpy as np  # noqa: E402
+import paddle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
@@ -62,3 +63,12 @@ def trained(tmp_path_factory, faces_dir):
                         "--seed", 5, "--sample-every", 1, "--model-dir", run / "Model", "--output", run / "Output",
                         "--device", "cpu")
     return run, result
+
+
+@pytest.fixture
+def on_cpu():
+    """This process on the CPU for one test (on a GPU machine Paddle starts on the GPU)."""
+    before = paddle.device.get_device()
+    Utils.choose_device("cpu")
+    yield
+    paddle.set_device(before)

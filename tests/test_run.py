@@ -44,15 +44,6 @@ def drawn(trained, tmp_path_factory):
     return outputs, first
 
 
-@pytest.fixture
-def on_cpu():
-    """This process on the CPU for one test (on a GPU machine Paddle starts on the GPU)."""
-    before = paddle.device.get_device()
-    Utils.choose_device("cpu")
-    yield
-    paddle.set_device(before)
-
-
 def test_pictures_have_plain_96_pixel_tiles(drawn):
     outputs, result = drawn
     folder = outputs / "a"

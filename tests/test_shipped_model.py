@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import Train
+from Checkpoint import RunState
 from conftest import ROOT, run_script
 
 MODEL = ROOT / "Model"
@@ -37,12 +38,15 @@ def test_state_json_says_how_the_model_was_trained():
     state = json.loads((MODEL / "state.json").read_text())
     assert state["epochs_done"] >= 1 and state["batches_done"] == 0  # ends on an epoch boundary
     assert len(state["losses"]["g"]) == state["global_step"] == state["epochs_done"] * state["steps_per_epoch"]
-    assert set(state["hyper_parameters"]) >= set(Train.HYPER_PARAMETERS)
+    # A model trained before --ema and --augment existed continues with both off, as it was trained.
+    settled = Train.settle_hyper_parameters(Train.parse_args([]), RunState.from_json(state, MODEL / "state.json"))
+    assert settled == {"ema": 0.0, "augment": "none", **state["hyper_parameters"]}
+    assert set(settled) == set(Train.HYPER_PARAMETERS)
 
 
 def test_run_py_with_its_defaults_draws_from_the_shipped_generator(tmp_path):
     result = run_script("Run.py", "--dims", "0,1", "--seed", "3", "--output", tmp_path)
-    assert "Model/G.safetensors" in result.stdout
+    assert "with Model/G.safetensors, the trained generator" in result.stdout
     assert Image.open(tmp_path / "avatars.png").size == (8 * 96, 8 * 96)
 
 

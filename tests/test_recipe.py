@@ -1,0 +1,199 @@
+"""Train.py --ema and --augment: G_ema follows G as its moving average and is saved, stamped and
+resumed with the checkpoint; DiffAugment runs in every D pass; both are recorded hyper-parameters,
+off by default and for checkpoints from before them; Run.py, Evaluate.py and Figures.py draw with
+G_ema when it is there and with G under --raw-g."""
+import Utils
+from Utils import UserError
+
+import json
+import subprocess
+
+import numpy as np
+import paddle
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+import Augment
+import Evaluate
+import Figures
+import Run
+import Train
+from Checkpoint import ModelFolder
+from Net import Discriminator, Generator
+from test_checkpoint import small_networks
+from test_train import saved_state, train_args
+
+RECIPE = ("--ema", "0.9", "--augment", "color,translation,cutout")
+
+
+@pytest.fixture(scope="module")
+def ema_model(faces_dir, tmp_path_factory):
+    """The model folder of one epoch (2 batches of 4) with G_ema and every DiffAugment transform."""
+    run = tmp_path_factory.mktemp("ema")
+    Train.main(train_args(faces_dir, run, "--epochs", "1", *RECIPE))
+    return run / "Model"
+
+
+def stamp(path):
+    with safe_open(str(path), "np") as weights:
+        return weights.metadata()
+
+
+# ------------------------------------------------------------------------------ the average
+
+def test_g_ema_moves_each_weight_by_one_minus_decay_towards_g_and_copies_batch_norm_statistics():
+    paddle.seed(0)
+    G = Generator()
+    average = Train.MovingAverage(G, decay=0.9)
+    before = {name: value.numpy() for name, value in average.G_ema.state_dict().items()}
+    with paddle.no_grad():
+        for parameter in G.parameters():
+            paddle.assign(parameter + 1, output=parameter)
+    average.update()
+    after, trained = average.G_ema.state_dict(), G.state_dict()
+    statistics = [name for name in after if name.endswith(("._mean", "._variance"))]
+    assert len(statistics) == 12 and len(after) - len(statistics) == 26
+    for name in after:
+        expected = trained[name].numpy() if name in statistics else 0.9 * before[name] + 0.1 * trained[name].numpy()
+        np.testing.assert_allclose(after[name].numpy(), expected, rtol=1e-6, atol=1e-6, err_msg=name)
+    assert all(parameter.stop_gradient for parameter in average.G_ema.parameters())  # never trained
+
+
+def test_the_checkpoint_holds_g_ema_stamped_as_g_and_state_json_the_recipe(ema_model):
+    state = json.loads((ema_model / "state.json").read_text())
+    assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"]) == (0.9,
+                                                                                        "color,translation,cutout")
+    assert stamp(ema_model / "G_ema.safetensors") == stamp(ema_model / "G.safetensors") == {
+        "run": state["run"], "global_step": "2"}
+    assert not (ema_model / "G_ema.pdopt").exists()
+    averaged, trained = load_file(str(ema_model / "G_ema.safetensors")), load_file(str(ema_model / "G.safetensors"))
+    assert not np.allclose(averaged["residual.conv1.weight"], trained["residual.conv1.weight"])
+
+
+def test_two_epochs_with_ema_and_augment_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_path, capsys):
+    Train.main(train_args(faces_dir, tmp_path / "straight", "--epochs", "2", *RECIPE))
+    Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "1", *RECIPE))
+    Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "2"))  # the checkpoint's recipe
+    assert "Resuming from" in capsys.readouterr().out
+    for name in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
+        straight = load_file(str(tmp_path / "straight" / "Model" / name))
+        resumed = load_file(str(tmp_path / "resumed" / "Model" / name))
+        assert max(np.abs(straight[key] - resumed[key]).max() for key in straight) < 1e-5
+    losses = [saved_state(tmp_path / run)["losses"] for run in ("straight", "resumed")]
+    assert losses[0] == losses[1]
+
+
+def test_every_batch_d_sees_is_augmented_and_g_learns_through_the_augmentation(monkeypatch):
+    seen = []
+
+    def recording(images, policy):
+        seen.append((images, policy, images.stop_gradient))
+        return augment(images, policy)
+
+    augment = Augment.diff_augment
+    monkeypatch.setattr(Augment, "diff_augment", recording)
+    paddle.seed(0)
+    G, D = Generator(), Discriminator()
+    real = paddle.rand([2, 3, 96, 96]) * 2 - 1
+    opt_g, opt_d = (paddle.optimizer.Adam(1e-4, parameters=net.parameters()) for net in (G, D))
+    Train.train_step(G, D, opt_g, opt_d, real, g_steps=2, augment="translation")
+    assert [policy for _, policy, _ in seen] == ["translation"] * 4  # D on fakes, D on reals, 2 G updates
+    assert seen[1][0] is real
+    assert [stop_gradient for _, _, stop_gradient in seen] == [True, True, False, False]  # G's passes: to G
+
+
+# --------------------------------------------------------------------- defaults and old checkpoints
+
+def test_the_defaults_are_the_briefs_recipe_without_ema_or_augment():
+    args = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1"]), None)
+    assert args == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
+                    "ema": 0.0, "augment": "none", "seed": 1}
+
+
+def test_a_checkpoint_from_before_ema_and_augment_continues_with_both_off(trained, faces_dir, tmp_path):
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    state = json.loads((tmp_path / "Model" / "state.json").read_text())
+    for name in ("ema", "augment"):
+        del state["hyper_parameters"][name]
+    (tmp_path / "Model" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match=r"--ema 0.5 \(checkpoint: 0.0\)"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--ema", "0.5"))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
+    hyper_parameters = saved_state(tmp_path)["hyper_parameters"]
+    assert (hyper_parameters["ema"], hyper_parameters["augment"], saved_state(tmp_path)["global_step"]) == (0.0,
+                                                                                                          "none", 4)
+    assert not (tmp_path / "Model" / "G_ema.safetensors").exists()
+
+
+@pytest.mark.parametrize("flag, value, words", [("--ema", "1", "is not a number from 0 up to (not including) 1"),
+                                                ("--ema", "-0.1", "is not a number from 0"),
+                                                ("--augment", "colour", "is not none or a comma-separated list of "
+                                                                        "color, translation, cutout")])
+def test_a_wrong_ema_or_augment_is_refused_by_the_parser(flag, value, words, capsys):
+    with pytest.raises(SystemExit) as refused:
+        Train.parse_args([flag, value])
+    assert refused.value.code == 2
+    assert f"argument {flag}: '{value}' {words}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- G_ema in the checkpoint
+
+def test_a_checkpoint_without_g_ema_removes_the_g_ema_of_the_one_it_replaces(tmp_path):
+    ModelFolder(tmp_path).save(*small_networks(step=1))
+    networks, optimizers, state = small_networks(step=2)
+    del networks["G_ema"]
+    ModelFolder(tmp_path).save(networks, optimizers, state)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["D.pdopt", "D.safetensors", "G.pdopt",
+                                                                "G.safetensors", "state.json"]
+    assert Utils.generator_file(tmp_path) == tmp_path / "G.safetensors"
+
+
+def test_a_missing_g_ema_is_refused_in_one_sentence(tmp_path):
+    ModelFolder(tmp_path).save(*small_networks(step=1))
+    (tmp_path / "G_ema.safetensors").unlink()
+    folder = ModelFolder(tmp_path)
+    with pytest.raises(UserError, match=r"G_ema.safetensors is missing from the checkpoint that state.json "
+                                        r"describes; put it back, or start over with --fresh"):
+        folder.load(*small_networks(step=0)[:2], folder.read_state())
+
+
+# ----------------------------------------------------------------- drawing with G_ema or G
+
+def test_run_py_draws_with_g_ema_and_says_so_and_with_g_under_raw_g(ema_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tiny = ["--model-dir", str(ema_model), "--device", "cpu", "--seed", "3", "--grid", "2x2", "--dims", "0",
+            "--steps", "2"]
+    Run.main([*tiny, "--output", str(tmp_path / "ema")])
+    assert f"with {ema_model / 'G_ema.safetensors'}, the averaged generator" in capsys.readouterr().out
+    Run.main([*tiny, "--output", str(tmp_path / "raw"), "--raw-g"])
+    assert f"with {ema_model / 'G.safetensors'}, the trained generator" in capsys.readouterr().out
+    assert (tmp_path / "ema" / "avatars.png").read_bytes() != (tmp_path / "raw" / "avatars.png").read_bytes()
+    assert len(list((tmp_path / "cache" / "avatar-generator").iterdir())) == 2  # one export per weights file
+
+
+def test_the_exported_g_ema_draws_what_the_dynamic_g_ema_draws(ema_model, tmp_path, monkeypatch, on_cpu):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    noise = Utils.random_noise(np.random.default_rng(0), 4)
+    fast = Utils.load_generator_for_inference(ema_model)
+    assert isinstance(fast, Utils.ExportedGenerator)
+    with paddle.no_grad():
+        expected = Utils.load_generator(ema_model)(paddle.to_tensor(noise)).numpy()
+        raw = Utils.load_generator(ema_model, raw_g=True)(paddle.to_tensor(noise)).numpy()
+    assert np.abs(fast(noise) - expected).max() < 1e-4 < np.abs(raw - expected).max()
+
+
+def test_evaluate_measures_g_ema_and_g_under_raw_g(ema_model, faces_dir, tmp_path):
+    averaged = Evaluate.measure_model(ema_model, faces_dir, None, 4, 0, tmp_path / "ema")
+    trained = Evaluate.measure_model(ema_model, faces_dir, None, 4, 0, tmp_path / "raw", raw_g=True)
+    assert averaged["candidates"] == str(ema_model / "G_ema.safetensors")
+    assert trained["candidates"] == str(ema_model / "G.safetensors")
+    assert averaged["swd_mean"] != trained["swd_mean"]
+
+
+def test_figures_draws_with_g_ema_and_records_it(ema_model, faces_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    Figures.main(["--model-dir", str(ema_model), "--train", str(faces_dir), "--n", "4", "--output", str(tmp_path)])
+    assert json.loads((tmp_path / "figures.json").read_text())["generator"] == str(ema_model / "G_ema.safetensors")
+    assert json.loads((tmp_path / "metrics.json").read_text())["candidates"] == str(ema_model / "G_ema.safetensors")
+    assert Figures.parse_args(["--raw-g"]).raw_g and not Figures.parse_args([]).raw_g

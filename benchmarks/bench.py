@@ -150,6 +150,21 @@ class PaddleWorker:
         return {"images": len(dataset), "decode_seconds": decode_seconds,
                 "loader_images_per_second": images / (time.perf_counter() - started)}
 
+    def layer(self, transposed, cin, cout, size, batch, repeats):
+        """Median seconds of one of the networks' convolutions, forward and backward (weights
+        and input gradients), at the networks' kernel 4, stride 2, padding 1."""
+        from Net import ChannelBiasConv2D, ChannelBiasConv2DTranspose
+        paddle = self.paddle
+        layer = (ChannelBiasConv2DTranspose if transposed else ChannelBiasConv2D)(cin, cout, 4, stride=2, padding=1)
+        x = paddle.rand([batch, cin, size, size])
+        x.stop_gradient = False
+
+        def run():
+            layer(x).sum().backward()
+            layer.clear_gradients()
+            x.clear_gradient()
+        return {"seconds": timed(run, repeats)}
+
     def save_generator(self, model_dir):
         from Net import Generator
         self.paddle.seed(0)
@@ -200,6 +215,17 @@ class TorchWorker:
             seconds.append(time.perf_counter() - started)
         return {"seconds": seconds, "engine": "eager"}
 
+    def layer(self, transposed, cin, cout, size, batch, repeats):
+        torch = self.torch
+        layer = (torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d)(cin, cout, 4, stride=2, padding=1)
+        x = torch.rand(batch, cin, size, size, requires_grad=True)
+
+        def run():
+            layer(x).sum().backward()
+            layer.zero_grad()
+            x.grad = None
+        return {"seconds": timed(run, repeats)}
+
     def matmul(self, size, repeats):
         torch = self.torch
         a, b = torch.rand(size, size), torch.rand(size, size)
@@ -208,6 +234,17 @@ class TorchWorker:
         for _ in range(repeats):
             torch.matmul(a, b)
         return {"gflops": 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9}
+
+
+def timed(run, repeats):
+    """Median seconds of run() over repeats calls, after one warm-up call."""
+    run()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
 
 
 def serve(kind, threads):
@@ -430,14 +467,45 @@ def parse_args(argv=None):
     parser.add_argument("--reader-batch", type=int, default=64, help="loader batch size")
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json",
                         help="where to write the results")
+    parser.add_argument("--layers", action="store_true",
+                        help="only the per-layer table: each convolution forward and backward, both frameworks")
+    parser.add_argument("--layer-batch", type=int, default=64, help="batch of the per-layer table")
     parser.add_argument("--worker", choices=["paddle", "torch"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+# The networks' stride-2 convolutions: (name, transposed, in channels, out channels, input side).
+LAYERS = [("D conv 3->64, 96 px", False, 3, 64, 96), ("D conv 64->128, 48 px", False, 64, 128, 48),
+          ("D conv 128->256, 24 px", False, 128, 256, 24), ("D conv 256->512, 12 px", False, 256, 512, 12),
+          ("G convT 256->256, 6 px", True, 256, 256, 6), ("G convT 256->128, 12 px", True, 256, 128, 12),
+          ("G convT 128->64, 24 px", True, 128, 64, 24), ("G convT 64->3, 48 px", True, 64, 3, 48)]
+
+
+def layer_table(args):
+    """Each convolution forward and backward in both frameworks, taking turns layer by layer."""
+    workers = {name: Worker(name, args.threads) for name in ("paddle", "torch")}
+    lines = [f"| layer, batch {args.layer_batch} | Paddle ms | PyTorch ms | Paddle / PyTorch speed |",
+             "|---|---:|---:|---:|"]
+    for name, transposed, cin, cout, size in LAYERS:
+        ms = {}
+        for framework, worker in workers.items():
+            answer = worker("layer", transposed=transposed, cin=cin, cout=cout, size=size, batch=args.layer_batch,
+                            repeats=args.steps)
+            ms[framework] = answer["seconds"] * 1e3 if answer else None
+            time.sleep(SETTLE_SECONDS)
+        lines.append(f"| {name} | {fmt(ms['paddle'], 0)} | {fmt(ms['torch'] or NOT_INSTALLED, 0)} | "
+                     f"{fmt(ratio(ms['torch'], ms['paddle']), 2)}x |")
+    for worker in workers.values():
+        worker.close()
+    return "\n".join(lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return serve(args.worker, args.threads)
+    if args.layers:
+        return print(layer_table(args))
     results = measure(args)
     results["table"] = table(results)
     print(results["table"])

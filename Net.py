@@ -37,26 +37,67 @@ def add_channel_bias(x, bias):
     return x + bias.reshape([-1, 1, 1])
 
 
+def conv2d_as_one_gemm(x, weight, stride, padding):
+    """F.conv2d(x, weight, stride, padding), computed as one matrix product over the whole batch.
+
+    Paddle's CPU convolution multiplies one image at a time; on a small feature map each of those
+    products is too small to keep the cores busy. Here every image's patches (im2col) become
+    columns of one matrix, [C*k*k, N*H'*W'], and the weights multiply them all at once."""
+    n, channels, height, width = x.shape
+    out_channels, _, kernel, _ = weight.shape
+    side = (height + 2 * padding - kernel) // stride + 1
+    columns = F.unfold(x, kernel, strides=stride, paddings=padding)  # [N, C*k*k, H'*W']
+    columns = columns.transpose([1, 0, 2]).reshape([channels * kernel * kernel, n * side * side])
+    y = paddle.matmul(weight.reshape([out_channels, -1]), columns)  # [C', N*H'*W']
+    return y.reshape([out_channels, n, side, side]).transpose([1, 0, 2, 3])
+
+
+def conv2d_transpose_as_one_gemm(x, weight, stride, padding):
+    """F.conv2d_transpose(x, weight, stride, padding) as one matrix product over the whole batch,
+    for the reason conv2d_as_one_gemm gives: every input pixel's contribution to the output,
+    [C'*k*k, N*H*W] in one product, then summed into place by col2im (F.fold)."""
+    n, channels, height, width = x.shape
+    _, out_channels, kernel, _ = weight.shape
+    side = (height - 1) * stride - 2 * padding + kernel
+    pixels = x.transpose([1, 0, 2, 3]).reshape([channels, n * height * width])
+    columns = paddle.matmul(weight.reshape([channels, -1]), pixels, transpose_x=True)  # [C'*k*k, N*H*W]
+    columns = columns.reshape([out_channels * kernel * kernel, n, height * width]).transpose([1, 0, 2])
+    return F.fold(columns, [side, side], kernel, strides=stride, paddings=padding)
+
+
 class ChannelBiasConv2D(nn.Conv2D):
     """nn.Conv2D whose bias is added by add_channel_bias: the same weights, bias and checkpoint
-    names, the same sums. Only what this file's layers use can be asked for (NCHW, no groups,
-    no dilation), so nothing is silently dropped."""
+    names, the same sums. Only what this file's layers use can be asked for (NCHW, square
+    kernels, no groups, no dilation), so nothing is silently dropped.
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+    one_gemm=True: while training on a CPU, compute it with conv2d_as_one_gemm, faster on small
+    feature maps (benchmarks/README.md); the same sums, rounded in another order."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, one_gemm=False):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.one_gemm, self.stride, self.padding = one_gemm, stride, padding
 
     def forward(self, x):
-        return add_channel_bias(F.conv2d(x, self.weight, stride=self._stride, padding=self._padding), self.bias)
+        if self.one_gemm and self.training and x.place.is_cpu_place():
+            y = conv2d_as_one_gemm(x, self.weight, self.stride, self.padding)
+        else:
+            y = F.conv2d(x, self.weight, stride=self._stride, padding=self._padding)
+        return add_channel_bias(y, self.bias)
 
 
 class ChannelBiasConv2DTranspose(nn.Conv2DTranspose):
-    """nn.Conv2DTranspose whose bias is added by add_channel_bias, as ChannelBiasConv2D."""
+    """nn.Conv2DTranspose whose bias is added by add_channel_bias, as ChannelBiasConv2D, and
+    one_gemm likewise (conv2d_transpose_as_one_gemm)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, one_gemm=False):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.one_gemm, self.stride, self.padding = one_gemm, stride, padding
 
     def forward(self, x):
-        y = F.conv2d_transpose(x, self.weight, stride=self._stride, padding=self._padding)
+        if self.one_gemm and self.training and x.place.is_cpu_place():
+            y = conv2d_transpose_as_one_gemm(x, self.weight, self.stride, self.padding)
+        else:
+            y = F.conv2d_transpose(x, self.weight, stride=self._stride, padding=self._padding)
         return add_channel_bias(y, self.bias)
 
 
@@ -97,10 +138,10 @@ class ResidualBlock(nn.Layer):
         return F.relu(y + self.shortcut(x))
 
 
-def up_block(in_channels, out_channels):
+def up_block(in_channels, out_channels, one_gemm=False):
     """Double the picture's size: a stride-2 transposed convolution, BatchNorm, ReLU."""
     return nn.Sequential(
-        ChannelBiasConv2DTranspose(in_channels, out_channels, 4, stride=2, padding=1),
+        ChannelBiasConv2DTranspose(in_channels, out_channels, 4, stride=2, padding=1, one_gemm=one_gemm),
         batch_norm(out_channels),
         nn.ReLU(),
     )
@@ -112,7 +153,8 @@ class Generator(nn.Layer):
     def __init__(self):
         super().__init__()
         self.residual = ResidualBlock(Z_SHAPE[0], 256)                     # 256 x 6 x 6
-        self.up = nn.Sequential(up_block(256, 256), up_block(256, 128), up_block(128, 64))  # 64 x 48 x 48
+        self.up = nn.Sequential(up_block(256, 256, one_gemm=True),  # 256 x 12 x 12
+                                up_block(256, 128), up_block(128, 64))  # 64 x 48 x 48
         self.to_rgb = ChannelBiasConv2DTranspose(64, IMAGE_CHANNELS, 4, stride=2, padding=1)  # 3 x 96 x 96
 
     def forward(self, z):
@@ -120,10 +162,10 @@ class Generator(nn.Layer):
         return paddle.tanh(self.to_rgb(self.up(self.residual(x))))
 
 
-def down_block(in_channels, out_channels, norm=True):
+def down_block(in_channels, out_channels, norm=True, one_gemm=False):
     """Halve the picture's size: a stride-2 convolution, BatchNorm, leaky ReLU, dropout."""
     return nn.Sequential(
-        ChannelBiasConv2D(in_channels, out_channels, 4, stride=2, padding=1),
+        ChannelBiasConv2D(in_channels, out_channels, 4, stride=2, padding=1, one_gemm=one_gemm),
         batch_norm(out_channels) if norm else nn.Identity(),
         nn.LeakyReLU(LEAKY_SLOPE),
         RandintDropout(DROPOUT),
@@ -144,8 +186,8 @@ class Discriminator(nn.Layer):
         self.features = nn.Sequential(
             down_block(IMAGE_CHANNELS, 64, norm=input_norm),  # 48 x 48
             down_block(64, 128),             # 24 x 24
-            down_block(128, 256),            # 12 x 12
-            down_block(256, 512),            # 6 x 6
+            down_block(128, 256, one_gemm=True),  # 12 x 12
+            down_block(256, 512, one_gemm=True),  # 6 x 6
         )
         self.classify = nn.Linear(512 * 6 * 6, 2)
 

@@ -156,3 +156,27 @@ def test_the_faster_convolutions_refuse_what_they_do_not_compute(layer):
     for unsupported in ({"groups": 2}, {"dilation": 2}, {"data_format": "NHWC"}):
         with pytest.raises(TypeError):
             layer(8, 16, 3, **unsupported)
+
+
+@pytest.mark.parametrize("ours, paddles, side", [(ChannelBiasConv2D, paddle.nn.Conv2D, 12),
+                                                 (ChannelBiasConv2DTranspose, paddle.nn.Conv2DTranspose, 6)])
+def test_one_gemm_over_the_batch_computes_what_paddles_own_layers_do_forward_and_backward(ours, paddles, side):
+    fast = ours(16, 24, 4, stride=2, padding=1, one_gemm=True)
+    reference = paddles(16, 24, 4, stride=2, padding=1)
+    fast.set_state_dict(reference.state_dict())
+    results = []
+    for layer in (fast, reference):
+        x = paddle.randn([5, 16, side, side]) if not results else paddle.to_tensor(results[0][0])
+        x.stop_gradient = False
+        y = layer(x)
+        (y * y).sum().backward()
+        results.append([x.numpy(), y.numpy(), x.grad.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy()])
+    for mine, paddles_own in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(mine, paddles_own, rtol=1e-5, atol=1e-5 * np.abs(paddles_own).max())
+
+
+def test_the_networks_use_one_gemm_on_their_small_feature_maps_only():
+    chosen = {(type(layer).__name__, tuple(layer.weight.shape[:2])) for network in (Generator(), Discriminator())
+              for layer in network.sublayers() if getattr(layer, "one_gemm", False)}
+    assert chosen == {("ChannelBiasConv2D", (256, 128)), ("ChannelBiasConv2D", (512, 256)),
+                      ("ChannelBiasConv2DTranspose", (256, 256))}

@@ -32,6 +32,7 @@ from Run import interpolation_strips
 STRIP_STEPS = 20    # 0.05, 0.10, ..., 1.00, as the original's strips
 STRIP_ROWS = 3      # base vectors shown per strip picture
 MEASURE_BASES = 16  # base vectors averaged over when measuring a dimension
+AVATARS = 64        # avatars.png's 8x8, drawn first
 
 
 def hair_mask(size=IMAGE_SIZE):
@@ -55,17 +56,37 @@ def hair_colour(images, mask):
     return hsv[..., 2].mean(1), chroma
 
 
-def measure_hair(generator, rng, bases=MEASURE_BASES):
-    """For each of the 72 dimensions, how much the hair's brightness and hue change between the
-    value 0.05 and 1.00, averaged over `bases` random base vectors. The hue change is the angle
-    between the two ends' mean chroma, weighted by the smaller chroma, so that a dimension
-    scores only when it turns one clear colour into another."""
-    base = Utils.random_noise(rng, bases)
+def measuring_rng(seed):
+    """The random numbers measure_hair starts from in `Figures.py --seed seed`: those after the
+    noise of avatars.png. Studio.py measures from here too, so that it names the dimensions the
+    README's pictures show."""
+    rng = np.random.default_rng(seed)
+    Utils.random_noise(rng, AVATARS)
+    return rng
+
+
+def dimension_ends(generator, base):
+    """Images [72, 2, bases, 96, 96, 3]: each base vector with each dimension set to the strips'
+    first value, 0.05, and to their last, 1.00."""
     noise = np.repeat(base[None], 2 * Z_DIM, axis=0)  # [72 * 2, bases, 72]: each dimension at both ends
     for dim in range(Z_DIM):
         noise[2 * dim, :, dim], noise[2 * dim + 1, :, dim] = 1 / STRIP_STEPS, 1.0
     images = Utils.generate(generator, noise.reshape(-1, Z_DIM))
-    brightness, chroma = hair_colour(images, hair_mask())
+    return images.reshape(Z_DIM, 2, len(base), *images.shape[1:])
+
+
+def measure_hair(generator, rng, bases=MEASURE_BASES):
+    """For each of the 72 dimensions, how much the hair's brightness and hue change between the
+    value 0.05 and 1.00, averaged over `bases` random base vectors (see hair_changes)."""
+    return hair_changes(dimension_ends(generator, Utils.random_noise(rng, bases)))
+
+
+def hair_changes(ends):
+    """The hair's brightness and hue change of each dimension, from dimension_ends' images. The
+    hue change is the angle between the two ends' mean chroma, weighted by the smaller chroma, so
+    that a dimension scores only when it turns one clear colour into another."""
+    bases = ends.shape[2]
+    brightness, chroma = hair_colour(ends.reshape(-1, *ends.shape[3:]), hair_mask())
     brightness, chroma = brightness.reshape(Z_DIM, 2, bases), chroma.reshape(Z_DIM, 2, bases, 2)
     shade = np.abs(brightness[:, 1] - brightness[:, 0]).mean(1)
     start, end = chroma[:, 0], chroma[:, 1]
@@ -119,12 +140,17 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def hair_dimensions(shade, hue):
+    """The dimension that most changes the hair's shade, and another that most changes its colour."""
+    shade_dim = int(shade.argmax())
+    return shade_dim, int(np.where(np.arange(Z_DIM) == shade_dim, -np.inf, hue).argmax())
+
+
 def hair_strips(generator, rng, output):
     """hair_shade.png and hair_colour.png, each of the dimension that changes it most; returns
     the measured changes and the two dimensions."""
     shade, hue = measure_hair(generator, rng)
-    shade_dim = int(shade.argmax())
-    colour_dim = int(np.where(np.arange(Z_DIM) == shade_dim, -np.inf, hue).argmax())  # another dimension
+    shade_dim, colour_dim = hair_dimensions(shade, hue)
     base = Utils.random_noise(rng, STRIP_ROWS)
     Utils.save_png(strip_picture(generator, base, shade_dim), output / "hair_shade.png")
     Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
@@ -142,7 +168,7 @@ def main(argv=None):
     generator = Utils.load_generator_for_inference(args.model_dir, args.raw_g)
     rng = np.random.default_rng(args.seed)
 
-    Utils.save_png(Utils.tile_images(Utils.generate(generator, Utils.random_noise(rng, 64)), 8, 8),
+    Utils.save_png(Utils.tile_images(Utils.generate(generator, Utils.random_noise(rng, AVATARS)), 8, 8),
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")

@@ -266,6 +266,11 @@ class ExportedGenerator:
         return self.output.copy_to_cpu()
 
 
+def file_digest(path):
+    """The first 16 hex digits of a file's sha256: what the caches of a weights file are named by."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def inference_cache():
     """Where exported generators are kept: $XDG_CACHE_HOME (or ~/.cache)/avatar-generator, outside
     the model folder, which may be read-only or shared."""
@@ -308,8 +313,7 @@ def load_generator_for_inference(model_dir, raw_g=False):
     if paddle.device.get_device() != "cpu":
         return generator
     try:
-        weights = generator_file(model_dir, raw_g).read_bytes()
-        folder = inference_cache() / f"{hashlib.sha256(weights).hexdigest()[:16]}-paddle{paddle.__version__}"
+        folder = inference_cache() / f"{file_digest(generator_file(model_dir, raw_g))}-paddle{paddle.__version__}"
         prefix = folder / "generator"
         if not Path(f"{prefix}.pdiparams").exists():
             prefix = export_generator(generator, folder)

@@ -1,5 +1,6 @@
 """Shared fixtures: the repository on sys.path, the shared face data (or faces made here when
 ../shared/data is absent), and one tiny trained checkpoint for the tests that need a model."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,16 @@ def require_shared(*parts):
     if not path.exists():
         pytest.skip(f"{path} is absent: the shared test fixtures only exist beside the project's own checkout")
     return path
+
+
+def require(available, reason):
+    """Skip a test whose optional tool (a browser, Gradio, VisualDL) is missing, with the reason;
+    but in CI, which installs them all (.ci/run), a missing tool fails the test instead."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run this test, and .ci/run installs what it needs")
+    pytest.skip(reason)
 
 
 def make_faces(folder, count, seed=0):

@@ -1,0 +1,443 @@
+"""Avatar Studio: draw, edit and morph avatars in the browser with a trained generator.
+
+    pip install -r requirements-studio.txt   # Gradio, once
+    python Studio.py                         # serves http://127.0.0.1:7860 with Model/
+    python Studio.py --port 8000 --model-dir Model
+    python Studio.py --time-redraws 20       # how long a slider move takes to redraw, then exit
+
+Three tabs. Avatars: a grid of avatars for a seed (the first of Run.py's avatars.png for the same
+--seed); clicking one opens it in the editor. Editor: that face, large, with one slider per latent
+value, the dimensions that change the picture most first, each labelled with what it was measured
+to change; its 96x96 original downloads as a PNG. Morph: the 20 faces between two avatars, as a
+PNG strip and an animated GIF.
+
+It draws as Run.py does, with G_ema.safetensors where the model folder has it (else G.safetensors;
+--raw-g takes G in any case), through the exported CPU generator. What each dimension changes is
+measured once per weights file, as Figures.py measures it, and cached beside the exported
+generator. The page is served on 127.0.0.1 alone, without share links or Gradio's analytics.
+
+The drawing is plain functions (avatar_grid, redraw, morph_strip, gif_bytes); page() only lays
+them out in Gradio.
+"""
+import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
+
+import argparse
+import hashlib
+import io
+import os
+import secrets
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import Figures
+import Files
+import Run
+from Net import Z_DIM
+
+GRID_ROWS, GRID_COLUMNS = 2, 8
+VIEW_SCALE = 4         # the editor shows a face at 4x, each pixel a sharp 4x4 block
+MORPH_STEPS = 20       # faces in a morph, both ends included
+GIF_FRAME_MS = 100
+SLIDERS_IN_VIEW = 12   # the dimensions that change the picture most; the rest fold away
+MEASUREMENT = "studio-v1"  # in the cache's file names: change it when measure_dimensions changes
+SEED_LIMIT = 2**63
+
+
+# ------------------------------------------------------------------------------------- drawing
+
+def parse_seed(text):
+    """A seed typed into the page, as a number; a ValueError says what a seed is."""
+    try:
+        seed = int(str(text).strip())
+    except ValueError:
+        seed = None
+    if seed is None or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"A seed is a whole number from 0 to 2**63 - 1, such as 7; {str(text).strip()!r} is not.")
+    return seed
+
+
+def seed_noise(seed, count):
+    """The noise of a seed's avatars: the first `count` vectors Run.py draws for the same --seed."""
+    return Utils.random_noise(np.random.default_rng(seed), count)
+
+
+def avatar_grid(generator, seed, count=GRID_ROWS * GRID_COLUMNS):
+    """A seed's avatars: their noise [count, 72] and faces, uint8 [count, 96, 96, 3]."""
+    noise = seed_noise(seed, count)
+    return noise, Utils.generate(generator, noise)
+
+
+def enlarge(picture, scale=VIEW_SCALE):
+    """Nearest-neighbour upscaling: a browser's smooth scaling would blur the pixels the model drew."""
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def slider_vector(values, order):
+    """The latent vector of the sliders' values, given in the page's order of dimensions."""
+    vector = np.zeros(Z_DIM, np.float32)
+    vector[list(order)] = values
+    return vector
+
+
+def redraw(generator, vector):
+    """One face, uint8 [96, 96, 3]: what a slider move draws."""
+    return Utils.generate(generator, np.asarray(vector, np.float32)[None])[0]
+
+
+def morph_noise(start, end, steps=MORPH_STEPS):
+    """`steps` vectors from start to end in equal steps, both ends included. The noise is uniform in
+    the cube [0, 1]^72, so every vector on the straight line between two of its points is noise
+    the generator was trained on."""
+    weights = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
+    return (1 - weights) * start + weights * end
+
+
+def morph_strip(generator, start, end, steps=MORPH_STEPS):
+    """The morph's faces, uint8 [steps, 96, 96, 3]."""
+    return Utils.generate(generator, morph_noise(np.asarray(start), np.asarray(end), steps))
+
+
+def png_bytes(picture):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gif_bytes(frames, frame_ms=GIF_FRAME_MS):
+    """An endless animated GIF of uint8 frames [N, H, W, 3], each with a palette of its own colours."""
+    from PIL import Image
+
+    images = [Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MEDIANCUT) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    return buffer.getvalue()
+
+
+def time_redraws(generator, count):
+    """The median seconds of `count` redraws as a slider move makes them: one face drawn, enlarged,
+    and its PNG encoded for the download."""
+    rng, seconds = np.random.default_rng(0), []
+    for _ in range(count):
+        started = time.perf_counter()
+        face = redraw(generator, Utils.random_noise(rng, 1)[0])
+        enlarge(face)
+        png_bytes(face)
+        seconds.append(time.perf_counter() - started)
+    return float(np.median(seconds))
+
+
+# --------------------------------------------------------------------------- the 72 dimensions
+
+@dataclass(frozen=True)
+class Dimension:
+    index: int
+    change: float  # mean absolute pixel change from 0.05 to 1.00, in grey levels (0 to 255)
+    label: str
+
+
+def measure_dimensions(generator, seed=0):
+    """What moving each dimension from 0.05 to 1.00 changes, averaged over the base vectors
+    Figures.py measures the hair on (so the studio names the dimensions of the README's
+    pictures): the mean absolute pixel change in grey levels, the hair's brightness change
+    (0 to 1) and its hue change (degrees, weighted by how colourful the hair is)."""
+    base = Utils.random_noise(Figures.measuring_rng(seed), Figures.MEASURE_BASES)
+    ends = Figures.dimension_ends(generator, base)
+    change = np.abs(ends[:, 1].astype(np.float32) - ends[:, 0]).mean(axis=(1, 2, 3, 4))
+    shade, hue = Figures.hair_changes(ends)
+    return {"change": change.tolist(), "hair_shade": shade.tolist(), "hair_hue": hue.tolist()}
+
+
+def cached_measurements(generator, weights):
+    """measure_dimensions of the weights file, measured once and then read from the cache."""
+    path = Utils.inference_cache() / f"{MEASUREMENT}-{Utils.file_digest(weights)}.json"
+    if path.exists():
+        return Files.read_json(path)
+    print("Measuring what each of the 72 latent dimensions changes (once per weights file)...", flush=True)
+    measured = measure_dimensions(generator)
+    Files.write_json(measured, path)
+    return measured
+
+
+def dimensions_by_change(measured):
+    """Every dimension, the one that changes the picture most first, labelled with what it changes:
+    the hair's shade or colour for the dimension that changes each most (as Figures.py chooses
+    them), else only how much it changes the picture."""
+    change, shade, hue = (np.asarray(measured[key]) for key in ("change", "hair_shade", "hair_hue"))
+    shade_dim, colour_dim = Figures.hair_dimensions(shade, hue)
+    picture = {dim: f"the picture by {change[dim]:.1f} grey levels" for dim in range(Z_DIM)}
+    label = {dim: f"z{dim}: changes {picture[dim]}" for dim in range(Z_DIM)}
+    label[shade_dim] = f"z{shade_dim}: hair shade (its brightness by {shade[shade_dim]:.3f} of 1; {picture[shade_dim]})"
+    label[colour_dim] = f"z{colour_dim}: hair colour (its hue by {hue[colour_dim]:.1f} degrees; {picture[colour_dim]})"
+    order = np.argsort(-change, kind="stable")
+    return [Dimension(int(dim), float(change[dim]), label[dim]) for dim in order]
+
+
+# ---------------------------------------------------------------------------------------- the page
+
+class Downloads:
+    """The files the page offers for download, in a folder of their own; each is named by its
+    content, so two visitors never overwrite each other's."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def save(self, stem, suffix, data):
+        path = self.folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
+        if not path.exists():
+            Files.write_bytes(path, data)
+        return str(path)
+
+
+CSS = "img { image-rendering: pixelated; }"  # thumbnails too: sharp pixels, never a smooth blur
+
+
+class Handlers:
+    """What the page's events call: the drawing functions above, with the page's values in and out."""
+
+    def __init__(self, generator, order, downloads):
+        self.generator, self.order, self.downloads = generator, order, downloads
+
+    def faces_of_seed(self, text):
+        noise, faces = avatar_grid(self.generator, seed_or_error(text))
+        return noise, list(faces)
+
+    def show(self, vector):
+        """The editor's face for a vector: large, and its 96x96 PNG to download."""
+        face = redraw(self.generator, vector)
+        return vector, enlarge(face), self.downloads.save("avatar", ".png", png_bytes(face))
+
+    def edit(self, vector):
+        """The editor set to a vector: the sliders at its values, its face shown."""
+        return (*[float(vector[dim]) for dim in self.order], *self.show(vector))
+
+    def slid(self, *values):
+        return self.show(slider_vector(values, self.order))
+
+    def random_face(self):
+        return self.edit(Utils.random_noise(np.random.default_rng(), 1)[0])
+
+    def end_face(self, vector):
+        """A morph's end: its vector, and its face at twice the size."""
+        return vector, enlarge(redraw(self.generator, vector), 2)
+
+    def end_of_seed(self, text):
+        return self.end_face(seed_noise(seed_or_error(text), 1)[0])
+
+    def morph(self, start, end):
+        """The strip of the morph, and its PNG and GIF to download."""
+        faces = morph_strip(self.generator, start, end)
+        strip = Utils.tile_images(faces, 1, len(faces))
+        return (strip, self.downloads.save("morph", ".png", png_bytes(strip)),
+                self.downloads.save("morph", ".gif", gif_bytes(faces)))
+
+
+def seed_or_error(text):
+    """parse_seed, its sentence shown in the page."""
+    import gradio as gr
+
+    try:
+        return parse_seed(text)
+    except ValueError as error:
+        raise gr.Error(str(error), print_exception=False) from None
+
+
+def page(generator, dimensions, downloads, drawn_with):
+    """The Gradio page: three tabs laid out, and their events wired to the Handlers."""
+    import gradio as gr
+
+    draw = Handlers(generator, [dim.index for dim in dimensions], downloads)
+
+    def pick(noise, event: gr.SelectData):  # a click on the grid: that face, in the editor
+        vector = noise[event.index]
+        return (vector, *draw.edit(vector), gr.Tabs(selected="editor"))
+
+    with gr.Blocks(title="Avatar Studio", analytics_enabled=False) as app:
+        gr.Markdown(f"# Avatar Studio\nPick an avatar, edit it, morph two. Drawn by {drawn_with}.")
+        with gr.Tabs(selected="avatars") as tabs:
+            with gr.Tab("Avatars", id="avatars"):
+                seed, draw_button, new_seed, grid, grid_noise = avatars_tab()
+            with gr.Tab("Editor", id="editor"):
+                chosen, face, large, download, randomise, reset, sliders = editor_tab(dimensions)
+            with gr.Tab("Morph", id="morph"):
+                ends, morphed = morph_tab()
+        shown = [face, large, download]
+        editor = [*sliders, *shown]
+        starts = [end.vector for end in ends]
+
+        gr.on([draw_button.click, seed.submit], draw.faces_of_seed, seed, [grid_noise, grid])
+        new_seed.click(lambda: str(secrets.randbelow(2**31)), None, seed) \
+            .then(draw.faces_of_seed, seed, [grid_noise, grid])
+        grid.select(pick, grid_noise, [chosen, *editor, tabs])
+        gr.on([slider.input for slider in sliders], draw.slid, sliders, shown, trigger_mode="always_last",
+              show_progress="hidden")
+        randomise.click(draw.random_face, None, editor)
+        reset.click(draw.edit, chosen, editor)
+        for end in ends:
+            gr.on([end.take_seed.click, end.seed.submit], draw.end_of_seed, end.seed, [end.vector, end.face]) \
+                .then(draw.morph, starts, morphed)
+            end.take_face.click(draw.end_face, face, [end.vector, end.face]).then(draw.morph, starts, morphed)
+
+        app.load(draw.faces_of_seed, seed, [grid_noise, grid]) \
+            .then(lambda noise: (noise[0], *draw.edit(noise[0])), grid_noise, [chosen, *editor]) \
+            .then(draw.end_of_seed, ends[0].seed, [ends[0].vector, ends[0].face]) \
+            .then(draw.end_of_seed, ends[1].seed, [ends[1].vector, ends[1].face]) \
+            .then(draw.morph, starts, morphed)
+    return app
+
+
+def avatars_tab():
+    import gradio as gr
+
+    with gr.Row():
+        seed = gr.Textbox("0", label="Seed", elem_id="seed", scale=3)
+        draw = gr.Button("Draw", elem_id="draw", scale=1)
+        new_seed = gr.Button("New seed", elem_id="new-seed", scale=1)
+    grid = gr.Gallery(label="Click an avatar to edit it", columns=GRID_COLUMNS, rows=GRID_ROWS, height="auto",
+                      format="png", allow_preview=False, object_fit="contain", buttons=[], elem_id="grid")
+    return seed, draw, new_seed, grid, gr.State()
+
+
+def editor_tab(dimensions):
+    """The face and its download on the left; on the right one slider per dimension, those that
+    change the picture most in view and the others folded away."""
+    import gradio as gr
+
+    def slider(dim):
+        return gr.Slider(0, 1, step=0.001, label=dim.label, buttons=[], elem_id=f"z{dim.index}")
+
+    with gr.Row():
+        with gr.Column():
+            large = gr.Image(label=f"Enlarged {VIEW_SCALE}x", format="png", interactive=False, buttons=[],
+                             elem_id="face")
+            download = gr.DownloadButton("Download the 96x96 PNG", elem_id="download")
+            with gr.Row():
+                randomise = gr.Button("Randomise", elem_id="randomise")
+                reset = gr.Button("Reset", elem_id="reset")
+        with gr.Column():
+            sliders = [slider(dim) for dim in dimensions[:SLIDERS_IN_VIEW]]
+            with gr.Accordion(f"The other {len(dimensions) - SLIDERS_IN_VIEW} dimensions", open=False,
+                              elem_id="other-dimensions"):
+                sliders += [slider(dim) for dim in dimensions[SLIDERS_IN_VIEW:]]
+    return gr.State(), gr.State(), large, download, randomise, reset, sliders
+
+
+@dataclass
+class MorphEnd:
+    seed: object
+    take_seed: object
+    take_face: object
+    face: object
+    vector: object
+
+
+def morph_tab():
+    import gradio as gr
+
+    ends = []
+    with gr.Row():
+        for name, default in (("from", "1"), ("to", "2")):
+            with gr.Column():
+                seed = gr.Textbox(default, label=f"{name.capitalize()}: seed", elem_id=f"{name}-seed")
+                with gr.Row():
+                    take_seed = gr.Button("The seed's first avatar", elem_id=f"{name}-take-seed")
+                    take_face = gr.Button("The edited face", elem_id=f"{name}-take-face")
+                face = gr.Image(format="png", interactive=False, show_label=False, buttons=[], elem_id=f"{name}-face")
+                ends.append(MorphEnd(seed, take_seed, take_face, face, gr.State()))
+    strip = gr.Image(format="png", interactive=False, show_label=False, buttons=[], elem_id="strip")
+    with gr.Row():
+        png = gr.DownloadButton("Download the strip (PNG)", elem_id="strip-png")
+        gif = gr.DownloadButton("Download the animation (GIF)", elem_id="strip-gif")
+    return ends, [strip, png, gif]
+
+
+def error_page(message):
+    """What the page shows when there is nothing to draw with: the reason, in one sentence."""
+    import gradio as gr
+
+    with gr.Blocks(title="Avatar Studio", analytics_enabled=False) as app:
+        gr.Markdown(f"# Avatar Studio\n\n**The studio cannot draw:** {message}", elem_id="status")
+    return app
+
+
+# -------------------------------------------------------------------------------------- the script
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
+    parser.add_argument("--raw-g", action="store_true",
+                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
+    parser.add_argument("--port", type=int, default=7860, help="port of the page on 127.0.0.1")
+    parser.add_argument("--time-redraws", type=int, metavar="N",
+                        help="time N redraws as a slider move makes them, print the median and exit")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be from 1 to 65535, not {args.port}")
+    if args.time_redraws is not None and args.time_redraws < 1:
+        parser.error(f"--time-redraws must be at least 1, not {args.time_redraws}")
+    return args
+
+
+def import_gradio():
+    # Before Gradio loads: no version check or usage report leaves this machine.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError:
+        raise Utils.UserError("the studio needs Gradio, which requirements.txt leaves out to keep the first "
+                              "install small: run `pip install -r requirements-studio.txt` first.") from None
+    return gradio
+
+
+def serve(app, port):
+    import logging
+
+    import gradio as gr
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's check that its own server answers
+    try:
+        app.launch(server_name="127.0.0.1", server_port=port, share=False, ssr_mode=False, pwa=False,
+                   mcp_server=False, quiet=True, prevent_thread_lock=True, footer_links=[],
+                   theme=gr.themes.Default(), css=CSS)
+    except OSError:
+        raise Utils.UserError(f"port {port} of 127.0.0.1 is taken; stop what uses it, or pass another --port.") \
+            from None
+    print(f"Avatar Studio: http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, stop)  # a service manager's stop, handled as Ctrl-C, not by Paddle's crash report
+    app.block_thread()
+
+
+def stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    Utils.choose_device("cpu")  # one face at a time: the exported CPU generator answers fastest
+    if args.time_redraws:
+        generator = Utils.load_generator_for_inference(args.model_dir, args.raw_g)
+        median = time_redraws(generator, args.time_redraws)
+        print(f"A redraw took {median * 1000:.1f} ms (median of {args.time_redraws}).")
+        return
+    import_gradio()
+    try:
+        generator = Utils.load_generator_for_inference(args.model_dir, args.raw_g)
+    except Utils.UserError as error:
+        print(f"error: {error} The page says so too.", flush=True)
+        serve(error_page(str(error)), args.port)
+        return
+    weights = Utils.generator_file(args.model_dir, args.raw_g)
+    dimensions = dimensions_by_change(cached_measurements(generator, weights))
+    with tempfile.TemporaryDirectory(prefix="avatar-studio-") as folder:
+        serve(page(generator, dimensions, Downloads(folder), Run.drawn_with(args.model_dir, args.raw_g)), args.port)
+
+
+if __name__ == "__main__":
+    Utils.run_main(main)

@@ -140,6 +140,10 @@ def parse_args(argv=None):
                         help="write a sample grid every this many batches; 0: only at epoch ends (default %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N images of --data (default: all)")
     parser.add_argument("--flip", action="store_true", help="mirror training faces left-right at random")
+    parser.add_argument("--visualdl", action="store_true",
+                        help="also log losses, spread, learning rates, images per second and the sample grids "
+                             "for VisualDL, in <--output>/visualdl (pip install visualdl; then "
+                             "visualdl --logdir Output/visualdl)")
     parser.add_argument("--fresh", action="store_true",
                         help="start over, ignoring the checkpoint in --model-dir (replaced at the first checkpoint)")
     parser.add_argument("--amp", action="store_true",
@@ -323,7 +327,7 @@ def sample_spread(images):
 
 def save_sample_grid(G, fixed_noise, path, title):
     """An 8x8 grid of what G makes of the fixed noise, titled like the original's plus the
-    samples' spread; returns the spread."""
+    samples' spread; returns the spread and the grid without its title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -344,7 +348,51 @@ def save_sample_grid(G, fixed_noise, path, title):
     figure.text(0.5, 1 - title_height / 2 / (height + title_height), title, ha="center", va="center", fontsize=12)
     Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
-    return spread
+    return spread, grid
+
+
+class VisualDLLog:
+    """--visualdl: the run as `visualdl --logdir <--output>/visualdl` shows it, live: every step's
+    losses, learning rates and images per second, every sample grid and its spread. Each run
+    (a --fresh one is another) has a folder of its own there, and a resumed run appends to it, so
+    its curves go on where they stopped. Rank 0 alone writes."""
+
+    def __init__(self, folder):
+        from visualdl import LogWriter
+
+        self.writer = LogWriter(logdir=str(folder), file_name="vdlrecords.train.log", flush_secs=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.writer.close()
+
+    def step(self, session, losses):
+        state, procs = session.state, session.procs
+        d_fake, d_real, g = losses
+        # Real images trained on per second of training step, by all processes together.
+        speed = state.hyper_parameters["batch_size"] * procs.world_size / session.step_seconds[-1]
+        scalars = {"loss/D": d_fake + d_real, "loss/D_fake": d_fake, "loss/D_real": d_real, "loss/G": g,
+                   "learning_rate/G": session.opt_g.get_lr(), "learning_rate/D": session.opt_d.get_lr(),
+                   "speed/images_per_second": speed}
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, state.global_step)
+
+    def sample(self, step, spread, grid):
+        self.writer.add_scalar("samples/spread", spread, step)
+        self.writer.add_image("samples/fixed_noise", grid, step)
+
+
+def check_visualdl(args):
+    """--visualdl without VisualDL installed is refused before any work, by every process alike."""
+    if not args.visualdl:
+        return
+    try:
+        import visualdl  # noqa: F401
+    except ImportError:
+        raise UserError("--visualdl needs VisualDL, which requirements.txt leaves out: pip install visualdl "
+                        "(README.md, \"Training\"), or train without --visualdl.") from None
 
 
 # ------------------------------------------------------------------------------------ stopping
@@ -505,6 +553,7 @@ class Session:
     train_G: object = None  # the networks the steps run through (DataParallel wrappers under several processes)
     train_D: object = None
     stop: object = None  # the StopRequest of the loop
+    visualdl: VisualDLLog = None  # --visualdl's log on rank 0; None elsewhere and without the flag
 
     @property
     def networks(self):
@@ -592,8 +641,10 @@ def sample(session, epoch):
     title = (f"Epoch {epoch}  Batch {state.batches_done}  D loss {losses['d_fake'][-1] + losses['d_real'][-1]:.4f}  "
              f"G loss {losses['g'][-1]:.4f}")
     path = Path(session.args.output) / f"epoch_{epoch:04d}_batch_{state.batches_done:04d}.png"
-    spread = save_sample_grid(session.G, session.fixed_noise, path, title)
+    spread, grid = save_sample_grid(session.G, session.fixed_noise, path, title)
     state.spread.append([state.global_step, round(spread, 2)])
+    if session.visualdl:
+        session.visualdl.sample(state.global_step, spread, grid)
 
 
 def divergence_message(session, losses, epoch):
@@ -639,6 +690,8 @@ def run_epoch(session, epoch):
     with progress:
         for real in progress:
             losses, stop = run_step(session, real, epoch)
+            if session.visualdl:
+                session.visualdl.step(session, losses)
             progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
             every = args.sample_every and state.batches_done % args.sample_every == 0
             if session.procs.writer and (every or state.batches_done == state.steps_per_epoch):
@@ -650,6 +703,7 @@ def run_epoch(session, epoch):
 
 
 def train(args):
+    check_visualdl(args)
     session = set_up(args)
     state, folder = session.state, session.folder.path
     if state.epochs_done >= args.epochs:
@@ -660,8 +714,10 @@ def train(args):
     several = session.procs.world_size > 1
     session.train_G, session.train_D = ((paddle.DataParallel(session.G), paddle.DataParallel(session.D)) if several
                                         else (session.G, session.D))
+    if args.visualdl and session.procs.writer:
+        session.visualdl = VisualDLLog(Path(args.output) / "visualdl" / state.run)
     started = time.time() - state.wall_seconds
-    with StopRequest() as session.stop:
+    with StopRequest() as session.stop, session.visualdl or contextlib.nullcontext():
         while state.epochs_done < args.epochs:
             finished = run_epoch(session, state.epochs_done + 1)
             checkpoint(session, started)

@@ -65,6 +65,12 @@ def conv2d_transpose_as_one_gemm(x, weight, stride, padding):
     return F.fold(columns, [side, side], kernel, strides=stride, paddings=padding)
 
 
+def training_on_cpu(layer, x):
+    """Whether layer is training on x in a CPU tensor, in the dynamic graph (a traced program,
+    as paddle.jit builds, keeps Paddle's own kernels)."""
+    return layer.training and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+
+
 class ChannelBiasConv2D(nn.Conv2D):
     """nn.Conv2D whose bias is added by add_channel_bias: the same weights, bias and checkpoint
     names, the same sums. Only what this file's layers use can be asked for (NCHW, square
@@ -78,7 +84,7 @@ class ChannelBiasConv2D(nn.Conv2D):
         self.one_gemm, self.stride, self.padding = one_gemm, stride, padding
 
     def forward(self, x):
-        if self.one_gemm and self.training and x.place.is_cpu_place():
+        if self.one_gemm and training_on_cpu(self, x):
             y = conv2d_as_one_gemm(x, self.weight, self.stride, self.padding)
         else:
             y = F.conv2d(x, self.weight, stride=self._stride, padding=self._padding)
@@ -94,7 +100,7 @@ class ChannelBiasConv2DTranspose(nn.Conv2DTranspose):
         self.one_gemm, self.stride, self.padding = one_gemm, stride, padding
 
     def forward(self, x):
-        if self.one_gemm and self.training and x.place.is_cpu_place():
+        if self.one_gemm and training_on_cpu(self, x):
             y = conv2d_transpose_as_one_gemm(x, self.weight, self.stride, self.padding)
         else:
             y = F.conv2d_transpose(x, self.weight, stride=self._stride, padding=self._padding)

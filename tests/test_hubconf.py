@@ -1,0 +1,66 @@
+"""hubconf.py: paddle.hub.load(<this repository>, ..., source="local") gives the shipped networks,
+ready to use, as a github load of the repository would."""
+import Utils
+
+import shutil
+
+import numpy as np
+import paddle
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from conftest import ROOT
+
+MODEL = ROOT / "Model"
+
+
+def hub(entry, **kwargs):
+    return paddle.hub.load(str(ROOT), entry, source="local", **kwargs)
+
+
+def weights(layer):
+    return {name: value.numpy() for name, value in layer.state_dict().items()}
+
+
+def test_paddle_hub_lists_the_generator_and_the_discriminator_and_nothing_else():
+    assert sorted(paddle.hub.list(str(ROOT), source="local")) == ["discriminator", "generator"]
+    assert paddle.hub.help(str(ROOT), "generator", source="local").startswith("The generator of the repository's")
+
+
+def test_the_generator_is_the_shipped_one_ready_to_draw(on_cpu):
+    G = hub("generator")
+    assert not G.training  # BatchNorm uses its running statistics
+    shipped = load_file(str(MODEL / "G.safetensors"))
+    assert all(np.array_equal(value, shipped[name]) for name, value in weights(G).items())
+    noise = paddle.to_tensor(Utils.random_noise(np.random.default_rng(0), 4))
+    with paddle.no_grad():
+        images = G(noise).numpy()
+    assert images.shape == (4, 3, 96, 96) and -1 <= images.min() and images.max() <= 1
+    assert np.array_equal(images, Utils.load_generator(MODEL)(noise).numpy())
+
+
+def test_the_generator_is_the_averaged_one_where_the_folder_has_it(on_cpu, tmp_path):
+    shutil.copy(MODEL / "G.safetensors", tmp_path / "G.safetensors")
+    averaged = {name: value * 0.5 for name, value in load_file(str(MODEL / "G.safetensors")).items()}
+    save_file(averaged, str(tmp_path / "G_ema.safetensors"))
+    assert all(np.array_equal(value, averaged[name]) for name, value in weights(hub("generator",
+                                                                                 model_dir=tmp_path)).items())
+    raw = weights(hub("generator", model_dir=tmp_path, raw_g=True))
+    assert all(np.array_equal(value, averaged[name] * 2) for name, value in raw.items())
+
+
+def test_the_discriminator_is_built_and_loaded_as_it_was_trained(on_cpu):
+    D = hub("discriminator")
+    assert not D.training  # no dropout, BatchNorm's running statistics
+    shipped = load_file(str(MODEL / "D.safetensors"))
+    assert set(weights(D)) == set(shipped)  # the shipped model has no BatchNorm on D's input
+    assert all(np.array_equal(value, shipped[name]) for name, value in weights(D).items())
+    with paddle.no_grad():
+        assert D(paddle.zeros([2, 3, 96, 96])).shape == [2, 2]
+
+
+def test_a_folder_without_weights_is_one_sentence(on_cpu, tmp_path):
+    with pytest.raises(Utils.UserError, match="G.safetensors does not exist; train a model"):
+        hub("generator", model_dir=tmp_path)
+    with pytest.raises(Utils.UserError, match="D.safetensors does not exist; train a model"):
+        hub("discriminator", model_dir=tmp_path)

@@ -196,6 +196,11 @@ class ModelFolder:
     def has_checkpoint(self):
         return any((self.path / name).exists() for name in checkpoint_files())
 
+    def checkpoint_bytes(self):
+        """The contents of the folder's checkpoint files, by name: what rank 0 sends the other
+        training processes, which may run where this folder is not."""
+        return {name: (self.path / name).read_bytes() for name in checkpoint_files() if (self.path / name).exists()}
+
     def read_state(self):
         """The folder's RunState, or None for a folder without any checkpoint file. A folder with
         weights but no usable state.json is refused: guessing would overwrite a trained model."""

@@ -30,6 +30,7 @@ import re
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -519,6 +520,20 @@ def agree_on_start(args, procs):
     return folder, state, decided["hp"]
 
 
+def load_checkpoint(session, saved):
+    """Rank 0 loads the checkpoint in its model folder. Every other rank loads the same files,
+    sent by rank 0 into a temporary folder of its own, so that on several machines the model
+    folder need only be on rank 0's. Returns whether Adam's state was there."""
+    procs = session.procs
+    files = procs.from_writer(session.folder.checkpoint_bytes() if procs.writer and procs.world_size > 1 else None)
+    if procs.writer:
+        return session.folder.load(session.networks, session.optimizers, saved, session.scalers)
+    with tempfile.TemporaryDirectory(prefix="checkpoint-from-rank-0-") as copy:
+        for name, data in files.items():
+            (Path(copy) / name).write_bytes(data)
+        return ModelFolder(copy).load(session.networks, session.optimizers, saved, session.scalers)
+
+
 def load_faces(args, hp, procs):
     try:
         dataset = FaceDataset(args.data, limit=args.limit, flip=args.flip, seed=hp["seed"])
@@ -605,7 +620,7 @@ def set_up(args):
                       ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
                       fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2))
     if saved:
-        with_adam = folder.load(session.networks, session.optimizers, saved, session.scalers)
+        with_adam = load_checkpoint(session, saved)
         session.last_saved = saved.where()
         say(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
                      f"done (step {saved.global_step})"

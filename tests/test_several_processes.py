@@ -4,6 +4,7 @@ SyncBatchNorm, no all-reduce of D's unused gradients) are those Paddle documents
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,3 +218,52 @@ def test_under_data_parallel_g_steps_keep_ds_gradients_out_of_the_all_reduce():
     Train.train_step(G, D, opt_g, opt_d, paddle.rand([2, 3, 96, 96]) * 2 - 1, g_steps=2)
     assert D.quiet_blocks == 1
     assert all(p.grad is None or not p.grad.abs().sum() for p in D.parameters())
+
+
+# --------------------------------------------------------------------------------- several machines
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def two_machines(faces_dir, run, *extra):
+    """Two launchers, each a machine of one CPU process, meeting at a master on 127.0.0.1: node 0
+    with its model and output folders in run/node0, node 1 with its own in run/node1, as on a
+    machine that does not see node 0's disk. Yields both launchers."""
+    master, launchers = f"127.0.0.1:{free_port()}", []
+    try:
+        for node in (0, 1):
+            folder = run / f"node{node}"
+            launchers.append(subprocess.Popen(
+                [sys.executable, "-m", "paddle.distributed.launch", "--nnodes", "2", "--master", master,
+                 "--rank", str(node), "--nproc_per_node", "1", "--log_dir", str(folder / "log"), "Train.py",
+                 *launch_flags(faces_dir, folder, *extra)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True))
+        yield launchers
+    finally:
+        for launcher in launchers:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.communicate()
+
+
+def test_two_machines_train_their_shares_only_rank_0_writes_and_resume_without_a_shared_disk(faces_dir, tmp_path):
+    run, straight = tmp_path / "machines", tmp_path / "straight"
+    for epochs in ("1", "2"):  # the second run resumes; node 1's model folder is still empty then
+        with two_machines(faces_dir, run, "--epochs", epochs) as launchers:
+            assert [finish(launcher, 300) for launcher in launchers] == [0, 0], worker_log(run / "node1", 0)
+        assert not (run / "node1" / "Model").exists() and not (run / "node1" / "Output").exists()
+    logs = [worker_log(run / f"node{node}", 0) for node in (0, 1)]
+    assert "Training on cpu (2 process(es)), 8 faces, 2 batches of 2 per epoch" in logs[0]  # 4 faces a rank
+    assert "Resuming from" in logs[0] and "Training on" not in logs[1] and "Done" not in logs[1]
+    state = json.loads((run / "node0" / "Model" / "state.json").read_text())
+    assert state["global_step"] == 4
+    seed = str(state["hyper_parameters"]["seed"])
+    with launched(straight, *launch_flags(faces_dir, straight, "--epochs", "2", "--seed", seed)) as process:
+        assert finish(process, 300) == 0, worker_log(straight, 0)
+    for name in ("G.safetensors", "D.safetensors"):  # rank 1 resumed exactly as if it had read the folder
+        a, b = load_file(str(run / "node0" / "Model" / name)), load_file(str(straight / "Model" / name))
+        assert max(np.abs(a[key] - b[key]).max() for key in a) < 1e-5

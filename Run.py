@@ -28,12 +28,17 @@ import Files
 from Net import Z_DIM
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_generator_flags(parser):
+    """--model-dir and --raw-g, which say the weights that draw: Run.py's, and Studio.py's too."""
     parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
     parser.add_argument("--raw-g", action="store_true",
                         help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_generator_flags(parser)
     parser.add_argument("--output", default="Generate", help="folder for the pictures")
     parser.add_argument("--seed", type=int,
                         help="seed of the noise, 0 or more; the same seed gives the same pictures (default: random)")

@@ -16,8 +16,8 @@ It draws as Run.py does, with G_ema.safetensors where the model folder has it (e
 measured once per weights file, as Figures.py measures it, and cached beside the exported
 generator. The page is served on 127.0.0.1 alone, without share links or Gradio's analytics.
 
-The drawing is plain functions (avatar_grid, redraw, morph_strip, gif_bytes); page() only lays
-them out in Gradio.
+The drawing is plain functions (avatar_grid, redraw, morph_strip, gif_bytes) that the tests call
+without a browser; Handlers and page() only connect them to Gradio.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 
@@ -371,9 +371,7 @@ def error_page(message):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
-    parser.add_argument("--raw-g", action="store_true",
-                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
+    Run.add_generator_flags(parser)
     parser.add_argument("--port", type=int, default=7860, help="port of the page on 127.0.0.1")
     parser.add_argument("--time-redraws", type=int, metavar="N",
                         help="time N redraws as a slider move makes them, print the median and exit")
@@ -389,11 +387,10 @@ def import_gradio():
     # Before Gradio loads: no version check or usage report leaves this machine.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        import gradio
+        import gradio  # noqa: F401
     except ImportError:
         raise Utils.UserError("the studio needs Gradio, which requirements.txt leaves out to keep the first "
                               "install small: run `pip install -r requirements-studio.txt` first.") from None
-    return gradio
 
 
 def serve(app, port):

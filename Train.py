@@ -5,6 +5,9 @@ One process, GPU if there is one, else CPU:
 Several GPUs on one machine (one process per GPU, each trains on its own share of every epoch,
 gradients averaged by DataParallel; --batch-size is per process; only rank 0 writes files):
     python -m paddle.distributed.launch --gpus 0,1 Train.py --data DataSet/faces --batch-size 50
+Several machines: the same launcher on each, with --nnodes, --master host:port and --rank 0 on the
+machine whose --model-dir is trained on (README.md, "Several machines"); the other machines need
+the faces, not the model folder, which rank 0 sends them.
 Run it again with the same --model-dir and it continues where it stopped (--fresh starts over).
 Checkpoints go to --model-dir every epoch and on Ctrl-C/SIGTERM (Checkpoint.py says how they
 survive crashes); sample grids and the loss curve go to --output.

@@ -88,12 +88,8 @@ class PaddleWorker:
         generator = (Utils.load_generator(model_dir) if path == "dygraph"
                      else getattr(Utils, "load_generator_for_inference", Utils.load_generator)(model_dir))
         noise = Utils.random_noise(np.random.default_rng(0), batch)
-        Utils.generate(generator, noise, batch_size=batch)  # warm-up: first-call allocations, oneDNN primitives
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            Utils.generate(generator, noise, batch_size=batch)
-            seconds.append(time.perf_counter() - started)
+        # the warm-up call of timings pays for first-call allocations and oneDNN primitives
+        seconds = timings(lambda: Utils.generate(generator, noise, batch_size=batch), repeats)
         shutil.rmtree(model_dir, ignore_errors=True)
         return {"seconds": seconds, "engine": type(generator).__name__}
 
@@ -166,7 +162,7 @@ class PaddleWorker:
             layer(x).sum().backward()
             layer.clear_gradients()
             x.clear_gradient()
-        return {"seconds": timed(run, repeats)}
+        return {"seconds": statistics.median(timings(run, repeats))}
 
     def save_generator(self, model_dir):
         from Net import Generator
@@ -210,13 +206,7 @@ class TorchWorker:
                 images = generator(noise)
             return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
-        run()
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - started)
-        return {"seconds": seconds, "engine": "eager"}
+        return {"seconds": timings(run, repeats), "engine": "eager"}
 
     def layer(self, transposed, cin, cout, size, batch, repeats):
         torch = self.torch
@@ -227,7 +217,7 @@ class TorchWorker:
             layer(x).sum().backward()
             layer.zero_grad()
             x.grad = None
-        return {"seconds": timed(run, repeats)}
+        return {"seconds": statistics.median(timings(run, repeats))}
 
     def matmul(self, size, repeats):
         torch = self.torch
@@ -239,15 +229,15 @@ class TorchWorker:
         return {"gflops": 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9}
 
 
-def timed(run, repeats):
-    """Median seconds of run() over repeats calls, after one warm-up call."""
+def timings(run, repeats):
+    """Seconds of each of repeats calls of run(), after one warm-up call."""
     run()
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
         run()
         seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
+    return seconds
 
 
 def serve(kind, threads):

@@ -270,11 +270,21 @@ def open_tab(driver, name):
 
 
 def downloaded(driver, suffix, button):
-    """Click a download button and return the file the browser saved."""
+    """Click a download button and return the file the browser saved, once it is whole: Chromium
+    may show the final name before the last bytes are written."""
     before = set(driver.downloads.glob(f"*{suffix}"))
     elements(driver, button)[0].click()
     files = wait(driver, lambda: set(driver.downloads.glob(f"*{suffix}")) - before, f"downloaded {suffix} file")
-    return files.pop()
+    path = files.pop()
+    sizes = []
+
+    def settled():
+        sizes.append(path.stat().st_size)
+        partial = list(driver.downloads.glob("*.crdownload"))
+        return not partial and len(sizes) >= 3 and sizes[-1] == sizes[-2] == sizes[-3] > 0
+
+    wait(driver, settled, f"whole {suffix} file")
+    return path
 
 
 def test_the_page_shows_a_grid_of_a_seeds_avatars(served, browser, generator):

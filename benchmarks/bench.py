@@ -57,12 +57,12 @@ class PaddleWorker:
         import numpy as np
         return {"version": self.paddle.__version__, "numpy": np.__version__}
 
-    def setup_train(self, batch):
+    def setup_train(self, batch, g_steps, d_input_bn):
         import Train
         from Net import Discriminator, Generator
         paddle = self.paddle
         paddle.seed(batch)
-        self.G, self.D = Generator(), Discriminator()
+        self.G, self.D, self.g_steps = Generator(), Discriminator(input_norm=d_input_bn), g_steps
         self.opt_g = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=self.G.parameters())
         self.opt_d = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=self.D.parameters())
         self.real = paddle.rand([batch, 3, 96, 96]) * 2 - 1
@@ -72,7 +72,8 @@ class PaddleWorker:
     def train_step(self):
         """One step as Train.py runs it, ending where Train.py waits for the losses."""
         started = time.perf_counter()
-        losses = [float(loss) for loss in self.project_step(self.G, self.D, self.opt_g, self.opt_d, self.real, 2)]
+        step = self.project_step(self.G, self.D, self.opt_g, self.opt_d, self.real, self.g_steps)
+        losses = [float(loss) for loss in step]
         return {"seconds": time.perf_counter() - started, "losses": losses}
 
     def generate(self, batch, repeats, path):
@@ -184,16 +185,17 @@ class TorchWorker:
     def info(self):
         return {"version": self.torch.__version__}
 
-    def setup_train(self, batch):
+    def setup_train(self, batch, g_steps, d_input_bn):
         torch = self.torch
         torch.manual_seed(batch)
-        self.G, self.D, self.opt_g, self.opt_d = self.dcgan.make_training()
+        self.G, self.D, self.opt_g, self.opt_d = self.dcgan.make_training(input_norm=d_input_bn)
+        self.g_steps = g_steps
         self.real = torch.rand(batch, 3, 96, 96) * 2 - 1
         return {}
 
     def train_step(self):
         started = time.perf_counter()
-        losses = self.dcgan.train_step(self.G, self.D, self.opt_g, self.opt_d, self.real)
+        losses = self.dcgan.train_step(self.G, self.D, self.opt_g, self.opt_d, self.real, self.g_steps)
         return {"seconds": time.perf_counter() - started, "losses": list(losses)}
 
     def generate(self, batch, repeats, path):
@@ -288,10 +290,12 @@ class Worker:
 
 # ------------------------------------------------------------------------------------ the parent
 
-def interleaved_training(paddle, torch, batch, steps):
-    """Seconds per step of both frameworks at one batch size, the steps taken in turns."""
-    paddle("setup_train", batch=batch)
-    torch("setup_train", batch=batch)
+def interleaved_training(paddle, torch, batch, steps, schedule):
+    """Seconds per step of both frameworks at one batch size, the steps taken in turns.
+    schedule: {"g_steps": ..., "d_input_bn": ...}, the training recipe's two flags that change
+    the work of a step."""
+    paddle("setup_train", batch=batch, **schedule)
+    torch("setup_train", batch=batch, **schedule)
     times, losses = {"paddle": [], "torch": []}, {"paddle": None, "torch": None}
     for step in range(steps + 1):  # the first step of each is a warm-up, not counted
         for name, worker in (("paddle", paddle), ("torch", torch)):
@@ -342,7 +346,8 @@ def measure(args):
                "torch": torch("info") or NOT_INSTALLED, "training": {}, "generation": {}}
     try:
         for batch in args.batches:
-            seconds, losses = interleaved_training(paddle, torch, batch, args.steps)
+            seconds, losses = interleaved_training(paddle, torch, batch, args.steps,
+                                                   {"g_steps": args.g_steps, "d_input_bn": args.d_input_bn})
             paddle_rate = batch / seconds["paddle"]
             torch_rate = batch / seconds["torch"] if seconds["torch"] else None
             results["training"][batch] = {"paddle_images_per_second": paddle_rate,
@@ -368,7 +373,7 @@ def measure(args):
         # Per real image: one no-grad G pass makes the fakes; each D update is a forward and a
         # backward (weights and inputs, about twice the forward); each G update is a G forward, a
         # D forward, D's backward to its input only (D is frozen) and G's full backward.
-        per_image = 7 * flops["G"] + 10 * flops["D"]
+        per_image = (1 + 3 * args.g_steps) * flops["G"] + (6 + 2 * args.g_steps) * flops["D"]
         best_matmul = max(answer["gflops"] for worker in (paddle, torch) for size in args.matmul_sizes
                           if (answer := worker("matmul", size=size, repeats=args.matmul_repeats)) is not None)
         results["flops"] = {"generator_forward_gflop": flops["G"] / 1e9,
@@ -460,6 +465,10 @@ def parse_args(argv=None):
     parser.add_argument("--reader-batch", type=int, default=64, help="loader batch size")
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json",
                         help="where to write the results")
+    parser.add_argument("--g-steps", type=int, default=2,
+                        help="G updates per batch in the training rows: 2 as the brief, 1 as the shipped recipe")
+    parser.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="BatchNorm on D's input in the training rows (the shipped recipe: --no-d-input-bn)")
     parser.add_argument("--layers", action="store_true",
                         help="only the per-layer table: each convolution forward and backward, both frameworks")
     parser.add_argument("--layer-batch", type=int, default=64, help="batch of the per-layer table")

@@ -53,16 +53,17 @@ class Generator(nn.Module):
         return torch.tanh(self.to_rgb(self.up(self.residual(z.reshape(-1, *Z_SHAPE)))))
 
 
-def down_block(in_channels, out_channels):
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1), batch_norm(out_channels),
+def down_block(in_channels, out_channels, norm=True):
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1),
+                         batch_norm(out_channels) if norm else nn.Identity(),
                          nn.LeakyReLU(LEAKY_SLOPE), nn.Dropout(DROPOUT))
 
 
 class Discriminator(nn.Module):
-    def __init__(self):
+    def __init__(self, input_norm=True):
         super().__init__()
-        self.features = nn.Sequential(down_block(3, 64), down_block(64, 128), down_block(128, 256),
-                                      down_block(256, 512))
+        self.features = nn.Sequential(down_block(3, 64, norm=input_norm), down_block(64, 128),
+                                      down_block(128, 256), down_block(256, 512))
         self.classify = nn.Linear(512 * 6 * 6, 2)
 
     def forward(self, image):
@@ -80,9 +81,9 @@ def update(optimizer, loss):
     return loss.detach()
 
 
-def make_training(lr=2e-4, beta1=0.8):
+def make_training(lr=2e-4, beta1=0.8, input_norm=True):
     """Fresh networks and their Adam optimizers, in training mode."""
-    G, D = Generator(), Discriminator()
+    G, D = Generator(), Discriminator(input_norm)
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=(beta1, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=(beta1, 0.999))
     return G, D, opt_g, opt_d

@@ -27,7 +27,6 @@ from Utils import UserError
 
 import math
 import os
-import secrets
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -59,7 +58,7 @@ class RunState:
     """What state.json holds: how far training got, with which settings, and what it measured."""
 
     hyper_parameters: dict
-    run: str = field(default_factory=lambda: secrets.token_hex(4))  # stamps every file of this run
+    run: str = ""  # the run's id, which stamps every file of its checkpoints (Train.py draws it)
     epochs_done: int = 0
     batches_done: int = 0  # of the epoch under way
     global_step: int = 0
@@ -87,11 +86,9 @@ class RunState:
         if missing:
             raise _bad_state(path, f"it lacks {', '.join(missing)}")
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        values.setdefault("run", "")  # written before checkpoints were stamped with a run id
-        for f in fields(cls):
-            kind = FIELD_TYPES[f.name]
-            if f.name in values and not _is(values[f.name], kind):
-                raise _bad_state(path, f"its {f.name} is {values[f.name]!r}, not {_describe(kind)}")
+        for f in fields(cls):  # each field's annotation is the type it must have
+            if f.name in values and not _is(values[f.name], f.type):
+                raise _bad_state(path, f"its {f.name} is {values[f.name]!r}, not {_describe(f.type)}")
         for name in ("epochs_done", "batches_done", "global_step"):
             if values[name] < 0:
                 raise _bad_state(path, f"its {name} is negative")
@@ -105,9 +102,6 @@ class RunState:
 
 
 REQUIRED_FIELDS = {"hyper_parameters", "epochs_done", "batches_done", "global_step", "losses"}
-FIELD_TYPES = {"hyper_parameters": dict, "run": str, "epochs_done": int, "batches_done": int, "global_step": int,
-               "wall_seconds": float, "losses": dict, "spread": list, "data": str, "images": int,
-               "steps_per_epoch": int, "versions": dict}
 
 
 def _is(value, kind):

@@ -483,11 +483,8 @@ def open_model_folder(args):
     """Rank 0's part of the set-up: check both folders can be written before any work, take the
     model folder, repair an interrupted save, and read where training stopped. Returns the
     folder, the saved RunState or None, and the settled hyper-parameters."""
-    try:
-        Files.writable_folder(args.output, "--output")
-        Files.writable_folder(args.model_dir, "--model-dir")
-    except Files.FolderError as error:
-        raise UserError(str(error)) from None
+    Files.writable_folder(args.output, "--output")
+    Files.writable_folder(args.model_dir, "--model-dir")
     folder = ModelFolder(args.model_dir)
     folder.lock()
     repaired = folder.recover()
@@ -504,14 +501,17 @@ def open_model_folder(args):
 
 
 def agree_on_start(args, procs):
-    """Rank 0 opens the model folder and every process takes its decisions (seed included), so
-    all ranks shuffle alike and a resume goes on exactly. A mistake found by rank 0 ends every
-    process with the same sentence instead of leaving the others waiting."""
+    """Rank 0 opens the model folder and every process takes its decisions (seed and run id
+    included), so all ranks shuffle alike and a resume goes on exactly. A mistake found by rank 0
+    ends every process with the same sentence instead of leaving the others waiting. Returns the
+    folder, the saved RunState or None, the hyper-parameters and the run's id."""
     folder, decided = ModelFolder(args.model_dir), None
     if procs.writer:
         try:
             folder, state, hp = open_model_folder(args)
-            decided = {"state": state.to_json() if state else None, "hp": hp}
+            # A new run, or a checkpoint from before run ids, gets a new id.
+            run = state.run if state and state.run else secrets.token_hex(4)
+            decided = {"state": state.to_json() if state else None, "hp": hp, "run": run}
         except UserError as error:
             decided = {"error": str(error)}
             if procs.world_size == 1:
@@ -520,7 +520,7 @@ def agree_on_start(args, procs):
     if "error" in decided:
         raise UserError(decided["error"])
     state = RunState.from_json(decided["state"], folder.path) if decided["state"] else None
-    return folder, state, decided["hp"]
+    return folder, state, decided["hp"], decided["run"]
 
 
 def load_checkpoint(session, saved):
@@ -613,11 +613,10 @@ def set_up(args):
     if args.amp and device != "gpu":
         raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
                         "so train on CPU without --amp.")
-    folder, saved, hp = agree_on_start(args, procs)
+    folder, saved, hp, run = agree_on_start(args, procs)
     dataset, loader = load_faces(args, hp, procs)
     G, D, opt_g, opt_d = build_networks(hp, device, procs.world_size)
     state = saved or RunState(hyper_parameters=hp)
-    state.run = state.run or procs.from_writer(secrets.token_hex(4))  # a checkpoint from before run ids
     session = Session(args, procs, folder, state, dataset, loader, G, D, opt_g, opt_d,
                       amp=MixedPrecision() if args.amp else None, step_seconds=[],
                       ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
@@ -628,7 +627,7 @@ def set_up(args):
         say(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
                      f"done (step {saved.global_step})"
                      + ("." if with_adam else "; no usable optimizer state there, so Adam starts afresh."))
-    state.hyper_parameters = hp
+    state.run, state.hyper_parameters = run, hp  # after loading, which checks the files' stamps
     state.data, state.images, state.steps_per_epoch = str(args.data), len(dataset), len(loader.batch_sampler)
     state.versions = {"paddle": paddle.__version__, "numpy": np.__version__, "python": platform.python_version()}
     say(session, f"Training on {device} ({procs.world_size} process(es)"

@@ -239,10 +239,7 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=Fa
     Utils.generator_file), or with real_b a second folder of real faces, against n faces of the
     folder real; write metrics.json and nearest.png to output and return the metrics. train: the
     training faces' folder, for the nearest-neighbour test (None: real)."""
-    try:  # before the faces are read and measured, which takes minutes at the default --n
-        output = Files.writable_folder(output, "--output")
-    except Files.FolderError as error:
-        raise Utils.UserError(str(error)) from None
+    output = Files.writable_folder(output, "--output")  # before minutes of reading and measuring faces
     rng = np.random.default_rng(seed)
     real_faces = pick(load_faces(real), n, rng, real)
     train_faces = load_faces(train) if train else real_faces

@@ -10,8 +10,9 @@ import numpy as np
 from PIL import ExifTags, Image
 
 
-class FolderError(Exception):
-    """A folder the program must write to cannot be written (a file, read-only, full)."""
+class UserError(Exception):
+    """A mistake the user can fix (a missing folder, a wrong flag): shown as one sentence by
+    Utils.run_main. It lives here, without Paddle, so that these helpers can raise it too."""
 
 
 def atomic_write(path, write):
@@ -81,10 +82,10 @@ def fsync_folder(folder):
 
 def writable_folder(folder, flag):
     """Create folder if needed and prove it can be written, by writing and removing a small file.
-    Raises FolderError with one sentence naming the command-line flag when it cannot."""
+    Raises UserError with one sentence naming the command-line flag when it cannot."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise FolderError(f"{flag} {folder} is a file, not a folder; name a folder.")
+        raise UserError(f"{flag} {folder} is a file, not a folder; name a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
@@ -95,7 +96,7 @@ def writable_folder(folder, flag):
             os.close(fd)
             os.unlink(probe)
     except OSError as error:
-        raise FolderError(f"{flag} {folder} cannot be written ({error.strerror or error}); "
+        raise UserError(f"{flag} {folder} cannot be written ({error.strerror or error}); "
                           f"free some space, fix its permissions or name another folder.") from None
     return folder
 

@@ -84,10 +84,7 @@ def interpolation_strips(base, dims, steps):
 def main(argv=None):
     args = parse_args(argv)
     Utils.choose_device(args.device)
-    try:  # before the generator is loaded and exported, which takes seconds
-        output = Files.writable_folder(args.output, "--output")
-    except Files.FolderError as error:
-        raise Utils.UserError(str(error)) from None
+    output = Files.writable_folder(args.output, "--output")  # before the generator is loaded and exported
     load = Utils.load_generator if args.dygraph else Utils.load_generator_for_inference
     generator = load(args.model_dir, args.raw_g)
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed

@@ -75,6 +75,7 @@ from safetensors import SafetensorError, safe_open  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 import Files  # noqa: E402
+from Files import UserError  # noqa: E402,F401  (the scripts raise it as Utils.UserError)
 from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
 
 GENERATOR_FILE = "G.safetensors"
@@ -90,10 +91,6 @@ def _use_all_cores():
 
 
 _use_all_cores()
-
-
-class UserError(Exception):
-    """A mistake the user can fix (a missing folder, a wrong flag): shown as one sentence."""
 
 
 def run_main(main):

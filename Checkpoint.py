@@ -69,6 +69,7 @@ class RunState:
     images: int = 0
     steps_per_epoch: int = 0
     versions: dict = field(default_factory=dict)
+    changes: list = field(default_factory=list)  # {"step": N, flag: new value}: --ema, --augment changed there
 
     def stamp(self):
         return {"run": self.run, "global_step": str(self.global_step)}

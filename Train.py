@@ -85,32 +85,38 @@ def augment_policy(text):
 
 @dataclass(frozen=True)
 class HyperParameter:
-    """A flag that defines the run: its default, kept in state.json, checked on every resume."""
-    default: object
+    """A flag that defines the run, kept in state.json and checked on every resume."""
+    default: object  # what `python Train.py` trains with: the recipe that measured best on a CPU
+    brief: object  # the original's value, which --brief trains with
     help: str
     type: object = None
     choices: tuple = None
+    changeable: bool = False  # may be changed when continuing a checkpoint (recorded in state.json)
 
 
-# The brief's recipe. A checkpoint trained with other values is not silently continued. A
-# checkpoint written before a hyper-parameter existed is taken to have its default, so a new
-# one's default must be what training did without it (as --ema 0 and --augment none are).
+# A checkpoint written before a hyper-parameter existed trained with its brief value (the
+# original had no --ema and no --augment). README.md, "Making the recipe learn on a CPU", gives the
+# measurements behind each default that differs from the brief.
 HYPER_PARAMETERS = {
-    "batch_size": HyperParameter(100, "real images per batch (per process under several GPUs)", positive_int),
-    "lr": HyperParameter(2e-4, "Adam learning rate of both networks", learning_rate),
-    "beta1": HyperParameter(0.8, "Adam beta1 of both networks", below_one),
-    "g_steps": HyperParameter(2, "generator updates per batch", positive_int),
-    "init": HyperParameter("paddle", "weight initialisation: Paddle's default, or DCGAN's N(0, 0.02)",
-                           choices=("paddle", "dcgan")),
-    "d_input_bn": HyperParameter(True, "BatchNorm in D's first block, as the original; --no-d-input-bn leaves "
-                                       "it out, as DCGAN does"),
-    "ema": HyperParameter(0.0, "decay of G_ema, a moving average of G's weights saved beside G, which Run.py "
-                               "draws with; it averages about 1 / (1 - decay) G updates; 0: no G_ema", below_one),
-    "augment": HyperParameter(Augment.NONE, "DiffAugment policy for every batch D sees: none, or any of color, "
-                                            "translation, cutout joined by commas", augment_policy),
-    "seed": HyperParameter(None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
+    "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
+    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of both networks", learning_rate),
+    "beta1": HyperParameter(0.5, 0.8, "Adam beta1 of both networks", below_one),
+    "g_steps": HyperParameter(1, 2, "generator updates per batch", positive_int),
+    "init": HyperParameter("dcgan", "paddle", "weight initialisation: DCGAN's N(0, 0.02), or Paddle's default",
+                           choices=("dcgan", "paddle")),
+    "d_input_bn": HyperParameter(False, True, "BatchNorm in D's first block, as the original; "
+                                              "--no-d-input-bn leaves it out, as DCGAN does"),
+    "ema": HyperParameter(0.0, 0.0, "decay of G_ema, a moving average of G's weights saved beside G, which Run.py "
+                                    "draws with; it averages about 1 / (1 - decay) G updates; 0: no G_ema; may "
+                                    "change when continuing a checkpoint", below_one, changeable=True),
+    "augment": HyperParameter(Augment.NONE, Augment.NONE, "DiffAugment policy for every batch D sees: none, or any "
+                                                          "of color, translation, cutout joined by commas; may "
+                                                          "change when continuing a checkpoint",
+                              augment_policy, changeable=True),
+    "seed": HyperParameter(None, None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
                            seed_number),
 }
+BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
 
 def add_hyper_parameters(parser):
@@ -132,6 +138,9 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=positive_int, default=300, help="train until this many epochs are done "
                                                                          "(default %(default)s)")
     add_hyper_parameters(parser)
+    parser.add_argument("--brief", action="store_true",
+                        help="the original's recipe exactly: batch 100, lr 2e-4, beta1 0.8, 2 G steps, Paddle's "
+                             "init, D input BatchNorm, no EMA, no augmentation (flags given beside it still count)")
     parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every "
                                                              "epoch (default %(default)s)")
     parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve "
@@ -156,7 +165,12 @@ def parse_args(argv=None):
     parser.add_argument("--cache-device", action="store_true",
                         help="hold the whole data set on the training device as uint8 and cut batches there "
                              "(for fast GPUs; 50,000 faces take 1.4 GB)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.brief:
+        for name, value in BRIEF.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    return args
 
 
 # ------------------------------------------------------------------------------------- the step
@@ -292,7 +306,7 @@ class MovingAverage:
     def __init__(self, G, decay):
         self.decay = decay
         self.G_ema = Generator()
-        self.G_ema.set_state_dict(G.state_dict())
+        self.start_from(G)
         self.G_ema.eval()
         averages = dict(self.G_ema.named_parameters())
         # BatchNorm's running statistics are parameters with stop_gradient set, not weights.
@@ -300,6 +314,9 @@ class MovingAverage:
         self.statistics = [(averages[name], p) for name, p in G.named_parameters() if p.stop_gradient]
         for average in averages.values():
             average.stop_gradient = True
+
+    def start_from(self, G):
+        self.G_ema.set_state_dict(G.state_dict())
 
     @paddle.no_grad()
     def update(self):
@@ -458,25 +475,30 @@ class Processes:
 # --------------------------------------------------------------------------------- the set-up
 
 def settle_hyper_parameters(args, state):
-    """Fill unset flags from the checkpoint (or the defaults); refuse flags that differ from the
-    checkpoint's, since mixing them would train a model neither setting describes."""
-    defaults = {name: hp.default for name, hp in HYPER_PARAMETERS.items()}
-    saved = {**defaults, **state.hyper_parameters} if state else {}  # a key it lacks did not exist yet
-    settled, conflicts = {}, []
+    """Fill unset flags from the checkpoint (or the defaults). Refuse flags that differ from the
+    checkpoint's, since mixing them would train a model neither setting describes, except the
+    changeable ones (--ema, --augment), whose change is recorded in state.changes. Returns the
+    hyper-parameters and the changed ones."""
+    saved = {**BRIEF, **state.hyper_parameters} if state else {}  # a key it lacks did not exist yet
+    settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
-        if name in saved and given is not None and given != saved[name]:
+        settled[name] = given if given is not None else saved.get(name, hp.default)
+        if not state or given is None or given == saved[name]:
+            continue
+        if hp.changeable:
+            changed[name] = given
+        else:
             flag = name.replace("_", "-")
             conflicts.append(f"--{'' if given else 'no-'}{flag} (checkpoint: --{'' if saved[name] else 'no-'}{flag})"
                              if isinstance(given, bool) else f"--{flag} {given} (checkpoint: {saved[name]})")
-        settled[name] = saved.get(name, hp.default) if given is None else given
     if conflicts:
         raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "
                         f"{', '.join(conflicts)}; drop those flags to continue it, or start over "
                         f"with --fresh or another --model-dir.")
     if settled["seed"] is None:
         settled["seed"] = secrets.randbelow(2**31)
-    return settled
+    return settled, changed
 
 
 def open_model_folder(args):
@@ -497,7 +519,16 @@ def open_model_folder(args):
         state = None
     else:
         state = folder.read_state()
-    return folder, state, settle_hyper_parameters(args, state)
+    hp, changed = settle_hyper_parameters(args, state)
+    if changed:
+        before = {**BRIEF, **state.hyper_parameters}
+        ema = ("" if "ema" not in changed or bool(changed["ema"]) == bool(before["ema"])
+               else ": G_ema starts as a copy of G" if changed["ema"] else ": G_ema is left out of the next checkpoint")
+        print("Continuing with " + ", ".join(f"--{name} {value} (until now {before[name]})"
+                                              for name, value in changed.items())
+              + f" from step {state.global_step}{ema}.")
+        state.changes.append({"step": state.global_step, **changed})
+    return folder, state, hp
 
 
 def agree_on_start(args, procs):
@@ -527,14 +558,21 @@ def load_checkpoint(session, saved):
     """Rank 0 loads the checkpoint in its model folder. Every other rank loads the same files,
     sent by rank 0 into a temporary folder of its own, so that on several machines the model
     folder need only be on rank 0's. Returns whether Adam's state was there."""
-    procs = session.procs
+    procs, networks = session.procs, session.networks
+    ema_saved = {**BRIEF, **saved.hyper_parameters}["ema"]
+    if session.ema and not ema_saved:  # --ema turned on for this checkpoint: G_ema starts as the loaded G
+        del networks["G_ema"]
     files = procs.from_writer(session.folder.checkpoint_bytes() if procs.writer and procs.world_size > 1 else None)
     if procs.writer:
-        return session.folder.load(session.networks, session.optimizers, saved, session.scalers)
-    with tempfile.TemporaryDirectory(prefix="checkpoint-from-rank-0-") as copy:
-        for name, data in files.items():
-            (Path(copy) / name).write_bytes(data)
-        return ModelFolder(copy).load(session.networks, session.optimizers, saved, session.scalers)
+        with_adam = session.folder.load(networks, session.optimizers, saved, session.scalers)
+    else:
+        with tempfile.TemporaryDirectory(prefix="checkpoint-from-rank-0-") as copy:
+            for name, data in files.items():
+                (Path(copy) / name).write_bytes(data)
+            with_adam = ModelFolder(copy).load(networks, session.optimizers, saved, session.scalers)
+    if session.ema and not ema_saved:
+        session.ema.start_from(session.G)
+    return with_adam
 
 
 def load_faces(args, hp, procs):

@@ -105,24 +105,64 @@ def test_every_batch_d_sees_is_augmented_and_g_learns_through_the_augmentation(m
 
 # --------------------------------------------------------------------- defaults and old checkpoints
 
-def test_the_defaults_are_the_briefs_recipe_without_ema_or_augment():
-    args = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1"]), None)
-    assert args == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
-                    "ema": 0.0, "augment": "none", "seed": 1}
+def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly():
+    settled, changed = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1"]), None)
+    assert settled == {name: hp.default for name, hp in Train.HYPER_PARAMETERS.items()} | {"seed": 1}
+    assert (settled["batch_size"], settled["g_steps"], settled["init"], settled["d_input_bn"]) == (32, 1, "dcgan",
+                                                                                                    False)
+    assert changed == {}
+    brief, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--seed", "1"]), None)
+    assert brief == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
+                     "ema": 0.0, "augment": "none", "seed": 1}
+    mixed, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--batch-size", "64", "--seed", "1"]), None)
+    assert mixed == brief | {"batch_size": 64}  # a flag beside --brief still counts
 
 
-def test_a_checkpoint_from_before_ema_and_augment_continues_with_both_off(trained, faces_dir, tmp_path):
+def old_checkpoint(trained, tmp_path):
+    """A copy of the trained model folder whose state.json is from before --ema and --augment."""
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
     state = json.loads((tmp_path / "Model" / "state.json").read_text())
     for name in ("ema", "augment"):
         del state["hyper_parameters"][name]
     (tmp_path / "Model" / "state.json").write_text(json.dumps(state))
-    with pytest.raises(UserError, match=r"--ema 0.5 \(checkpoint: 0.0\)"):
-        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--ema", "0.5"))
+    return state
+
+
+def test_a_checkpoint_from_before_ema_and_augment_continues_with_both_off(trained, faces_dir, tmp_path):
+    old_checkpoint(trained, tmp_path)
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
-    hyper_parameters = saved_state(tmp_path)["hyper_parameters"]
-    assert (hyper_parameters["ema"], hyper_parameters["augment"], saved_state(tmp_path)["global_step"]) == (0.0,
-                                                                                                          "none", 4)
+    state = saved_state(tmp_path)
+    assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"], state["global_step"]) == (0.0,
+                                                                                                            "none", 4)
+    assert state["changes"] == []
+    assert not (tmp_path / "Model" / "G_ema.safetensors").exists()
+
+
+def test_ema_and_augment_turned_on_when_continuing_start_g_ema_from_g_and_are_recorded(trained, faces_dir, tmp_path,
+                                                                                      monkeypatch, capsys):
+    old_checkpoint(trained, tmp_path)
+    loaded = load_file(str(tmp_path / "Model" / "G.safetensors"))
+    monkeypatch.setattr(Train.MovingAverage, "update", lambda self: None)  # G_ema stays where it started
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--ema", "0.5", "--augment",
+                          "translation"))
+    assert "Continuing with --ema 0.5 (until now 0.0), --augment translation (until now none) from step 2: " \
+           "G_ema starts as a copy of G." in capsys.readouterr().out
+    state = saved_state(tmp_path)
+    assert state["changes"] == [{"step": 2, "ema": 0.5, "augment": "translation"}]
+    assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"]) == (0.5, "translation")
+    g_ema = load_file(str(tmp_path / "Model" / "G_ema.safetensors"))
+    assert g_ema.keys() == loaded.keys() and all(np.array_equal(g_ema[key], loaded[key]) for key in loaded)
+
+
+def test_ema_turned_off_when_continuing_leaves_g_ema_out_and_other_changes_are_refused(ema_model, faces_dir, tmp_path,
+                                                                                       capsys):
+    subprocess.run(["cp", "-a", str(ema_model), str(tmp_path / "Model")], check=True)
+    with pytest.raises(UserError, match=r"--batch-size 8 \(checkpoint: 4\)"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--ema", "0", "--batch-size", "8"))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--ema", "0"))
+    assert "Continuing with --ema 0.0 (until now 0.9) from step 2: G_ema is left out of the next checkpoint." \
+           in capsys.readouterr().out
+    assert saved_state(tmp_path)["changes"] == [{"step": 2, "ema": 0.0}]
     assert not (tmp_path / "Model" / "G_ema.safetensors").exists()
 
 

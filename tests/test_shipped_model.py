@@ -39,8 +39,9 @@ def test_state_json_says_how_the_model_was_trained():
     assert state["epochs_done"] >= 1 and state["batches_done"] == 0  # ends on an epoch boundary
     assert len(state["losses"]["g"]) == state["global_step"] == state["epochs_done"] * state["steps_per_epoch"]
     # A model trained before --ema and --augment existed continues with both off, as it was trained.
-    settled = Train.settle_hyper_parameters(Train.parse_args([]), RunState.from_json(state, MODEL / "state.json"))
-    assert settled == {"ema": 0.0, "augment": "none", **state["hyper_parameters"]}
+    settled, changed = Train.settle_hyper_parameters(Train.parse_args([]),
+                                                     RunState.from_json(state, MODEL / "state.json"))
+    assert settled == {"ema": 0.0, "augment": "none", **state["hyper_parameters"]} and changed == {}
     assert set(settled) == set(Train.HYPER_PARAMETERS)
 
 

@@ -54,9 +54,10 @@ def test_spread_measures_how_much_samples_differ():
 def test_state_json_records_progress_hyper_parameters_losses_and_versions(trained):
     state = json.loads((trained[0] / "Model" / "state.json").read_text())
     assert (state["epochs_done"], state["batches_done"], state["global_step"]) == (1, 0, 2)
-    assert state["hyper_parameters"] == {"batch_size": 4, "lr": 2e-4, "beta1": 0.8, "g_steps": 2,
-                                         "init": "paddle", "d_input_bn": True, "ema": 0.0, "augment": "none",
-                                         "seed": 5}
+    defaults = {name: hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
+    assert state["hyper_parameters"] == defaults | {"batch_size": 4, "seed": 5}
+    assert set(state["hyper_parameters"]) == {"batch_size", "lr", "beta1", "g_steps", "init", "d_input_bn", "ema",
+                                              "augment", "seed"}
     assert all(len(values) == 2 for values in state["losses"].values())
     assert set(state["versions"]) == {"paddle", "numpy", "python"}
 
@@ -157,7 +158,7 @@ def test_a_missing_data_folder_is_one_sentence_not_a_traceback(tmp_path):
 
 
 def test_too_few_images_for_one_batch_is_explained(faces_dir, tmp_path):
-    with pytest.raises(UserError, match="do not fill one batch of 100"):
+    with pytest.raises(UserError, match="do not fill one batch of 32"):
         Train.main(["--data", str(faces_dir), "--model-dir", str(tmp_path / "Model"), "--device", "cpu"])
 
 
@@ -200,7 +201,8 @@ def test_the_dcgan_stabilisers_are_recorded_and_kept_on_resume(faces_dir, tmp_pa
 def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses():
     import re
 
-    rows = dict(re.findall(r"^\| `(--[\w-]+)` \| ([^|]+?) \|", (ROOT / "README.md").read_text(), re.M))
+    section = (ROOT / "README.md").read_text().split("## Hyper-parameters\n")[1].split("\n## ")[0]
+    rows = dict(re.findall(r"^\| `(--[\w-]+)` \| ([^|]+?) \|", section, re.M))
     defaults = {"--" + name.replace("_", "-"): hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
     defaults["--epochs"] = Train.parse_args([]).epochs
     shown = {flag: value for flag, value in rows.items() if flag in defaults}

@@ -301,7 +301,15 @@ class MovingAverage:
     weights (about the last 1 / (1 - decay) updates). G itself swings back and forth as it plays
     against D; the average damps the swings, and in many GANs it draws better samples than G does
     (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training",
-    https://arxiv.org/abs/1806.04498)."""
+    https://arxiv.org/abs/1806.04498).
+
+    Its BatchNorm running statistics are not averaged: before G_ema is saved they are measured
+    anew on G_ema's own activations (fit_batch_norm_statistics). G's statistics, copied instead,
+    describe another network's activations, and measured worse (README.md, "Making the recipe
+    learn on a CPU")."""
+
+    STATISTICS_BATCHES = 40  # batches of noise the statistics are averaged over
+    STATISTICS_BATCH_SIZE = 64
 
     def __init__(self, G, decay):
         self.decay = decay
@@ -311,7 +319,6 @@ class MovingAverage:
         averages = dict(self.G_ema.named_parameters())
         # BatchNorm's running statistics are parameters with stop_gradient set, not weights.
         self.weights = [(averages[name], p) for name, p in G.named_parameters() if not p.stop_gradient]
-        self.statistics = [(averages[name], p) for name, p in G.named_parameters() if p.stop_gradient]
         for average in averages.values():
             average.stop_gradient = True
 
@@ -322,15 +329,25 @@ class MovingAverage:
     def update(self):
         for average, current in self.weights:
             paddle.assign(average * self.decay + current * (1 - self.decay), output=average)
-        self.follow_batch_norm_statistics()
 
-    def follow_batch_norm_statistics(self):
-        """G_ema's BatchNorm running means and variances: a copy of G's, the simplest choice. They
-        describe the activations of G's weights, near G_ema's but not the same; recomputing them
-        (G_ema run in training mode on a few batches of noise before it draws) would fit them to
-        the average, and would go here."""
-        for average, current in self.statistics:
-            paddle.assign(current, output=average)
+    @paddle.no_grad()
+    def fit_batch_norm_statistics(self, seed):
+        """Set each BatchNorm's running mean and variance of G_ema to the average of its batch
+        statistics over STATISTICS_BATCHES batches of noise drawn from seed: a function of G_ema's
+        weights and the seed alone, so a resumed run saves the same statistics."""
+        norms = [layer for layer in self.G_ema.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+        momentum = {layer: layer._momentum for layer in norms}
+        rng = np.random.default_rng([seed, 0xB17])
+        self.G_ema.train()
+        try:
+            for batch in range(self.STATISTICS_BATCHES):
+                for layer in norms:
+                    layer._momentum = batch / (batch + 1)  # running = mean of the batches so far
+                self.G_ema(paddle.to_tensor(Utils.random_noise(rng, self.STATISTICS_BATCH_SIZE)))
+        finally:
+            self.G_ema.eval()
+            for layer, value in momentum.items():
+                layer._momentum = value
 
 
 def step_seed(seed, rank, step):
@@ -686,6 +703,8 @@ def say(session, message):
 def checkpoint(session, started):
     session.state.wall_seconds = round(time.time() - started, 1)
     if session.procs.writer:
+        if session.ema:
+            session.ema.fit_batch_norm_statistics(session.state.hyper_parameters["seed"])
         session.folder.save(session.networks, session.optimizers, session.state, session.scalers)
     session.last_saved = session.state.where()
     session.procs.wait_for_all()  # nobody leaves before rank 0's checkpoint is on disk

@@ -42,7 +42,7 @@ def stamp(path):
 
 # ------------------------------------------------------------------------------ the average
 
-def test_g_ema_moves_each_weight_by_one_minus_decay_towards_g_and_copies_batch_norm_statistics():
+def test_g_ema_moves_each_weight_by_one_minus_decay_towards_g_and_leaves_its_statistics_alone():
     paddle.seed(0)
     G = Generator()
     average = Train.MovingAverage(G, decay=0.9)
@@ -55,9 +55,30 @@ def test_g_ema_moves_each_weight_by_one_minus_decay_towards_g_and_copies_batch_n
     statistics = [name for name in after if name.endswith(("._mean", "._variance"))]
     assert len(statistics) == 12 and len(after) - len(statistics) == 26
     for name in after:
-        expected = trained[name].numpy() if name in statistics else 0.9 * before[name] + 0.1 * trained[name].numpy()
+        expected = before[name] if name in statistics else 0.9 * before[name] + 0.1 * trained[name].numpy()
         np.testing.assert_allclose(after[name].numpy(), expected, rtol=1e-6, atol=1e-6, err_msg=name)
     assert all(parameter.stop_gradient for parameter in average.G_ema.parameters())  # never trained
+
+
+def test_g_ema_statistics_are_the_mean_of_its_own_batch_statistics_and_depend_on_the_seed_alone(monkeypatch):
+    monkeypatch.setattr(Train.MovingAverage, "STATISTICS_BATCHES", 3)
+    monkeypatch.setattr(Train.MovingAverage, "STATISTICS_BATCH_SIZE", 8)
+    paddle.seed(0)
+    average = Train.MovingAverage(Generator(), decay=0.9)
+    name, first_norm = next((name, layer) for name, layer in average.G_ema.named_sublayers()
+                            if isinstance(layer, paddle.nn.BatchNorm2D))
+    inputs = []
+    first_norm.register_forward_pre_hook(lambda layer, args: inputs.append(args[0].numpy()))
+    average.fit_batch_norm_statistics(seed=7)
+    assert len(inputs) == 3 and not average.G_ema.training and first_norm._momentum == 0.5
+    batch_means = [batch.mean(axis=(0, 2, 3)) for batch in inputs]
+    np.testing.assert_allclose(first_norm._mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-5, atol=1e-6)
+    fitted = {name: value.numpy() for name, value in average.G_ema.state_dict().items()}
+    paddle.seed(123)  # Paddle's own generator plays no part
+    average.fit_batch_norm_statistics(seed=7)
+    assert all(np.array_equal(value.numpy(), fitted[name]) for name, value in average.G_ema.state_dict().items())
+    average.fit_batch_norm_statistics(seed=8)
+    assert not np.array_equal(first_norm._mean.numpy(), fitted[f"{name}._mean"])
 
 
 def test_the_checkpoint_holds_g_ema_stamped_as_g_and_state_json_the_recipe(ema_model):
@@ -151,7 +172,8 @@ def test_ema_and_augment_turned_on_when_continuing_start_g_ema_from_g_and_are_re
     assert state["changes"] == [{"step": 2, "ema": 0.5, "augment": "translation"}]
     assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"]) == (0.5, "translation")
     g_ema = load_file(str(tmp_path / "Model" / "G_ema.safetensors"))
-    assert g_ema.keys() == loaded.keys() and all(np.array_equal(g_ema[key], loaded[key]) for key in loaded)
+    weights = [key for key in loaded if not key.endswith(("._mean", "._variance"))]  # statistics are refitted
+    assert g_ema.keys() == loaded.keys() and all(np.array_equal(g_ema[key], loaded[key]) for key in weights)
 
 
 def test_ema_turned_off_when_continuing_leaves_g_ema_out_and_other_changes_are_refused(ema_model, faces_dir, tmp_path,

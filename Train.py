@@ -14,9 +14,10 @@ survive crashes); sample grids and the loss curve go to --output.
 
 Per batch, as the original: one discriminator update on a batch of generated faces alone
 (label 0), one on the real batch alone (label 1), then --g-steps generator updates, each on fresh
-noise, with label 1. Loss: softmax cross entropy over D's two logits. Two additions, both off by
-default: --augment passes every batch D sees, real or generated, through DiffAugment (Augment.py),
-and --ema keeps G_ema, a moving average of G's weights, saved beside G for Run.py to draw with.
+noise, with label 1. Loss: softmax cross entropy over D's two logits. Two additions, both on by
+default because together they measured best on a CPU: --augment passes every batch D sees, real
+or generated, through DiffAugment (Augment.py), and --ema keeps G_ema, a moving average of G's
+weights, saved beside G for Run.py to draw with. --brief trains the original's recipe exactly.
 
 Every step draws its randomness (noise, dropout, augmentation) from a seed derived from
 (--seed, step) and every epoch's order from (--seed, epoch), so a resumed run goes on exactly as
@@ -95,8 +96,9 @@ class HyperParameter:
 
 
 # A checkpoint written before a hyper-parameter existed trained with its brief value (the
-# original had no --ema and no --augment). README.md, "Making the recipe learn on a CPU", gives the
-# measurements behind each default that differs from the brief.
+# original had no --ema and no --augment), and continues with the default of a changeable one.
+# README.md, "Making the recipe learn on a CPU", gives the measurements behind each default that
+# differs from the brief.
 HYPER_PARAMETERS = {
     "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
     "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of both networks", learning_rate),
@@ -106,12 +108,12 @@ HYPER_PARAMETERS = {
                            choices=("dcgan", "paddle")),
     "d_input_bn": HyperParameter(False, True, "BatchNorm in D's first block, as the original; "
                                               "--no-d-input-bn leaves it out, as DCGAN does"),
-    "ema": HyperParameter(0.0, 0.0, "decay of G_ema, a moving average of G's weights saved beside G, which Run.py "
-                                    "draws with; it averages about 1 / (1 - decay) G updates; 0: no G_ema; may "
-                                    "change when continuing a checkpoint", below_one, changeable=True),
-    "augment": HyperParameter(Augment.NONE, Augment.NONE, "DiffAugment policy for every batch D sees: none, or any "
-                                                          "of color, translation, cutout joined by commas; may "
-                                                          "change when continuing a checkpoint",
+    "ema": HyperParameter(0.998, 0.0, "decay of G_ema, a moving average of G's weights saved beside G, which "
+                                      "Run.py draws with; it averages about 1 / (1 - decay) G updates; 0: no "
+                                      "G_ema; may change when continuing a checkpoint", below_one, changeable=True),
+    "augment": HyperParameter(",".join(Augment.POLICIES), Augment.NONE,
+                              "DiffAugment policy for every batch D sees: none, or any of color, translation, "
+                              "cutout joined by commas; may change when continuing a checkpoint",
                               augment_policy, changeable=True),
     "seed": HyperParameter(None, None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
                            seed_number),
@@ -500,6 +502,8 @@ def settle_hyper_parameters(args, state):
     settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
+        if given is None and hp.changeable and state and name not in state.hyper_parameters:
+            given = hp.default  # a checkpoint from before this flag goes on with today's default
         settled[name] = given if given is not None else saved.get(name, hp.default)
         if not state or given is None or given == saved[name]:
             continue

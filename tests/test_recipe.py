@@ -1,6 +1,6 @@
 """Train.py --ema and --augment: G_ema follows G as its moving average and is saved, stamped and
 resumed with the checkpoint; DiffAugment runs in every D pass; both are recorded hyper-parameters,
-off by default and for checkpoints from before them; Run.py, Evaluate.py and Figures.py draw with
+on by default, changeable when continuing, and off under --brief; Run.py, Evaluate.py and Figures.py draw with
 G_ema when it is there and with G under --raw-g."""
 import Utils
 from Utils import UserError
@@ -140,8 +140,9 @@ def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly
 
 
 def old_checkpoint(trained, tmp_path):
-    """A copy of the trained model folder whose state.json is from before --ema and --augment."""
+    """A copy of the trained model folder as written before --ema and --augment existed."""
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    (tmp_path / "Model" / "G_ema.safetensors").unlink(missing_ok=True)
     state = json.loads((tmp_path / "Model" / "state.json").read_text())
     for name in ("ema", "augment"):
         del state["hyper_parameters"][name]
@@ -149,14 +150,25 @@ def old_checkpoint(trained, tmp_path):
     return state
 
 
-def test_a_checkpoint_from_before_ema_and_augment_continues_with_both_off(trained, faces_dir, tmp_path):
+def test_a_checkpoint_from_before_ema_and_augment_continues_with_todays_defaults_recorded(trained, faces_dir,
+                                                                                         tmp_path, capsys):
     old_checkpoint(trained, tmp_path)
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
+    assert "Continuing with --ema 0.998 (until now 0.0), --augment color,translation,cutout (until now none) " \
+           "from step 2: G_ema starts as a copy of G." in capsys.readouterr().out
     state = saved_state(tmp_path)
-    assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"], state["global_step"]) == (0.0,
-                                                                                                            "none", 4)
-    assert state["changes"] == []
-    assert not (tmp_path / "Model" / "G_ema.safetensors").exists()
+    assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"]) == (0.998,
+                                                                                      "color,translation,cutout")
+    assert state["changes"] == [{"step": 2, "ema": 0.998, "augment": "color,translation,cutout"}]
+    assert state["global_step"] == 4 and (tmp_path / "Model" / "G_ema.safetensors").exists()
+
+
+def test_brief_flags_continue_a_checkpoint_from_before_ema_and_augment_with_both_off(trained, faces_dir, tmp_path):
+    old_checkpoint(trained, tmp_path)
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--ema", "0", "--augment", "none"))
+    state = saved_state(tmp_path)
+    assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"]) == (0.0, "none")
+    assert state["changes"] == [] and not (tmp_path / "Model" / "G_ema.safetensors").exists()
 
 
 def test_ema_and_augment_turned_on_when_continuing_start_g_ema_from_g_and_are_recorded(trained, faces_dir, tmp_path,

@@ -121,6 +121,11 @@ HYPER_PARAMETERS = {
 BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
 
+def trained_with(state):
+    """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet."""
+    return {**BRIEF, **state.hyper_parameters}
+
+
 def add_hyper_parameters(parser):
     """One flag per hyper-parameter, defaulting to None so a resume can tell "not given" from
     "given"; the help says the real default once."""
@@ -498,7 +503,7 @@ def settle_hyper_parameters(args, state):
     checkpoint's, since mixing them would train a model neither setting describes, except the
     changeable ones (--ema, --augment), whose change is recorded in state.changes. Returns the
     hyper-parameters and the changed ones."""
-    saved = {**BRIEF, **state.hyper_parameters} if state else {}  # a key it lacks did not exist yet
+    saved = trained_with(state) if state else {}
     settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
@@ -542,7 +547,7 @@ def open_model_folder(args):
         state = folder.read_state()
     hp, changed = settle_hyper_parameters(args, state)
     if changed:
-        before = {**BRIEF, **state.hyper_parameters}
+        before = trained_with(state)
         ema = ("" if "ema" not in changed or bool(changed["ema"]) == bool(before["ema"])
                else ": G_ema starts as a copy of G" if changed["ema"] else ": G_ema is left out of the next checkpoint")
         print("Continuing with " + ", ".join(f"--{name} {value} (until now {before[name]})"
@@ -580,7 +585,7 @@ def load_checkpoint(session, saved):
     sent by rank 0 into a temporary folder of its own, so that on several machines the model
     folder need only be on rank 0's. Returns whether Adam's state was there."""
     procs, networks = session.procs, session.networks
-    ema_saved = {**BRIEF, **saved.hyper_parameters}["ema"]
+    ema_saved = trained_with(saved)["ema"]
     if session.ema and not ema_saved:  # --ema turned on for this checkpoint: G_ema starts as the loaded G
         del networks["G_ema"]
     files = procs.from_writer(session.folder.checkpoint_bytes() if procs.writer and procs.world_size > 1 else None)

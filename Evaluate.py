@@ -12,6 +12,13 @@ they are (MS-SSIM), and whether it copies its training faces (nearest neighbours
   used it to detect mode collapse: higher means more alike; a collapsed generator nears 1.
 - Memorisation: for 64 generated faces, the pixel distance to the nearest training face, beside the
   same distance for real faces the model never saw. A generator that copies its data sits closer.
+- Spread: the per-pixel standard deviation across the faces, in grey levels (real faces about 65,
+  a collapsed generator near 0), as Train.py reports it for its sample grids.
+
+--history FILE adds the measurement to a JSON record of a training run, keyed by the checkpoint's
+step (with --real-b: the run's floor), from which Figures.py draws the curve of SWD and MS-SSIM:
+
+    python Evaluate.py --model-dir Model --real held_out/ --train DataSet/faces --history Model/evaluations.json
 
 The generator measured is G_ema.safetensors where --model-dir has it (Train.py --ema), else
 G.safetensors; --raw-g measures G.safetensors in any case.
@@ -22,11 +29,13 @@ left, beside its nearest training face, right).
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import convolve1d
 
 import Files
+from Checkpoint import ModelFolder
 from Reader import DataSetError, FaceDataset
 
 SWD_LEVELS = 4            # 96, 48, 24, 12 px
@@ -210,7 +219,46 @@ def evaluate(candidates, real, train, seed):
     _, real_distance = nearest(real[:NEAREST_COUNT], train, skip_identical=True)
     metrics["nearest_median_candidates"] = float(np.median(distance))
     metrics["nearest_median_real"] = float(np.median(real_distance))
+    metrics["spread_candidates"] = Utils.sample_spread(candidates)
+    metrics["spread_real"] = Utils.sample_spread(real)
     return metrics, shown, train[index]
+
+
+def checkpoint_state(model_dir):
+    """The RunState of the checkpoint in model_dir, which says the step to file its evaluation under."""
+    state = ModelFolder(model_dir).read_state()
+    if state is None:
+        raise Utils.UserError(f"{model_dir} has no state.json, so its evaluation has no step to be filed under "
+                              f"in --history: give the folder Train.py wrote, or leave out --history.")
+    return state
+
+
+def read_history(path):
+    """The history file Evaluate.py --history writes: {"floor": metrics or None, "evaluations": [...]}."""
+    try:
+        history = Files.read_json(path)
+    except (OSError, ValueError) as error:
+        raise Utils.UserError(f"{path} cannot be read as an evaluation history ({error}).") from None
+    if not (isinstance(history, dict) and isinstance(history.get("evaluations"), list)):
+        raise Utils.UserError(f"{path} is not an evaluation history: Evaluate.py --history writes an object with "
+                              f"a list of evaluations; give a new file's name instead.")
+    return history
+
+
+def add_to_history(path, metrics, model_dir=None):
+    """Put metrics into the history file at path: as the floor (a second real set: model_dir None),
+    or as the evaluation of model_dir's checkpoint, in place of an earlier one of the same step."""
+    path = Path(path)
+    history = read_history(path) if path.exists() else {"floor": None, "evaluations": []}
+    if model_dir is None:
+        history["floor"] = metrics
+    else:
+        state = checkpoint_state(model_dir)
+        entry = {"step": state.global_step, "epochs_done": state.epochs_done, "batches_done": state.batches_done,
+                 "images": state.images, **metrics}
+        others = [old for old in history["evaluations"] if old["step"] != state.global_step]
+        history["evaluations"] = sorted(others + [entry], key=lambda old: old["step"])
+    Files.write_json(history, path)
 
 
 def parse_args(argv=None):
@@ -226,6 +274,8 @@ def parse_args(argv=None):
     parser.add_argument("--n", type=int, default=1000, help=f"faces on each side, at least {FEWEST_FACES}")
     parser.add_argument("--seed", type=int, default=0, help="seed of noise, patches, projections and pairs, 0 or more")
     parser.add_argument("--output", default="Eval", help="folder for metrics.json and nearest.png")
+    parser.add_argument("--history", help="also add the metrics to this JSON file, under the checkpoint's step "
+                                          "(with --real-b: as the floor), for Figures.py's curve")
     args = parser.parse_args(argv)
     if args.n < FEWEST_FACES:
         parser.error(f"--n must be at least {FEWEST_FACES}, not {args.n}: MS-SSIM compares pairs of different faces")
@@ -259,9 +309,16 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=Fa
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.history:  # its mistakes before minutes of measuring
+        if Path(args.history).exists():
+            read_history(args.history)
+        if not args.real_b:
+            checkpoint_state(args.model_dir)
     metrics = measure_model(args.model_dir, args.real, args.train, args.n, args.seed, args.output, args.real_b,
                             args.raw_g)
     print(format_table(metrics))
+    if args.history:
+        add_to_history(args.history, metrics, None if args.real_b else args.model_dir)
 
 
 def nearest_picture(shown, neighbours, pairs_per_row=8):
@@ -277,7 +334,8 @@ def format_table(metrics):
             ("SWD x1e3, 12 px", "swd_12px"), ("SWD x1e3, mean", "swd_mean"),
             ("MS-SSIM within candidates", "ms_ssim_candidates"), ("MS-SSIM within real", "ms_ssim_real"),
             ("median nearest-train distance, candidates", "nearest_median_candidates"),
-            ("median nearest-train distance, real", "nearest_median_real")]
+            ("median nearest-train distance, real", "nearest_median_real"),
+            ("spread, candidates", "spread_candidates"), ("spread, real", "spread_real")]
     width = max(len(label) for label, _ in rows)
     lines = [f"{metrics['candidates']} against {metrics['real']}, n = {metrics['n']}"]
     lines += [f"{label:<{width}}  {metrics[key]:10.4f}" for label, key in rows]

@@ -9,7 +9,9 @@
 - loss.png: the loss curve of the whole training run, from Model/state.json;
 - progress.gif: the fixed-noise grids that Train.py wrote during training (--progress: its
   --output folder), at most 16 frames evenly spaced, at half size;
-- nearest.png and metrics.json: Evaluate.py's memorisation picture and metrics (--train, --real).
+- nearest.png and metrics.json: Evaluate.py's memorisation picture and metrics (--train, --real);
+- evaluations.png: SWD and MS-SSIM of every checkpoint of the training run that Evaluate.py
+  --history recorded in the model folder's evaluations.json, beside the real faces' (if the file is there).
 
 Every picture is drawn by G_ema.safetensors where the model folder has it (Train.py --ema), else by
 G.safetensors; --raw-g takes G.safetensors in any case. figures.json records which, the seed and
@@ -33,6 +35,7 @@ STRIP_STEPS = 20    # 0.05, 0.10, ..., 1.00, as the original's strips
 STRIP_ROWS = 3      # base vectors shown per strip picture
 MEASURE_BASES = 16  # base vectors averaged over when measuring a dimension
 AVATARS = 64        # avatars.png's 8x8, drawn first
+HISTORY_FILE = "evaluations.json"  # in the model folder: Evaluate.py --history of its training run
 
 
 def hair_mask(size=IMAGE_SIZE):
@@ -124,6 +127,37 @@ def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
     return len(images)
 
 
+def save_evaluation_curve(history, shipped_step, path):
+    """SWD and MS-SSIM at every evaluated checkpoint, with the real-vs-real floor and the goals
+    (SWD at most 2x the floor, MS-SSIM at most 1.1x the real faces'), the shipped step marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluations, floor = history["evaluations"], history.get("floor")
+    steps = [entry["step"] for entry in evaluations]
+    figure, (swd_axes, ssim_axes) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    for axes, key, label, reference, goal in [
+            (swd_axes, "swd_mean", "SWD x1e3, mean of 4 scales (lower is closer)",
+             floor and floor["swd_mean"], 2),
+            (ssim_axes, "ms_ssim_candidates", "MS-SSIM of random pairs (lower is more varied)",
+             floor and floor["ms_ssim_real"], 1.1)]:
+        measured = [(step, entry[key]) for step, entry in zip(steps, evaluations) if key in entry]
+        axes.plot(*zip(*measured), "o-", color="tab:blue", label="generator")
+        if reference:
+            axes.axhline(reference, color="tab:green", linestyle="--", label="real faces")
+            axes.axhline(goal * reference, color="tab:green", linestyle=":", label=f"goal: {goal}x real")
+        axes.axvline(shipped_step, color="tab:orange", alpha=0.6, label="shipped")
+        axes.set_xlabel("training step")
+        axes.set_title(label, fontsize=10)
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -173,6 +207,9 @@ def main(argv=None):
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
     frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
+    history_file = Path(args.model_dir) / HISTORY_FILE
+    if history_file.exists():
+        save_evaluation_curve(Evaluate.read_history(history_file), state.global_step, output / "evaluations.png")
     metrics = Evaluate.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
                                      raw_g=args.raw_g)
     print(Evaluate.format_table(metrics))

@@ -364,12 +364,6 @@ def step_seed(seed, rank, step):
 
 # ---------------------------------------------------------------------------------------- outputs
 
-def sample_spread(images):
-    """Per-pixel standard deviation across samples, in grey levels, averaged over the pixels: about
-    65 for real faces, near 0 when G draws one picture for every noise vector (mode collapse)."""
-    return float(images.astype(np.float32).std(axis=0).mean())
-
-
 def save_sample_grid(G, fixed_noise, path, title):
     """An 8x8 grid of what G makes of the fixed noise, titled like the original's plus the
     samples' spread; returns the spread and the grid without its title."""
@@ -380,7 +374,7 @@ def save_sample_grid(G, fixed_noise, path, title):
     G.eval()
     samples = Utils.generate(G, fixed_noise)
     G.train()
-    spread = sample_spread(samples)
+    spread = Utils.sample_spread(samples)
     title += f"  spread {spread:.1f}"
     grid = Utils.tile_images(samples, GRID_SIDE, GRID_SIDE)
     height, width, _ = grid.shape
@@ -636,6 +630,8 @@ class Session:
     train_D: object = None
     stop: object = None  # the StopRequest of the loop
     visualdl: VisualDLLog = None  # --visualdl's log on rank 0; None elsewhere and without the flag
+    stretch: dict = None  # this run's entry in state.stretches
+    cpu_started: float = 0.0  # time.process_time() when this run began
 
     @property
     def networks(self):
@@ -672,6 +668,7 @@ def build_networks(hp, device, world_size):
 
 
 def set_up(args):
+    cpu_started = time.process_time()
     procs = Processes()
     device = Utils.choose_device(args.device)
     if args.amp and device != "gpu":
@@ -682,7 +679,7 @@ def set_up(args):
     G, D, opt_g, opt_d = build_networks(hp, device, procs.world_size)
     state = saved or RunState(hyper_parameters=hp)
     session = Session(args, procs, folder, state, dataset, loader, G, D, opt_g, opt_d,
-                      amp=MixedPrecision() if args.amp else None, step_seconds=[],
+                      amp=MixedPrecision() if args.amp else None, step_seconds=[], cpu_started=cpu_started,
                       ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
                       fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2))
     if saved:
@@ -692,7 +689,15 @@ def set_up(args):
                      f"done (step {saved.global_step})"
                      + ("." if with_adam else "; no usable optimizer state there, so Adam starts afresh."))
     state.run, state.hyper_parameters = run, hp  # after loading, which checks the files' stamps
+    if saved and saved.data and (saved.data, saved.images) != (str(args.data), len(dataset)):
+        state.changes.append({"step": state.global_step, "data": str(args.data), "images": len(dataset)})
+        say(session, f"Continuing on {len(dataset)} faces in {args.data} (until now {saved.images} in {saved.data}).")
     state.data, state.images, state.steps_per_epoch = str(args.data), len(dataset), len(loader.batch_sampler)
+    # What this stretch of training costs, kept beside the earlier ones: a model's CPU-hours add up.
+    session.stretch = {"from_step": state.global_step, "to_step": state.global_step,
+                       "machine": Utils.machine_name(device), "processes": procs.world_size,
+                       "threads": Utils.cpu_threads(), "cpu_seconds": 0.0}
+    state.stretches.append(session.stretch)
     state.versions = {"paddle": paddle.__version__, "numpy": np.__version__, "python": platform.python_version()}
     say(session, f"Training on {device} ({procs.world_size} process(es)"
                  + (f", {session.amp.dtype} mixed precision" if session.amp else "") + f"), {len(dataset)} faces, "
@@ -711,6 +716,8 @@ def say(session, message):
 
 def checkpoint(session, started):
     session.state.wall_seconds = round(time.time() - started, 1)
+    session.stretch.update(to_step=session.state.global_step,
+                           cpu_seconds=round(time.process_time() - session.cpu_started, 1))
     if session.procs.writer:
         if session.ema:
             session.ema.fit_batch_norm_statistics(session.state.hyper_parameters["seed"])

@@ -17,16 +17,22 @@ import warnings
 from pathlib import Path
 
 
-def cpu_vendor():
-    """The processor's maker as the CPU reports it: "AuthenticAMD", "GenuineIntel", ... or ""."""
+def _cpuinfo(key):
+    """A line of Linux's /proc/cpuinfo, e.g. "vendor_id"; elsewhere what Python knows of the
+    processor, e.g. "AMD64 Family 25 Model 97, AuthenticAMD" on Windows."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("vendor_id"):
+                if line.split(":", 1)[0].strip() == key:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor()  # elsewhere, e.g. "AMD64 Family 25 Model 97, AuthenticAMD" on Windows
+    return platform.processor()
+
+
+def cpu_vendor():
+    """The processor's maker as the CPU reports it: "AuthenticAMD", "GenuineIntel", ... or ""."""
+    return _cpuinfo("vendor_id")
 
 
 def set_up_cpu():
@@ -104,6 +110,17 @@ def run_main(main):
 
 # ---------------------------------------------------------------------------------------- device
 
+def machine_name(device):
+    """What a training run computes on, for a model's record: the CPU model, and the GPU's on GPUs."""
+    name = _cpuinfo("model name") or "unknown CPU"
+    if Path("/proc/cpuinfo").exists():  # virtual machines often shorten the name to "AMD EPYC"
+        name += f" (family {_cpuinfo('cpu family')}, model {_cpuinfo('model')})"
+    name += f", {os.cpu_count()} cores"
+    if device == "gpu":
+        name += f"; GPU {paddle.device.cuda.get_device_name()}"
+    return name
+
+
 def choose_device(choice="auto"):
     """Select and return "gpu" or "cpu". "auto" takes the GPU when Paddle was built with CUDA and
     one is visible."""
@@ -138,6 +155,12 @@ def to_uint8_images(images):
         images = images.numpy()
     pixels = np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5)
     return np.clip(pixels, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def sample_spread(images):
+    """Per-pixel standard deviation across uint8 images, in grey levels, averaged over the pixels:
+    about 65 for real faces, near 0 when G draws one picture for every noise vector (mode collapse)."""
+    return float(images.astype(np.float32).std(axis=0).mean())
 
 
 def tile_images(images, rows, cols):

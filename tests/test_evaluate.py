@@ -6,6 +6,8 @@ import pytest
 from PIL import Image
 
 import Evaluate
+import Files
+from Checkpoint import RunState
 from conftest import SHARED_DATA, run_script
 
 
@@ -137,3 +139,51 @@ def test_a_folder_of_one_face_asks_for_more_faces_not_a_lower_n(faces_dir, tmp_p
     message = refused(run_script("Evaluate.py", "--real", tmp_path / "one", "--real-b", faces_dir, "--n", 2,
                                  "--output", tmp_path / "out", check=False))
     assert message.endswith("holds only 1 face, and MS-SSIM needs pairs: put at least 2 faces in it.")
+
+
+def fake_checkpoint(folder, step):
+    """A model folder whose state.json says step: all that --history reads of it."""
+    folder.mkdir(exist_ok=True)
+    Files.write_json(RunState(hyper_parameters={}, global_step=step, epochs_done=step // 10, batches_done=step % 10,
+                              images=100).to_json(), folder / "state.json")
+    return folder
+
+
+def test_history_keeps_one_evaluation_per_step_in_step_order_and_the_floor_apart(tmp_path):
+    history = tmp_path / "evaluations.json"
+    Evaluate.add_to_history(history, {"swd_mean": 50.0}, fake_checkpoint(tmp_path / "late", 25))
+    Evaluate.add_to_history(history, {"swd_mean": 90.0}, fake_checkpoint(tmp_path / "early", 10))
+    Evaluate.add_to_history(history, {"swd_mean": 40.0}, fake_checkpoint(tmp_path / "late", 25))  # measured again
+    Evaluate.add_to_history(history, {"swd_mean": 14.0})
+    saved = json.loads(history.read_text())
+    assert saved["floor"] == {"swd_mean": 14.0}
+    assert saved["evaluations"] == [
+        {"step": 10, "epochs_done": 1, "batches_done": 0, "images": 100, "swd_mean": 90.0},
+        {"step": 25, "epochs_done": 2, "batches_done": 5, "images": 100, "swd_mean": 40.0}]
+
+
+def test_evaluate_adds_its_metrics_and_the_spread_to_the_history(trained, faces_dir, tmp_path):
+    history = tmp_path / "evaluations.json"
+    run_script("Evaluate.py", "--model-dir", trained[0] / "Model", "--real", faces_dir, "--n", 4,
+               "--output", tmp_path / "out", "--history", history)
+    run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 4,
+               "--output", tmp_path / "floor", "--history", history)
+    saved = json.loads(history.read_text())
+    [entry] = saved["evaluations"]
+    assert (entry["step"], entry["epochs_done"]) == (2, 1)
+    assert entry["swd_mean"] == json.loads((tmp_path / "out" / "metrics.json").read_text())["swd_mean"]
+    assert entry["spread_candidates"] > 0 and entry["spread_real"] > 20
+    assert saved["floor"]["candidates"] == str(faces_dir)
+
+
+def test_history_mistakes_are_refused_in_one_sentence_before_any_measuring(faces_dir, tmp_path):
+    (tmp_path / "notes.json").write_text("[1, 2]")
+    message = refused(run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 2,
+                                 "--output", tmp_path / "out", "--history", tmp_path / "notes.json", check=False))
+    assert "is not an evaluation history" in message
+    (tmp_path / "weights only").mkdir()
+    message = refused(run_script("Evaluate.py", "--model-dir", tmp_path / "weights only", "--real", faces_dir,
+                                 "--n", 2, "--output", tmp_path / "out", "--history", tmp_path / "new.json",
+                                 check=False))
+    assert "has no state.json" in message
+    assert not (tmp_path / "out").exists()

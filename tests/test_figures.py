@@ -77,3 +77,15 @@ def test_without_state_json_the_error_is_one_sentence(trained, faces_dir, tmp_pa
                         check=False)
     assert result.returncode == 2
     assert "state.json does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_evaluation_curve_shows_every_evaluated_step_beside_the_floor(tmp_path):
+    history = {"floor": {"swd_mean": 14.4, "ms_ssim_real": 0.244},
+               "evaluations": [{"step": 296, "swd_mean": 178.2, "ms_ssim_candidates": 0.781},
+                               {"step": 1480, "swd_mean": 76.4, "ms_ssim_candidates": 0.479},
+                               {"step": 2000, "swd_mean": 60.0}]}  # a measurement without MS-SSIM
+    Figures.save_evaluation_curve(history, 1480, tmp_path / "evaluations.png")
+    with Image.open(tmp_path / "evaluations.png") as picture:
+        assert picture.size == (1100, 420)
+        pixels = np.asarray(picture.convert("RGB"))
+    assert (pixels != 255).any(axis=2).mean() > 0.05  # drawn on, not blank

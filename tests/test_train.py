@@ -46,9 +46,9 @@ def test_one_epoch_writes_every_checkpoint_file_a_titled_grid_and_a_loss_curve(t
 
 
 def test_spread_measures_how_much_samples_differ():
-    assert Train.sample_spread(np.zeros((4, 96, 96, 3), np.uint8)) == 0
+    assert Utils.sample_spread(np.zeros((4, 96, 96, 3), np.uint8)) == 0
     two = np.stack([np.zeros((96, 96, 3), np.uint8), np.full((96, 96, 3), 100, np.uint8)])
-    assert Train.sample_spread(two) == 50
+    assert Utils.sample_spread(two) == 50
 
 
 def test_state_json_records_progress_hyper_parameters_losses_and_versions(trained):
@@ -80,6 +80,19 @@ def test_two_epochs_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_pat
         assert max(np.abs(straight[key] - resumed[key]).max() for key in straight) < 1e-5
     losses = [saved_state(tmp_path / run)["losses"] for run in ("straight", "resumed")]
     assert losses[0] == losses[1]
+
+
+def test_each_run_adds_a_stretch_with_its_machine_and_cpu_time_and_new_data_is_recorded(faces_dir, tmp_path, capsys):
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--limit", "12"))  # 12 faces: 3 batches an epoch
+    assert f"Continuing on 12 faces in {faces_dir} (until now 8 in {faces_dir})." in capsys.readouterr().out
+    state = saved_state(tmp_path)
+    assert [(stretch["from_step"], stretch["to_step"]) for stretch in state["stretches"]] == [(0, 2), (2, 5)]
+    for stretch in state["stretches"]:
+        assert stretch["machine"] == Utils.machine_name("cpu") and stretch["machine"].endswith(" cores")
+        assert (stretch["processes"], stretch["threads"]) == (1, Utils.cpu_threads())
+        assert 0 < stretch["cpu_seconds"] < 600
+    assert state["changes"] == [{"step": 2, "data": str(faces_dir), "images": 12}]
 
 
 def test_a_checkpoint_without_adam_state_continues_and_says_adam_starts_afresh(faces_dir, tmp_path, capsys):

@@ -101,7 +101,9 @@ class HyperParameter:
 # differs from the brief.
 HYPER_PARAMETERS = {
     "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
-    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of both networks", learning_rate),
+    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of both networks; may change when continuing a "
+                                     "checkpoint, e.g. lowered once the measurements level off", learning_rate,
+                         changeable=True),
     "beta1": HyperParameter(0.5, 0.8, "Adam beta1 of both networks", below_one),
     "g_steps": HyperParameter(1, 2, "generator updates per batch", positive_int),
     "init": HyperParameter("dcgan", "paddle", "weight initialisation: DCGAN's N(0, 0.02), or Paddle's default",
@@ -495,7 +497,7 @@ class Processes:
 def settle_hyper_parameters(args, state):
     """Fill unset flags from the checkpoint (or the defaults). Refuse flags that differ from the
     checkpoint's, since mixing them would train a model neither setting describes, except the
-    changeable ones (--ema, --augment), whose change is recorded in state.changes. Returns the
+    changeable ones (--lr, --ema, --augment), whose change is recorded in state.changes. Returns the
     hyper-parameters and the changed ones."""
     saved = trained_with(state) if state else {}
     settled, changed, conflicts = {}, {}, []

@@ -200,6 +200,19 @@ def test_ema_turned_off_when_continuing_leaves_g_ema_out_and_other_changes_are_r
     assert not (tmp_path / "Model" / "G_ema.safetensors").exists()
 
 
+def test_a_lower_lr_when_continuing_is_what_adam_steps_with_and_is_recorded(trained, faces_dir, tmp_path,
+                                                                            monkeypatch, capsys):
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    rates, step = [], Train.train_step
+    monkeypatch.setattr(Train, "train_step", lambda G, D, opt_g, opt_d, *rest, **options:
+                        rates.append((opt_g.get_lr(), opt_d.get_lr())) or step(G, D, opt_g, opt_d, *rest, **options))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--lr", "1e-4"))
+    assert "Continuing with --lr 0.0001 (until now 0.0002) from step 2." in capsys.readouterr().out
+    assert rates == [(1e-4, 1e-4)] * 2  # Adam's loaded state does not bring the old rate back
+    state = saved_state(tmp_path)
+    assert state["hyper_parameters"]["lr"] == 1e-4 and state["changes"] == [{"step": 2, "lr": 1e-4}]
+
+
 @pytest.mark.parametrize("flag, value, words", [("--ema", "1", "is not a number from 0 up to (not including) 1"),
                                                 ("--ema", "-0.1", "is not a number from 0"),
                                                 ("--augment", "colour", "is not none or a comma-separated list of "

@@ -106,10 +106,10 @@ def test_a_checkpoint_without_adam_state_continues_and_says_adam_starts_afresh(f
 
 def test_other_hyper_parameters_than_the_checkpoints_are_refused(faces_dir, tmp_path):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
-    with pytest.raises(UserError, match=r"--lr 0.001 \(checkpoint: 0.0002\).*--fresh"):
-        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--lr", "1e-3"))
-    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--lr", "1e-3", "--fresh"))
-    assert json.loads((tmp_path / "Model" / "state.json").read_text())["hyper_parameters"]["lr"] == 1e-3
+    with pytest.raises(UserError, match=r"--beta1 0.7 \(checkpoint: 0.5\).*--fresh"):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--beta1", "0.7"))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--beta1", "0.7", "--fresh"))
+    assert json.loads((tmp_path / "Model" / "state.json").read_text())["hyper_parameters"]["beta1"] == 0.7
 
 
 def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadable(faces_dir, tmp_path, monkeypatch):

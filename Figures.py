@@ -127,9 +127,10 @@ def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
     return len(images)
 
 
-def save_evaluation_curve(history, shipped_step, path):
+def save_evaluation_curve(history, shipped_step, path, changes=()):
     """SWD and MS-SSIM at every evaluated checkpoint, with the real-vs-real floor and the goals
-    (SWD at most 2x the floor, MS-SSIM at most 1.1x the real faces'), the shipped step marked."""
+    (SWD at most 2x the floor, MS-SSIM at most 1.1x the real faces'), the shipped step marked,
+    and each change of recipe or data when continuing (state.json's changes) labelled."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -148,6 +149,11 @@ def save_evaluation_curve(history, shipped_step, path):
             axes.axhline(reference, color="tab:green", linestyle="--", label="real faces")
             axes.axhline(goal * reference, color="tab:green", linestyle=":", label=f"goal: {goal}x real")
         axes.axvline(shipped_step, color="tab:orange", alpha=0.6, label="shipped")
+        for change in changes:
+            axes.axvline(change["step"], color="grey", linestyle=":", linewidth=1)
+            axes.annotate(change_label(change), (change["step"], 1), xycoords=("data", "axes fraction"),
+                          xytext=(3, -3), textcoords="offset points", fontsize=7, color="dimgrey",
+                          rotation=90, va="top")
         axes.set_xlabel("training step")
         axes.set_title(label, fontsize=10)
         axes.set_ylim(bottom=0)
@@ -156,6 +162,14 @@ def save_evaluation_curve(history, shipped_step, path):
     figure.tight_layout()
     Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     plt.close(figure)
+
+
+def change_label(change):
+    """"ema 0.998, augment color,translation,cutout" for {"step": 1480, "ema": 0.998, "augment": ...};
+    a change of data reads "data: 29439 faces"."""
+    if "data" in change:
+        return f"data: {change['images']} faces"
+    return ", ".join(f"{name} {value}" for name, value in change.items() if name != "step")
 
 
 def parse_args(argv=None):
@@ -209,7 +223,8 @@ def main(argv=None):
     frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
     history_file = Path(args.model_dir) / HISTORY_FILE
     if history_file.exists():
-        save_evaluation_curve(Evaluate.read_history(history_file), state.global_step, output / "evaluations.png")
+        save_evaluation_curve(Evaluate.read_history(history_file), state.global_step, output / "evaluations.png",
+                              state.changes)
     metrics = Evaluate.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
                                      raw_g=args.raw_g)
     print(Evaluate.format_table(metrics))

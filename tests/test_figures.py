@@ -84,7 +84,9 @@ def test_the_evaluation_curve_shows_every_evaluated_step_beside_the_floor(tmp_pa
                "evaluations": [{"step": 296, "swd_mean": 178.2, "ms_ssim_candidates": 0.781},
                                {"step": 1480, "swd_mean": 76.4, "ms_ssim_candidates": 0.479},
                                {"step": 2000, "swd_mean": 60.0}]}  # a measurement without MS-SSIM
-    Figures.save_evaluation_curve(history, 1480, tmp_path / "evaluations.png")
+    changes = [{"step": 1480, "ema": 0.998, "augment": "color"}, {"step": 1800, "data": "faces", "images": 29439}]
+    assert [Figures.change_label(change) for change in changes] == ["ema 0.998, augment color", "data: 29439 faces"]
+    Figures.save_evaluation_curve(history, 1480, tmp_path / "evaluations.png", changes)
     with Image.open(tmp_path / "evaluations.png") as picture:
         assert picture.size == (1100, 420)
         pixels = np.asarray(picture.convert("RGB"))

@@ -71,5 +71,6 @@ def test_the_evaluation_history_ends_at_the_shipped_step_with_the_published_metr
     last = history["evaluations"][-1]
     assert last["step"] == state["global_step"]
     published = json.loads((ROOT / "Res" / "metrics.json").read_text())
-    assert all(last[key] == published[key] for key in ("swd_mean", "ms_ssim_candidates", "nearest_median_candidates"))
+    for key in ("swd_mean", "ms_ssim_candidates", "nearest_median_candidates"):  # threads add in varying order
+        assert last[key] == pytest.approx(published[key], rel=1e-4)
     assert history["floor"]["swd_mean"] < last["swd_mean"]

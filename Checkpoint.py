@@ -69,7 +69,8 @@ class RunState:
     images: int = 0
     steps_per_epoch: int = 0
     versions: dict = field(default_factory=dict)
-    changes: list = field(default_factory=list)  # {"step": N, flag: new value}: --lr, --ema, --augment or --data changed there
+    # {"step": N, flag: new value}: --lr, --ema, --augment or --data changed there
+    changes: list = field(default_factory=list)
     # One per run of Train.py: {"from_step", "to_step", "machine", "processes", "threads", "cpu_seconds"},
     # the CPU time of rank 0's process (all its threads) from its start to its last checkpoint.
     stretches: list = field(default_factory=list)

@@ -136,14 +136,13 @@ def save_evaluation_curve(history, shipped_step, path, changes=()):
     import matplotlib.pyplot as plt
 
     evaluations, floor = history["evaluations"], history.get("floor")
-    steps = [entry["step"] for entry in evaluations]
     figure, (swd_axes, ssim_axes) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     for axes, key, label, reference, goal in [
             (swd_axes, "swd_mean", "SWD x1e3, mean of 4 scales (lower is closer)",
              floor and floor["swd_mean"], 2),
             (ssim_axes, "ms_ssim_candidates", "MS-SSIM of random pairs (lower is more varied)",
              floor and floor["ms_ssim_real"], 1.1)]:
-        measured = [(step, entry[key]) for step, entry in zip(steps, evaluations) if key in entry]
+        measured = [(entry["step"], entry[key]) for entry in evaluations if key in entry]
         axes.plot(*zip(*measured), "o-", color="tab:blue", label="generator")
         if reference:
             axes.axhline(reference, color="tab:green", linestyle="--", label="real faces")

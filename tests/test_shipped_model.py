@@ -36,7 +36,8 @@ def test_the_shipped_files_are_tracked_without_optimizer_state_and_within_30_mb(
 
 def test_state_json_says_how_the_model_was_trained():
     state = json.loads((MODEL / "state.json").read_text())
-    assert state["epochs_done"] >= 1  # mid-epoch is fine: Train.py continues exactly where it stopped
+    assert state["epochs_done"] >= 1
+    assert 0 <= state["batches_done"] < state["steps_per_epoch"]  # mid-epoch is fine: Train.py continues there
     assert len(state["losses"]["g"]) == state["global_step"]
     # Its stretches of training, each recorded by the Train.py that ran it, join up to its last step.
     stretches = state["stretches"]

@@ -69,8 +69,14 @@ class RunState:
     images: int = 0
     steps_per_epoch: int = 0
     versions: dict = field(default_factory=dict)
-    # {"step": N, flag: new value}: --lr, --ema, --augment or --data changed there
+    # {"step": N, flag: new value}: a changeable hyper-parameter or --data changed there, or D started
+    # afresh ("fresh_d": the reason)
     changes: list = field(default_factory=list)
+    # The mean sign of D's real-minus-generated logit on each step's real batch, and per epoch
+    # {"epoch", "step", "r_t"}: their mean over the epoch, ADA's signal of D overfitting (Karras et al.
+    # 2020): near 0 D cannot tell the real faces from generated ones; near 1 D is sure of every real face.
+    real_sign: list = field(default_factory=list)
+    overfitting: list = field(default_factory=list)
     # One per run of Train.py: {"from_step", "to_step", "machine", "processes", "threads", "cpu_seconds"},
     # the CPU time of rank 0's process (all its threads) from its start to its last checkpoint.
     stretches: list = field(default_factory=list)

@@ -9,6 +9,8 @@ in ReLU on [0, 1] (README.md, "The five changes to the Chainer original").
 
 This file holds layers only: no file access, no argument parsing.
 """
+import contextlib
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -168,14 +170,40 @@ class Generator(nn.Layer):
         return paddle.tanh(self.to_rgb(self.up(self.residual(x))))
 
 
-def down_block(in_channels, out_channels, norm=True, one_gemm=False):
-    """Halve the picture's size: a stride-2 convolution, BatchNorm, leaky ReLU, dropout."""
+def down_block(in_channels, out_channels, norm="batch", one_gemm=False):
+    """Halve the picture's size: a stride-2 convolution, BatchNorm (norm="batch"), leaky ReLU,
+    dropout. norm="spectral" has no BatchNorm and spectrally normalises the convolution instead;
+    norm=None has neither."""
+    conv = ChannelBiasConv2D(in_channels, out_channels, 4, stride=2, padding=1, one_gemm=one_gemm)
     return nn.Sequential(
-        ChannelBiasConv2D(in_channels, out_channels, 4, stride=2, padding=1, one_gemm=one_gemm),
-        batch_norm(out_channels) if norm else nn.Identity(),
+        spectrally_normalised(conv) if norm == "spectral" else conv,
+        batch_norm(out_channels) if norm == "batch" else nn.Identity(),
         nn.LeakyReLU(LEAKY_SLOPE),
         RandintDropout(DROPOUT),
     )
+
+
+def spectrally_normalised(layer):
+    """layer with its weight divided by its largest singular value before every use (Miyato et al.
+    2018, "Spectral Normalization for GANs", https://arxiv.org/abs/1802.05957): the layer can
+    stretch no input by more than 1, so D's answer cannot change faster than its input does.
+    The singular value is estimated by one power iteration per forward pass while training; its
+    vectors (weight_u, weight_v) are saved with the weights, the weight itself as weight_orig."""
+    return nn.utils.spectral_norm(layer, n_power_iterations=1)
+
+
+def minibatch_std(x, group_size=4):
+    """x [N, C, H, W] plus one feature map: within each group of up to group_size images, the
+    standard deviation of every feature across the group's images, averaged to one number and
+    repeated over H x W (Karras et al. 2018, "Progressive Growing of GANs", section 3,
+    https://arxiv.org/abs/1710.10196). A batch of near-identical generated faces shows a small
+    value there, so D can tell a collapsed G by it, and G is pushed to vary."""
+    n, channels, height, width = x.shape
+    group = max(size for size in range(1, min(group_size, n) + 1) if n % size == 0)
+    grouped = x.reshape([group, n // group, channels, height, width])  # image i is in group i % (n // group)
+    std = (grouped.var(axis=0, unbiased=False) + 1e-8).sqrt().mean(axis=[1, 2, 3])  # [N // group]
+    feature = std.reshape([1, n // group, 1, 1, 1]).expand([group, n // group, 1, height, width])
+    return paddle.concat([x, feature.reshape([n, 1, height, width])], axis=1)
 
 
 class Discriminator(nn.Layer):
@@ -185,20 +213,47 @@ class Discriminator(nn.Layer):
     do: D sees each batch alone (all real or all generated), and a BatchNorm on its input
     normalises away the batch's colour and brightness, so G is never told when those are wrong
     (Radford et al. 2015, section 3: BatchNorm on D's input "resulted in sample oscillation and
-    model instability"). The original, and the default here, keep it."""
+    model instability"). The original keeps it.
 
-    def __init__(self, input_norm=True):
+    norm="spectral" (Train.py --d-norm) replaces every BatchNorm by spectral normalisation of the
+    convolutions and the linear layer, with the same layer shapes; input_norm is then moot.
+    mbstd=True (Train.py --mbstd) adds minibatch_std's feature map before the linear layer, the one
+    addition to the brief's layers: 6 x 6 more inputs for each of its two outputs."""
+
+    def __init__(self, input_norm=True, norm="batch", mbstd=False):
         super().__init__()
+        self.mbstd = mbstd
         self.features = nn.Sequential(
-            down_block(IMAGE_CHANNELS, 64, norm=input_norm),  # 48 x 48
-            down_block(64, 128),             # 24 x 24
-            down_block(128, 256, one_gemm=True),  # 12 x 12
-            down_block(256, 512, one_gemm=True),  # 6 x 6
+            down_block(IMAGE_CHANNELS, 64, norm=norm if input_norm or norm != "batch" else None),  # 48 x 48
+            down_block(64, 128, norm=norm),  # 24 x 24
+            down_block(128, 256, norm=norm, one_gemm=True),  # 12 x 12
+            down_block(256, 512, norm=norm, one_gemm=True),  # 6 x 6
         )
-        self.classify = nn.Linear(512 * 6 * 6, 2)
+        self.classify = nn.Linear((512 + mbstd) * 6 * 6, 2)
+        if norm == "spectral":
+            spectrally_normalised(self.classify)
 
     def forward(self, image):
-        return self.classify(paddle.flatten(self.features(image), 1))
+        x = self.features(image)
+        if self.mbstd:
+            x = minibatch_std(x)
+        # reshape, not paddle.flatten: Paddle has no second derivative of flatten, which R1 needs.
+        return self.classify(x.reshape([x.shape[0], -1]))
+
+
+@contextlib.contextmanager
+def twice_differentiable(network):
+    """Within this block, network's layers compute with Paddle's own convolution kernels instead of
+    the one-GEMM form, whose F.unfold Paddle cannot differentiate twice: Train.py's R1 penalty
+    differentiates D's gradient."""
+    layers = [layer for layer in network.sublayers() if getattr(layer, "one_gemm", False)]
+    for layer in layers:
+        layer.one_gemm = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.one_gemm = True
 
 
 def init_dcgan_weights(model):
@@ -207,7 +262,7 @@ def init_dcgan_weights(model):
     normal = nn.initializer.Normal(0.0, 0.02)
     for layer in model.sublayers():
         if isinstance(layer, (nn.Conv2D, nn.Conv2DTranspose, nn.Linear)):
-            normal(layer.weight)
+            normal(getattr(layer, "weight_orig", layer.weight))  # a spectrally normalised layer's own weight
             if layer.bias is not None:
                 nn.initializer.Constant(0.0)(layer.bias)
         elif isinstance(layer, nn.BatchNorm2D):

@@ -17,7 +17,10 @@ Per batch, as the original: one discriminator update on a batch of generated fac
 noise, with label 1. Loss: softmax cross entropy over D's two logits. Two additions, both on by
 default because together they measured best on a CPU: --augment passes every batch D sees, real
 or generated, through DiffAugment (Augment.py), and --ema keeps G_ema, a moving average of G's
-weights, saved beside G for Run.py to draw with. --brief trains the original's recipe exactly.
+weights, saved beside G for Run.py to draw with. --loss hinge, --d-norm spectral, --r1, --d-lr,
+--mbstd and --flip change D's loss, form, penalty and data (README.md, "Hyper-parameters"); at
+each epoch's end r_t, D's overfitting signal, goes into the log and state.json. --brief trains
+the original's recipe exactly.
 
 Every step draws its randomness (noise, dropout, augmentation) from a seed derived from
 (--seed, step) and every epoch's order from (--seed, epoch), so a resumed run goes on exactly as
@@ -38,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import paddle
@@ -46,6 +50,7 @@ from tqdm import tqdm
 
 import Augment
 import Files
+import Net
 from Checkpoint import ModelFolder, RunState
 from Net import Z_DIM, Discriminator, Generator, init_dcgan_weights
 from Reader import DataSetError, DeviceLoader, FaceDataset, make_loader
@@ -74,6 +79,7 @@ count = number(int, lambda value: value >= 0, "a whole number of at least 0")
 seed_number = number(int, lambda value: 0 <= value < 2**63, "a whole number from 0 to 2**63 - 1")
 learning_rate = number(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
 below_one = number(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
+not_negative = number(float, lambda value: math.isfinite(value) and value >= 0, "a number of at least 0")
 
 
 def augment_policy(text):
@@ -93,6 +99,7 @@ class HyperParameter:
     type: object = None
     choices: tuple = None
     changeable: bool = False  # may be changed when continuing a checkpoint (recorded in state.json)
+    d_form: bool = False  # shapes D: changing it when continuing starts D afresh (recorded in state.json)
 
 
 # A checkpoint written before a hyper-parameter existed trained with its brief value (the
@@ -108,8 +115,8 @@ HYPER_PARAMETERS = {
     "g_steps": HyperParameter(1, 2, "generator updates per batch", positive_int),
     "init": HyperParameter("dcgan", "paddle", "weight initialisation: DCGAN's N(0, 0.02), or Paddle's default",
                            choices=("dcgan", "paddle")),
-    "d_input_bn": HyperParameter(False, True, "BatchNorm in D's first block, as the original; "
-                                              "--no-d-input-bn leaves it out, as DCGAN does"),
+    "d_input_bn": HyperParameter(False, True, "BatchNorm in D's first block, as the original (with --d-norm "
+                                              "batch); --no-d-input-bn leaves it out, as DCGAN does"),
     "ema": HyperParameter(0.998, 0.0, "decay of G_ema, a moving average of G's weights saved beside G, which "
                                       "Run.py draws with; it averages about 1 / (1 - decay) G updates; 0: no "
                                       "G_ema; may change when continuing a checkpoint", below_one, changeable=True),
@@ -119,6 +126,26 @@ HYPER_PARAMETERS = {
                               augment_policy, changeable=True),
     "seed": HyperParameter(None, None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
                            seed_number),
+    # The diversity round (README.md, "Making the recipe learn on a CPU"): D's form, loss and penalty.
+    "loss": HyperParameter("bce", "bce", "the GAN loss: bce, the original's cross entropy of D's two logits, or "
+                                         "hinge, on D's real-minus-generated logit difference; may change when "
+                                         "continuing a checkpoint", choices=("bce", "hinge"), changeable=True),
+    "d_norm": HyperParameter("batch", "batch", "D's normalisation: batch (BatchNorm, as the original) or spectral "
+                                               "(spectral normalisation of its convolutions and linear layer, no "
+                                               "BatchNorm); changing it when continuing starts D afresh",
+                             choices=("batch", "spectral"), d_form=True),
+    "mbstd": HyperParameter(False, False, "the minibatch standard deviation feature before D's linear layer; "
+                                          "changing it when continuing starts D afresh", d_form=True),
+    "r1": HyperParameter(0.0, 0.0, "weight gamma of the R1 penalty, gamma / 2 times the squared gradient of D's "
+                                   "logit difference on real faces; 0: none; may change when continuing a checkpoint",
+                         not_negative, changeable=True),
+    "r1_every": HyperParameter(16, 16, "apply the R1 penalty every this many steps, scaled up to match (lazy "
+                                       "regularisation); may change when continuing a checkpoint", positive_int,
+                               changeable=True),
+    "flip": HyperParameter(False, False, "mirror training faces left-right at random; may change when continuing "
+                                         "a checkpoint", changeable=True),
+    "d_lr": HyperParameter(None, None, "Adam learning rate of D alone (default: --lr); may change when continuing a "
+                                       "checkpoint", learning_rate, changeable=True),
 }
 BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
@@ -149,7 +176,8 @@ def parse_args(argv=None):
     add_hyper_parameters(parser)
     parser.add_argument("--brief", action="store_true",
                         help="the original's recipe exactly: batch 100, lr 2e-4, beta1 0.8, 2 G steps, Paddle's "
-                             "init, D input BatchNorm, no EMA, no augmentation (flags given beside it still count)")
+                             "init, D with BatchNorm on its input too, cross entropy, no EMA, no augmentation, no R1 "
+                             "(flags given beside it still count)")
     parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every "
                                                              "epoch (default %(default)s)")
     parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve "
@@ -161,13 +189,14 @@ def parse_args(argv=None):
     parser.add_argument("--sample-every", type=count, default=50,
                         help="write a sample grid every this many batches; 0: only at epoch ends (default %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N images of --data (default: all)")
-    parser.add_argument("--flip", action="store_true", help="mirror training faces left-right at random")
     parser.add_argument("--visualdl", action="store_true",
                         help="also log losses, spread, learning rates, images per second and the sample grids "
                              "for VisualDL, in <--output>/visualdl (pip install visualdl; then "
                              "visualdl --logdir Output/visualdl)")
     parser.add_argument("--fresh", action="store_true",
                         help="start over, ignoring the checkpoint in --model-dir (replaced at the first checkpoint)")
+    parser.add_argument("--fresh-d", action="store_true",
+                        help="continue G (and G_ema) from the checkpoint, but start D and its Adam state afresh")
     parser.add_argument("--amp", action="store_true",
                         help="GPU only: mixed precision, bfloat16 where the GPU has it, else float16 with loss "
                              "scaling; weights, Adam and checkpoints stay float32")
@@ -188,6 +217,42 @@ def gan_loss(logits, label):
     """Mean softmax cross entropy of D's two logits against one label for the whole batch."""
     labels = paddle.full([logits.shape[0], 1], label, dtype="int64")
     return F.cross_entropy(logits, labels)
+
+
+def realness(logits):
+    """D's real-minus-generated logit difference, one number per image: how real D finds it.
+    Softmax cross entropy against "real" is softplus(-realness), against "generated" softplus(realness)."""
+    return logits[:, REAL] - logits[:, FAKE]
+
+
+def d_loss(logits, label, kind):
+    """D's loss on a batch that is all real (label REAL) or all generated (FAKE). kind "hinge":
+    D is pushed until realness reaches +1 on real faces and -1 on generated ones, and no
+    further (Lim & Ye 2017; Miyato et al. 2018 measured it better than cross entropy with spectral
+    normalisation)."""
+    if kind == "bce":
+        return gan_loss(logits, label)
+    sign = 1 if label == REAL else -1
+    return F.relu(1 - sign * realness(logits)).mean()
+
+
+def g_loss(logits, kind):
+    """G's loss on D's logits for its faces: the original's cross entropy against "real", or under
+    hinge the mean realness, negated."""
+    return gan_loss(logits, REAL) if kind == "bce" else -realness(logits).mean()
+
+
+def r1_penalty(judge, D, real):
+    """R1 (Mescheder et al. 2018, https://arxiv.org/abs/1801.04406): the mean over the batch of the
+    squared gradient of D's realness with respect to each real image, as D sees it (augmented).
+    Penalising it keeps D flat around the real faces, so it cannot overfit them with steep
+    walls. Returns D's logits on the real batch too, so the caller's loss reuses them."""
+    real = real.detach()
+    real.stop_gradient = False
+    with Net.twice_differentiable(D):
+        logits = judge(real)
+        gradient, = paddle.grad(realness(logits).sum(), real, create_graph=True)
+    return gradient.square().sum(axis=[1, 2, 3]).mean(), logits
 
 
 def update(optimizer, loss, scaler=None):
@@ -272,11 +337,20 @@ def d_weights_unused(D):
     return D.no_sync() if hasattr(D, "no_sync") else frozen(D)
 
 
-def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None):
-    """One batch of the original's schedule. Returns the losses (D on fakes, D on reals, mean G)
-    as tensors, so the caller decides when to wait for the device. amp: a MixedPrecision, or
-    None for float32. augment: the DiffAugment policy of every batch D sees. ema: a
-    MovingAverage to update after every G update, or None."""
+class StepResult(NamedTuple):
+    """What one step measured, as tensors, so the caller decides when to wait for the device."""
+    d_fake: paddle.Tensor  # D's loss on the generated batch
+    d_real: paddle.Tensor  # D's loss on the real batch (without the R1 penalty)
+    g: paddle.Tensor  # G's loss, the mean over its updates
+    real_sign: paddle.Tensor  # the mean sign of D's realness on the real batch: ADA's overfitting signal r_t
+
+
+def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None, loss="bce", r1=0.0):
+    """One batch of the original's schedule, in three phases. Returns a StepResult.
+    amp: a MixedPrecision, or None for float32. augment: the DiffAugment policy of every batch D
+    sees. ema: a MovingAverage to update after every G update, or None. loss: "bce" or "hinge".
+    r1: the weight of the R1 penalty in this step's real phase (the caller scales it for lazy
+    steps), 0 for none."""
     batch = real.shape[0]
     autocast = amp.autocast if amp else contextlib.nullcontext
     scalers = amp.scalers if amp else {}
@@ -284,24 +358,43 @@ def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE
     def judge(images):
         return D(Augment.diff_augment(images, augment))
 
+    # 1. D on a batch of generated faces, labelled "generated".
     with paddle.no_grad(), autocast():
         fake = G(paddle.rand([batch, Z_DIM]))
     with autocast():
-        d_fake = gan_loss(judge(fake), FAKE)
+        d_fake = d_loss(judge(fake), FAKE, loss)
     update(opt_d, d_fake, scalers.get("D"))
-    with autocast():
-        d_real = gan_loss(judge(real), REAL)
-    update(opt_d, d_real, scalers.get("D"))
+
+    # 2. D on the real batch, labelled "real"; with R1 in float32, since its second derivative
+    # is where half precision would lose the most.
+    if r1:
+        penalty, logits = r1_penalty(judge, D, real)
+        d_real = d_loss(logits, REAL, loss)
+        update(opt_d, d_real + r1 / 2 * penalty, scalers.get("D"))
+    else:
+        with autocast():
+            logits = judge(real)
+            d_real = d_loss(logits, REAL, loss)
+        update(opt_d, d_real, scalers.get("D"))
+    real_sign = paddle.sign(realness(logits.detach()).astype("float32")).mean()
+
+    # 3. G, --g-steps times on fresh noise, through D, which learns nothing here.
     g_losses = []
     with d_weights_unused(D):
         for _ in range(g_steps):
             with autocast():
-                g_loss = gan_loss(judge(G(paddle.rand([batch, Z_DIM]))), REAL)
-            g_losses.append(update(opt_g, g_loss, scalers.get("G")))
+                generated = g_loss(judge(G(paddle.rand([batch, Z_DIM]))), loss)
+            g_losses.append(update(opt_g, generated, scalers.get("G")))
             if ema:
                 ema.update()
     opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps
-    return d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps
+    return StepResult(d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps, real_sign)
+
+
+def r1_weight(hp, step):
+    """The R1 weight of step's real phase: gamma times --r1-every on every --r1-every-th step,
+    so the penalty weighs as much on average as gamma on every step (StyleGAN2's lazy R1), else 0."""
+    return hp["r1"] * hp["r1_every"] if hp["r1"] and step % hp["r1_every"] == 0 else 0.0
 
 
 class MovingAverage:
@@ -497,8 +590,8 @@ class Processes:
 def settle_hyper_parameters(args, state):
     """Fill unset flags from the checkpoint (or the defaults). Refuse flags that differ from the
     checkpoint's, since mixing them would train a model neither setting describes, except the
-    changeable ones (--lr, --ema, --augment), whose change is recorded in state.changes. Returns the
-    hyper-parameters and the changed ones."""
+    changeable ones (--lr, --ema, --augment, ...) and those of D's form (--d-norm, --mbstd), whose
+    change is recorded in state.changes. Returns the hyper-parameters and the changed ones."""
     saved = trained_with(state) if state else {}
     settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
@@ -508,7 +601,7 @@ def settle_hyper_parameters(args, state):
         settled[name] = given if given is not None else saved.get(name, hp.default)
         if not state or given is None or given == saved[name]:
             continue
-        if hp.changeable:
+        if hp.changeable or hp.d_form:
             changed[name] = given
         else:
             flag = name.replace("_", "-")
@@ -523,10 +616,19 @@ def settle_hyper_parameters(args, state):
     return settled, changed
 
 
+def why_d_starts_afresh(args, changed):
+    """The reason D starts afresh when continuing a checkpoint (--fresh-d, or a new form of D,
+    whose saved weights would not fit), or None when D continues."""
+    new_form = [f"--{name.replace('_', '-')}" for name in changed if HYPER_PARAMETERS[name].d_form]
+    if new_form:
+        return f"{' and '.join(new_form)} changed the form of D"
+    return "--fresh-d" if args.fresh_d else None
+
+
 def open_model_folder(args):
     """Rank 0's part of the set-up: check both folders can be written before any work, take the
     model folder, repair an interrupted save, and read where training stopped. Returns the
-    folder, the saved RunState or None, and the settled hyper-parameters."""
+    folder, the saved RunState or None, the settled hyper-parameters, and whether D starts afresh."""
     Files.writable_folder(args.output, "--output")
     Files.writable_folder(args.model_dir, "--model-dir")
     folder = ModelFolder(args.model_dir)
@@ -546,25 +648,30 @@ def open_model_folder(args):
         before = trained_with(state)
         ema = ("" if "ema" not in changed or bool(changed["ema"]) == bool(before["ema"])
                else ": G_ema starts as a copy of G" if changed["ema"] else ": G_ema is left out of the next checkpoint")
-        print("Continuing with " + ", ".join(f"--{name} {value} (until now {before[name]})"
+        print("Continuing with " + ", ".join(f"--{name.replace('_', '-')} {value} (until now {before[name]})"
                                               for name, value in changed.items())
               + f" from step {state.global_step}{ema}.")
         state.changes.append({"step": state.global_step, **changed})
-    return folder, state, hp
+    fresh_d = why_d_starts_afresh(args, changed) if state else None
+    if fresh_d:
+        print(f"D starts afresh ({fresh_d}), with new weights and Adam state; G continues from step "
+              f"{state.global_step}.")
+        state.changes.append({"step": state.global_step, "fresh_d": fresh_d})
+    return folder, state, hp, bool(fresh_d)
 
 
 def agree_on_start(args, procs):
     """Rank 0 opens the model folder and every process takes its decisions (seed and run id
     included), so all ranks shuffle alike and a resume goes on exactly. A mistake found by rank 0
     ends every process with the same sentence instead of leaving the others waiting. Returns the
-    folder, the saved RunState or None, the hyper-parameters and the run's id."""
+    folder, the saved RunState or None, the hyper-parameters, whether D starts afresh and the run's id."""
     folder, decided = ModelFolder(args.model_dir), None
     if procs.writer:
         try:
-            folder, state, hp = open_model_folder(args)
+            folder, state, hp, fresh_d = open_model_folder(args)
             # A new run, or a checkpoint from before run ids, gets a new id.
             run = state.run if state and state.run else secrets.token_hex(4)
-            decided = {"state": state.to_json() if state else None, "hp": hp, "run": run}
+            decided = {"state": state.to_json() if state else None, "hp": hp, "fresh_d": fresh_d, "run": run}
         except UserError as error:
             decided = {"error": str(error)}
             if procs.world_size == 1:
@@ -573,25 +680,28 @@ def agree_on_start(args, procs):
     if "error" in decided:
         raise UserError(decided["error"])
     state = RunState.from_json(decided["state"], folder.path) if decided["state"] else None
-    return folder, state, decided["hp"], decided["run"]
+    return folder, state, decided["hp"], decided["fresh_d"], decided["run"]
 
 
-def load_checkpoint(session, saved):
+def load_checkpoint(session, saved, fresh_d=False):
     """Rank 0 loads the checkpoint in its model folder. Every other rank loads the same files,
     sent by rank 0 into a temporary folder of its own, so that on several machines the model
-    folder need only be on rank 0's. Returns whether Adam's state was there."""
-    procs, networks = session.procs, session.networks
+    folder need only be on rank 0's. fresh_d: leave D and its Adam state as built. Returns
+    whether Adam's state was there."""
+    procs, networks, optimizers = session.procs, session.networks, session.optimizers
+    if fresh_d:
+        del networks["D"], optimizers["D"]
     ema_saved = trained_with(saved)["ema"]
     if session.ema and not ema_saved:  # --ema turned on for this checkpoint: G_ema starts as the loaded G
         del networks["G_ema"]
     files = procs.from_writer(session.folder.checkpoint_bytes() if procs.writer and procs.world_size > 1 else None)
     if procs.writer:
-        with_adam = session.folder.load(networks, session.optimizers, saved, session.scalers)
+        with_adam = session.folder.load(networks, optimizers, saved, session.scalers)
     else:
         with tempfile.TemporaryDirectory(prefix="checkpoint-from-rank-0-") as copy:
             for name, data in files.items():
                 (Path(copy) / name).write_bytes(data)
-            with_adam = ModelFolder(copy).load(networks, session.optimizers, saved, session.scalers)
+            with_adam = ModelFolder(copy).load(networks, optimizers, saved, session.scalers)
     if session.ema and not ema_saved:
         session.ema.start_from(session.G)
     return with_adam
@@ -599,7 +709,7 @@ def load_checkpoint(session, saved):
 
 def load_faces(args, hp, procs):
     try:
-        dataset = FaceDataset(args.data, limit=args.limit, flip=args.flip, seed=hp["seed"])
+        dataset = FaceDataset(args.data, limit=args.limit, flip=hp["flip"], seed=hp["seed"])
     except DataSetError as error:
         raise UserError(str(error)) from None
     loader = (DeviceLoader(dataset, hp["batch_size"], seed=hp["seed"]) if args.cache_device
@@ -651,7 +761,7 @@ class Session:
 
 def build_networks(hp, device, world_size):
     Utils.seed_everything(hp["seed"])
-    G, D = Generator(), Discriminator(input_norm=hp["d_input_bn"])
+    G, D = Generator(), Discriminator(input_norm=hp["d_input_bn"], norm=hp["d_norm"], mbstd=hp["mbstd"])
     if hp["init"] == "dcgan":
         for network in (G, D):
             init_dcgan_weights(network)
@@ -665,7 +775,7 @@ def build_networks(hp, device, world_size):
         # Paddle has this on GPUs only; CPU processes normalise their own shares.
         G, D = (paddle.nn.SyncBatchNorm.convert_sync_batchnorm(network) for network in (G, D))
     opt_g = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=G.parameters())
-    opt_d = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=D.parameters())
+    opt_d = paddle.optimizer.Adam(hp["d_lr"] or hp["lr"], beta1=hp["beta1"], parameters=D.parameters())
     return G, D, opt_g, opt_d
 
 
@@ -676,7 +786,7 @@ def set_up(args):
     if args.amp and device != "gpu":
         raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
                         "so train on CPU without --amp.")
-    folder, saved, hp, run = agree_on_start(args, procs)
+    folder, saved, hp, fresh_d, run = agree_on_start(args, procs)
     dataset, loader = load_faces(args, hp, procs)
     G, D, opt_g, opt_d = build_networks(hp, device, procs.world_size)
     state = saved or RunState(hyper_parameters=hp)
@@ -685,7 +795,7 @@ def set_up(args):
                       ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
                       fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2))
     if saved:
-        with_adam = load_checkpoint(session, saved)
+        with_adam = load_checkpoint(session, saved, fresh_d)
         session.last_saved = saved.where()
         say(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
                      f"done (step {saved.global_step})"
@@ -758,15 +868,17 @@ def run_step(session, real, epoch):
     state, hp, procs = session.state, session.state.hyper_parameters, session.procs
     paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
     started = time.perf_counter()
-    step_losses = train_step(session.train_G, session.train_D, session.opt_g, session.opt_d, real, hp["g_steps"],
-                             amp=session.amp, augment=hp["augment"], ema=session.ema)
-    losses = [float(loss) for loss in step_losses]  # waits for the device
+    result = train_step(session.train_G, session.train_D, session.opt_g, session.opt_d, real, hp["g_steps"],
+                        amp=session.amp, augment=hp["augment"], ema=session.ema, loss=hp["loss"],
+                        r1=r1_weight(hp, state.global_step))
+    *losses, real_sign = [float(value) for value in result]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)
     if diverged:
         raise UserError(divergence_message(session, losses, epoch))
     for key, value in zip(("d_fake", "d_real", "g"), losses):
         state.losses[key].append(round(value, 5))
+    state.real_sign.append(round(real_sign, 4))
     state.global_step += 1
     state.batches_done += 1
     return losses, stop
@@ -791,7 +903,26 @@ def run_epoch(session, epoch):
             if stop:
                 return False
     state.epochs_done, state.batches_done = epoch, 0
+    measure_overfitting(session, epoch)
     return True
+
+
+def measure_overfitting(session, epoch):
+    """At an epoch's end: r_t, the mean over the epoch of the sign of D's realness on the real
+    batches it trained on (Karras et al. 2020, "Training GANs with Limited Data", section 3,
+    https://arxiv.org/abs/2006.06676), into the log, state.json and VisualDL. It rises towards 1 as
+    D learns the training faces by heart; ADA holds it near 0.6."""
+    state = session.state
+    signs = state.real_sign[-state.steps_per_epoch:]  # a checkpoint from before r_t has fewer
+    if not signs:
+        return
+    r_t = round(float(np.mean(signs)), 4)
+    state.overfitting.append({"epoch": epoch, "step": state.global_step, "r_t": r_t})
+    say(session, f"Epoch {epoch}: D's overfitting signal r_t = {r_t:.3f} (the mean sign of its real-minus-generated "
+                 f"logit on the real batches, from -1 to 1: near 0 D cannot tell them from generated faces, near "
+                 f"1 it is sure of each).")
+    if session.visualdl:
+        session.visualdl.writer.add_scalar("diagnostics/r_t", r_t, state.global_step)
 
 
 def train(args):

@@ -41,13 +41,16 @@ def generator(model_dir=None, raw_g=False):
 
 def discriminator(model_dir=None):
     """The discriminator of the repository's Model/ (or of model_dir), in evaluation mode, built
-    as it was trained (with or without BatchNorm on its input, as state.json records): faces
-    [N, 3, 96, 96] in [-1, 1] to logits [N, 2], index 1 meaning real."""
+    as it was trained (its normalisation, BatchNorm on its input or not, and the minibatch standard
+    deviation feature, as state.json records): faces [N, 3, 96, 96] in [-1, 1] to logits [N, 2],
+    index 1 meaning real."""
     Utils, Net, Checkpoint = _project()
     folder = _Path(model_dir or _REPOSITORY / "Model")
     state = Checkpoint.ModelFolder(folder).read_state()
-    # A checkpoint from before --no-d-input-bn existed had BatchNorm there.
-    network = Net.Discriminator(input_norm=state.hyper_parameters.get("d_input_bn", True) if state else True)
+    # A checkpoint from before a flag existed was trained as the original: BatchNorm everywhere.
+    trained = state.hyper_parameters if state else {}
+    network = Net.Discriminator(input_norm=trained.get("d_input_bn", True), norm=trained.get("d_norm", "batch"),
+                                mbstd=trained.get("mbstd", False))
     Utils.load_weights(network, folder / Checkpoint.weights_file("D"))
     network.eval()
     return network

@@ -1,0 +1,228 @@
+"""Train.py's diversity flags: --loss hinge, --d-norm spectral, --r1 with --r1-every, --d-lr and
+--mbstd, each a recorded hyper-parameter that resumes exactly and is off under --brief; --fresh-d
+and a new form of D start D afresh when continuing; r_t, D's overfitting signal, in state.json."""
+import json
+import subprocess
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import pytest
+from safetensors.numpy import load_file
+
+import Train
+from Net import Discriminator, Generator, init_dcgan_weights, minibatch_std, twice_differentiable
+from test_train import saved_state, train_args
+
+EVERY_FLAG = ("--loss", "hinge", "--d-norm", "spectral", "--r1", "0.5", "--r1-every", "2", "--d-lr", "3e-4",
+              "--mbstd", "--flip")
+
+
+def count(network):
+    return sum(int(np.prod(p.shape)) for p in network.parameters() if not p.stop_gradient)
+
+
+# ------------------------------------------------------------------------------------- the losses
+
+def test_hinge_losses_on_known_logits():
+    logits = paddle.to_tensor([[0.0, 2.0], [1.0, 0.5]])  # realness (real minus generated logit): 2 and -0.5
+    assert float(Train.d_loss(logits, Train.REAL, "hinge")) == pytest.approx((0 + 1.5) / 2)
+    assert float(Train.d_loss(logits, Train.FAKE, "hinge")) == pytest.approx((3 + 0.5) / 2)
+    assert float(Train.g_loss(logits, "hinge")) == pytest.approx(-(2 - 0.5) / 2)
+
+
+def test_bce_is_the_originals_cross_entropy_a_softplus_of_the_realness():
+    logits = paddle.to_tensor([[0.0, 2.0], [1.0, 0.5]])
+    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    assert float(Train.d_loss(logits, Train.REAL, "bce")) == pytest.approx(np.mean(softplus(-np.array([2, -0.5]))))
+    assert float(Train.d_loss(logits, Train.FAKE, "bce")) == pytest.approx(np.mean(softplus(np.array([2, -0.5]))))
+    assert float(Train.g_loss(logits, "bce")) == float(Train.gan_loss(logits, Train.REAL))
+
+
+# ------------------------------------------------------------------------------------ D's forms
+
+def test_spectral_normalisation_brings_each_layers_largest_singular_value_to_one():
+    paddle.seed(0)
+    D = Discriminator(norm="spectral")
+    init_dcgan_weights(D)
+    normalised = [layer for layer in D.sublayers() if hasattr(layer, "weight_orig")]
+    assert len(normalised) == 5  # four convolutions and the linear layer
+    assert not [layer for layer in D.sublayers() if isinstance(layer, nn.BatchNorm2D)]
+    before = [np.linalg.norm(layer.weight_orig.numpy().reshape(layer.weight_orig.shape[0], -1), 2)
+              for layer in normalised]
+    assert all(abs(sigma - 1) > 0.1 for sigma in before)
+    D.train()
+    with paddle.no_grad():
+        for _ in range(30):  # one power iteration per forward pass
+            D(paddle.rand([2, 3, 96, 96]) * 2 - 1)
+    after = [np.linalg.norm(layer.weight.numpy().reshape(layer.weight.shape[0], -1), 2) for layer in normalised]
+    assert after == pytest.approx([1.0] * 5, abs=0.02)
+
+
+def test_spectral_d_has_the_briefs_layer_shapes_and_no_batch_norm():
+    plain, spectral = Discriminator(input_norm=False), Discriminator(norm="spectral")
+    def shapes(network):
+        return [(type(layer), getattr(layer, "weight_orig", layer.weight).shape, layer.bias.shape)
+                for layer in network.sublayers() if isinstance(layer, (nn.Conv2D, nn.Linear))]
+
+    assert shapes(spectral) == shapes(plain)
+
+
+def test_mbstd_adds_only_the_linear_layers_extra_inputs_to_d():
+    assert count(Discriminator(mbstd=True)) - count(Discriminator()) == 6 * 6 * 2
+    assert count(Discriminator(norm="spectral", mbstd=True)) - count(Discriminator(norm="spectral")) == 6 * 6 * 2
+
+
+def test_the_minibatch_feature_is_the_spread_across_each_group_of_images():
+    alike = paddle.ones([8, 2, 3, 3])
+    assert minibatch_std(alike).shape == [8, 3, 3, 3]
+    assert float(minibatch_std(alike)[:, 2].abs().max()) < 1e-3
+    varied = paddle.to_tensor(np.arange(8, dtype="float32").reshape([8, 1, 1, 1]).repeat(2, 1).repeat(3, 2)
+                              .repeat(3, 3))
+    feature = minibatch_std(varied)[:, 2].numpy()
+    # groups of 4: images i and i + 2, i + 4, i + 6, whose values 0, 2, 4, 6 have the standard deviation sqrt(5)
+    assert feature == pytest.approx(np.full([8, 3, 3], np.sqrt(5)), abs=1e-3)
+    assert minibatch_std(paddle.ones([3, 2, 3, 3])).shape == [3, 3, 3, 3]  # 3 images: groups of 3
+
+
+# ------------------------------------------------------------------------------------------- R1
+
+class TinyD(nn.Layer):
+    """A discriminator small enough for finite differences: a convolution, leaky ReLU, two logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2D(3, 2, 3, stride=2, padding=1)
+        self.classify = nn.Linear(2 * 2 * 2, 2)
+
+    def forward(self, x):
+        x = nn.functional.leaky_relu(self.conv(x), 0.2)
+        return self.classify(x.reshape([x.shape[0], -1]))
+
+
+def test_the_r1_penalty_and_its_gradient_match_finite_differences():
+    paddle.set_default_dtype("float64")
+    try:
+        paddle.seed(3)
+        D = TinyD()
+        real = paddle.rand([2, 3, 4, 4], dtype="float64")
+
+        def realness_sum(images):
+            return float(Train.realness(D(paddle.to_tensor(images))).sum())
+
+        def numeric_penalty():
+            images, h = real.numpy(), 1e-6
+            gradient = np.zeros_like(images)
+            for index in np.ndindex(images.shape):
+                up, down = images.copy(), images.copy()
+                up[index] += h
+                down[index] -= h
+                gradient[index] = (realness_sum(up) - realness_sum(down)) / (2 * h)
+            return float((gradient ** 2).sum(axis=(1, 2, 3)).mean())
+
+        penalty, _ = Train.r1_penalty(D, D, real)
+        assert float(penalty) == pytest.approx(numeric_penalty(), rel=1e-5)
+        penalty.backward()  # the second derivative: how the penalty changes with one of D's weights
+        weight, index, h = D.conv.weight, (1, 0, 1, 2), 1e-5
+        analytic = float(weight.grad[index])
+        values = weight.numpy()
+        sides = []
+        for shift in (h, -h):
+            moved = values.copy()
+            moved[index] += shift
+            weight.set_value(moved)
+            sides.append(numeric_penalty())
+        weight.set_value(values)
+        assert analytic == pytest.approx((sides[0] - sides[1]) / (2 * h), rel=1e-3)
+    finally:
+        paddle.set_default_dtype("float32")
+
+
+@pytest.mark.parametrize("norm", ["batch", "spectral"])
+def test_r1_differentiates_the_real_d_twice_through_augmentation_and_restores_its_fast_kernels(norm):
+    paddle.seed(0)
+    G, D = Generator(), Discriminator(input_norm=False, norm=norm, mbstd=True)
+    opt_g, opt_d = (paddle.optimizer.Adam(1e-4, parameters=net.parameters()) for net in (G, D))
+    fast = [layer for layer in D.sublayers() if getattr(layer, "one_gemm", False)]
+    result = Train.train_step(G, D, opt_g, opt_d, paddle.rand([4, 3, 96, 96]) * 2 - 1, g_steps=1,
+                              augment="color,translation,cutout", loss="hinge", r1=10.0)
+    assert all(np.isfinite(float(value)) for value in result)
+    assert fast and all(layer.one_gemm for layer in fast)
+    with twice_differentiable(D):
+        assert not any(layer.one_gemm for layer in fast)
+
+
+def test_r1_is_lazy_every_r1_every_steps_and_scaled_to_match():
+    hp = {"r1": 0.5, "r1_every": 4}
+    assert [Train.r1_weight(hp, step) for step in range(6)] == [2.0, 0, 0, 0, 2.0, 0]
+    assert Train.r1_weight({"r1": 0.0, "r1_every": 4}, 0) == 0
+
+
+def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
+    settled, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--lr", "1e-4", "--d-lr", "4e-4"]),
+                                               None)
+    _, _, opt_g, opt_d = Train.build_networks(settled, "cpu", 1)
+    assert (opt_g.get_lr(), opt_d.get_lr()) == (1e-4, 4e-4)
+    default, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--lr", "1e-4"]), None)
+    assert Train.build_networks(default, "cpu", 1)[3].get_lr() == 1e-4
+
+
+# ---------------------------------------------------------------------------------- training runs
+
+def test_every_flag_trains_two_epochs_exactly_as_one_then_a_resume_then_one_more(faces_dir, tmp_path):
+    Train.main(train_args(faces_dir, tmp_path / "straight", "--epochs", "2", *EVERY_FLAG))
+    Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "1", *EVERY_FLAG))
+    Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "2"))  # the checkpoint's recipe
+    for name in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
+        straight = load_file(str(tmp_path / "straight" / "Model" / name))
+        resumed = load_file(str(tmp_path / "resumed" / "Model" / name))
+        assert set(straight) == set(resumed)
+        assert max(np.abs(straight[key] - resumed[key]).max() for key in straight) < 1e-5
+    assert "features.0.0.weight_u" in load_file(str(tmp_path / "straight" / "Model" / "D.safetensors"))
+    states = [saved_state(tmp_path / run) for run in ("straight", "resumed")]
+    assert states[0]["losses"] == states[1]["losses"]
+    assert states[0]["real_sign"] == states[1]["real_sign"] and states[0]["overfitting"] == states[1]["overfitting"]
+    recorded = ("loss", "d_norm", "r1", "r1_every", "d_lr", "mbstd", "flip")
+    assert {key: states[1]["hyper_parameters"][key] for key in recorded} == {
+        "loss": "hinge", "d_norm": "spectral", "r1": 0.5, "r1_every": 2, "d_lr": 3e-4, "mbstd": True, "flip": True}
+
+
+def test_r_t_is_the_epochs_mean_sign_of_ds_realness_on_real_batches(trained, capsys):
+    state = json.loads((trained[0] / "Model" / "state.json").read_text())
+    assert len(state["real_sign"]) == state["global_step"] == 2
+    assert all(-1 <= sign <= 1 for sign in state["real_sign"])
+    assert state["overfitting"] == [{"epoch": 1, "step": 2, "r_t": pytest.approx(np.mean(state["real_sign"]))}]
+    assert "Epoch 1: D's overfitting signal r_t = " in trained[1].stdout
+
+
+def copy_of(trained, tmp_path):
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+
+
+@pytest.mark.parametrize("flags, reason", [(("--d-norm", "spectral"), "--d-norm changed the form of D"),
+                                           (("--mbstd",), "--mbstd changed the form of D"),
+                                           (("--fresh-d",), "--fresh-d")])
+def test_a_new_form_of_d_or_fresh_d_continues_g_and_starts_d_afresh_and_says_so(trained, faces_dir, tmp_path, capsys,
+                                                                                  flags, reason):
+    copy_of(trained, tmp_path)
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", *flags))
+    out = capsys.readouterr().out
+    assert "Resuming from" in out and "Adam starts afresh" not in out  # G's weights and Adam state go on
+    assert f"D starts afresh ({reason}), with new weights and Adam state; G continues from step 2." in out
+    state = saved_state(tmp_path)
+    assert {"step": 2, "fresh_d": reason} in state["changes"] and state["global_step"] == 4
+    fresh, _ = Train.settle_hyper_parameters(Train.parse_args(train_args(faces_dir, tmp_path, "--seed", "5", *flags)),
+                                             None)
+    assert set(load_file(str(tmp_path / "Model" / "D.safetensors"))) == set(Train.build_networks(fresh, "cpu", 1)[1]
+                                                                             .state_dict())
+
+
+def test_the_loss_r1_and_d_lr_may_change_when_continuing_and_are_recorded(trained, faces_dir, tmp_path, capsys):
+    copy_of(trained, tmp_path)
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--loss", "hinge", "--r1", "1",
+                          "--d-lr", "1e-4"))
+    out = capsys.readouterr().out
+    assert "Continuing with --loss hinge (until now bce), --r1 1.0 (until now 0.0), --d-lr 0.0001 (until now " \
+           "None) from step 2." in out
+    assert "D starts afresh" not in out
+    assert saved_state(tmp_path)["changes"] == [{"step": 2, "loss": "hinge", "r1": 1.0, "d_lr": 1e-4}]

@@ -131,6 +131,21 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_names_the_checkpoint
     assert json.loads((tmp_path / "Model" / "state.json").read_text())["global_step"] == 2
 
 
+def test_r1_spectral_hinge_and_mbstd_keep_every_ranks_networks_identical(faces_dir, tmp_path):
+    """The R1 penalty differentiates D twice inside DataParallel; its gradients, like the loss's,
+    must be averaged over the ranks, which train on different faces."""
+    flags = launch_flags(faces_dir, tmp_path, "--epochs", "1", "--loss", "hinge", "--d-norm", "spectral", "--r1", "1",
+                         "--r1-every", "1", "--mbstd")
+    with launched(tmp_path, *flags, script=str(ROOT / "tests" / "weights_of_each_rank.py")) as process:
+        assert finish(process, 300) == 0, worker_log(tmp_path, 0)
+    ranks = [np.load(tmp_path / "Output" / f"rank{rank}.npz") for rank in (0, 1)]
+    assert "D.features.0.0.weight_orig" in ranks[0]
+    for key in ranks[0]:
+        if not key.endswith(("_mean", "_variance")):  # G's BatchNorm statistics: each CPU rank's own share
+            assert np.abs(ranks[0][key] - ranks[1][key]).max() < 1e-6, key
+    assert "Epoch 1: D's overfitting signal r_t" in worker_log(tmp_path, 0)
+
+
 # ---------------------------------------------------------------- GPU settings, checked on a CPU
 
 @pytest.mark.parametrize("capability, cuda, dtype", [((6, 1), "12.0", None), ((7, 0), "12.0", "float16"),

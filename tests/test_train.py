@@ -57,7 +57,8 @@ def test_state_json_records_progress_hyper_parameters_losses_and_versions(traine
     defaults = {name: hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
     assert state["hyper_parameters"] == defaults | {"batch_size": 4, "seed": 5}
     assert set(state["hyper_parameters"]) == {"batch_size", "lr", "beta1", "g_steps", "init", "d_input_bn", "ema",
-                                              "augment", "seed"}
+                                              "augment", "seed", "loss", "d_norm", "mbstd", "r1", "r1_every",
+                                              "flip", "d_lr"}
     assert all(len(values) == 2 for values in state["losses"].values())
     assert set(state["versions"]) == {"paddle", "numpy", "python"}
 
@@ -221,4 +222,6 @@ def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses()
     shown = {flag: value for flag, value in rows.items() if flag in defaults}
     assert set(shown) >= {"--lr", "--beta1", "--batch-size", "--epochs", "--g-steps", "--init", "--ema", "--augment"}
     for flag, value in shown.items():
+        if defaults[flag] is None:  # --seed: drawn at random; --d-lr: --lr's
+            continue
         assert (float(value) if isinstance(defaults[flag], float) else type(defaults[flag])(value)) == defaults[flag]

@@ -6,6 +6,8 @@ Polite: requests to one site start at least --delay seconds apart, shared by eve
 thread, with a descriptive User-Agent; connection errors, 429 and 5xx are retried with
 exponential back-off that honours Retry-After (urllib3's Retry on the session's adapter), and so
 is a download whose body breaks off, which urllib3 no longer retries once the headers are in.
+Never silent: a request still unanswered after NOTICE_SECONDS, and every retry, is a line on the
+terminal, and a site that never answers is given up after a bound --help states.
 Resumable: files are named <out>/<site>/<md5>.<ext> and listed in <out>/manifest.jsonl, so the
 same command run again downloads only what is new. Safe: a download streams into a temporary
 file beside its final name (Files.atomic_write) and is renamed only once its length, its size
@@ -19,6 +21,7 @@ the listing pages with BeautifulSoup instead.
 import argparse
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -34,6 +37,8 @@ from bs4 import BeautifulSoup
 from PIL import Image
 from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.exceptions import MaxRetryError, NewConnectionError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
@@ -52,8 +57,14 @@ MD5 = re.compile(r"[0-9a-f]{32}")
 SAFE_RATINGS = {"g", "s"}
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 PAGE_LIMIT_STATUS = 410  # Danbooru's answer to a page beyond its limit (1000)
-TIMEOUT = (10, 60)  # seconds to connect, seconds of silence while reading
 CHUNK_BYTES = 1 << 16
+# Defaults of --timeout, --retries and --backoff, named once: --help computes its bound from them.
+TIMEOUT = 30.0
+RETRIES = 5
+BACKOFF = 1.0
+# A request still unanswered this long is said on the terminal, long before --timeout ends it: a
+# site that has stopped answering must not look like a crawl that is merely slow to start.
+NOTICE_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -164,11 +175,55 @@ def to_post(site, item, size, page_url):
                 url=urljoin(page_url, url) if url else None)
 
 
-def make_session(retries, backoff, workers):
-    """One session per site: keeps its connections alive, and its adapter does all retrying."""
-    retry = Retry(total=retries, backoff_factor=backoff, status_forcelist=RETRY_STATUSES,
-                  allowed_methods=frozenset({"GET"}), respect_retry_after_header=True,
-                  raise_on_status=False)
+def say(line):
+    """A line above the progress bars, at once, also when stdout is a pipe or a file."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
+def host_of(url):
+    return urlparse(url).netloc
+
+
+def pool_host(pool):
+    """A urllib3 connection pool's host as host_of() writes it: the port only when not the default."""
+    default = {"http": 80, "https": 443}.get(pool.scheme)
+    return pool.host if pool.port in (None, default) else f"{pool.host}:{pool.port}"
+
+
+def give_up_seconds(timeout, retries, backoff):
+    """How long one request to a site that never answers lasts at most: retries + 1 tries of
+    `timeout` seconds each, and urllib3's back-off between them (none before the first retry, then
+    backoff * 2**(n-1) before retry n, at most Retry.DEFAULT_BACKOFF_MAX)."""
+    waits = sum(min(Retry.DEFAULT_BACKOFF_MAX, backoff * 2 ** (n - 1)) for n in range(2, retries + 1))
+    return (retries + 1) * timeout + waits
+
+
+class ReportedRetry(Retry):
+    """urllib3's Retry, which also calls `report(retry, response, error, pool)` before each retry,
+    so that none of them is silent."""
+    report = None
+
+    def new(self, **kwargs):
+        retry = super().new(**kwargs)  # urllib3 builds each next state with new()
+        retry.report = self.report
+        return retry
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None,
+                  _stacktrace=None):
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)  # raises when done
+        if self.report is not None:
+            self.report(retry, response, error, _pool)
+        return retry
+
+
+def make_session(retries, backoff, workers, report):
+    """One session per site: keeps its connections alive, and its adapter does all retrying,
+    calling report() before each retry."""
+    retry = ReportedRetry(total=retries, backoff_factor=backoff, status_forcelist=RETRY_STATUSES,
+                          allowed_methods=frozenset({"GET"}), respect_retry_after_header=True,
+                          raise_on_status=False)
+    retry.report = report
     adapter = HTTPAdapter(max_retries=retry, pool_maxsize=max(10, workers + 1))
     session = requests.Session()
     session.mount("http://", adapter)
@@ -191,6 +246,87 @@ class RateLimiter:
             start = max(now, self.next_start)
             self.next_start = start + self.delay
         self.stop.wait(start - now)  # returns at once on Ctrl-C
+
+
+def inner_error(error):
+    """The error a requests exception stands for: requests wraps urllib3's MaxRetryError, which
+    holds the last try's error (a read timeout, a refused connection) as `reason`."""
+    while True:
+        if isinstance(error, MaxRetryError) and error.reason is not None:
+            error = error.reason
+        elif (isinstance(error, requests.RequestException) and error.args
+              and isinstance(error.args[0], Exception)):
+            error = error.args[0]
+        else:
+            return error
+
+
+def os_words(error):
+    """The operating system's words for an error ("Connection refused"), found in its causes."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+        error = error.__cause__ or error.__context__ or next(
+            (arg for arg in error.args if isinstance(arg, BaseException)), None)
+    return ""
+
+
+def no_answer(error, host, timeout):
+    """(the summary's reason, a phrase in the crawler's words) for a request that got no answer:
+    `error` is requests' ConnectionError or Timeout, or the urllib3 error of one try. urllib3's
+    own text ("HTTPConnectionPool(...): Max retries exceeded ...") is never shown."""
+    error = inner_error(error)
+    # Before the timeout test: urllib3 2 makes NewConnectionError a ConnectTimeoutError too.
+    if isinstance(error, NewConnectionError):
+        cause = os_words(error)
+        if isinstance(error.__cause__ or error.__context__, socket.gaierror):
+            return "connection", f"the host name of {host} is unknown ({cause})"
+        return "connection", f"{host} did not take the connection ({cause or 'no reason given'})"
+    if isinstance(error, (Urllib3Timeout, requests.Timeout, socket.timeout)):
+        return "timeout", f"{host} sent no answer within {timeout:g} s"
+    cause = os_words(error)
+    return "connection", f"the connection to {host} broke off" + (f" ({cause})" if cause else "")
+
+
+class SiteClient:
+    """The crawler's line to one site: a session whose adapter does the retrying, the pace of its
+    requests, and the lines that say so when the site keeps the crawler waiting."""
+
+    def __init__(self, name, args, stop):
+        self.name, self.timeout, self.backoff = name, args.timeout, args.backoff
+        self.tries = args.retries + 1
+        self.give_up = give_up_seconds(args.timeout, args.retries, args.backoff)
+        self.limiter = RateLimiter(args.delay, stop)
+        self.session = make_session(args.retries, args.backoff, args.workers, self.say_retry)
+
+    def get(self, url, **kwargs):
+        """session.get with --timeout, saying so if no answer has come after NOTICE_SECONDS."""
+        notice = threading.Timer(NOTICE_SECONDS, self.say_waiting, args=(url,))
+        notice.daemon = True
+        notice.start()
+        try:
+            return self.session.get(url, timeout=self.timeout, **kwargs)
+        finally:
+            notice.cancel()
+
+    def say_waiting(self, url):
+        say(f"{self.name}: no answer from {host_of(url)} yet after {NOTICE_SECONDS} s; waiting up "
+            f"to {self.timeout:g} s a try (--timeout), {self.tries} tries, giving up after "
+            f"{self.give_up:.0f} s.")
+
+    def say_retry(self, retry, response, error, pool):
+        """Before each retry urllib3 makes: what failed, which try it was, and the wait."""
+        host = pool_host(pool) if pool is not None else self.name
+        if response is not None:
+            what = f"{host} answered {response.status}"
+            wait = retry.get_retry_after(response) or retry.get_backoff_time()
+        else:
+            what = no_answer(error, host, self.timeout)[1]
+            wait = retry.get_backoff_time()
+        when = f"in {wait:g} s" if wait > 0 else "now"
+        say(f"{self.name}: {what} (try {len(retry.history)} of {self.tries}); trying again {when}.")
 
 
 class Manifest:
@@ -231,43 +367,49 @@ class NotKept(Exception):
     """A download that is not kept; the message is the reason the summary counts."""
 
 
-def download(session, limiter, url, dest, max_bytes, stop, retries, backoff):
-    """Fetch url into dest; return None if kept, else the reason not. A body that breaks off is
-    fetched again, up to `retries` times, backoff * 2**(n-1) seconds after the n-th break: the
-    same request usually succeeds, but urllib3's Retry gives up once the headers are in."""
-    for attempt in range(retries + 1):
-        if attempt and stop.wait(backoff * 2 ** (attempt - 1)):
-            return "interrupted"
-        reason = fetch_once(session, limiter, url, dest, max_bytes, stop)
-        if reason != "incomplete":
-            return reason
-    return reason
+def download(client, url, dest, max_bytes, stop):
+    """Fetch url into dest; return (None, the URL it came from after redirects) if kept, else
+    (the reason not, None). A body that breaks off is fetched again, up to --retries times,
+    backoff * 2**(n-1) seconds after the n-th break: the same request usually succeeds, but
+    urllib3's Retry gives up once the headers are in."""
+    for attempt in range(1, client.tries + 1):
+        reason, final_url = fetch_once(client, url, dest, max_bytes, stop)
+        if reason != "incomplete" or attempt == client.tries:
+            return reason, final_url
+        wait = client.backoff * 2 ** (attempt - 1)
+        say(f"{client.name}: the download of {url} broke off (try {attempt} of {client.tries}); "
+            f"trying again in {wait:g} s.")
+        if stop.wait(wait):
+            return "interrupted", None
 
 
-def fetch_once(session, limiter, url, dest, max_bytes, stop):
-    """One request for url into dest, through a temporary file; None if kept, else the reason."""
-    limiter.wait()
+def fetch_once(client, url, dest, max_bytes, stop):
+    """One request for url into dest, through a temporary file: (None, the final URL) if kept,
+    else (the reason, None)."""
+    client.limiter.wait()
     if stop.is_set():
-        return "interrupted"
+        return "interrupted", None
     try:
-        with session.get(url, stream=True, timeout=TIMEOUT) as response:
+        # Redirects are followed, to other hosts too: the listing itself names whatever host it
+        # likes for a file (its CDN), so a redirect gives a server no power it lacks, and
+        # refusing one would lose the files of a site whose CDN redirects. response.url is where
+        # the file came from, which the manifest records.
+        with client.get(url, stream=True) as response:
             if response.status_code != 200:
-                return f"http {response.status_code}"
+                return f"http {response.status_code}", None
             length = response.headers.get("Content-Length", "")
             expected = int(length) if length.isdigit() else None
             if expected is not None and expected > max_bytes:
-                return "too large"
+                return "too large", None
             # atomic_write removes the temporary file whatever stops the body.
             atomic_write(dest, lambda temp: save_body(response, temp, expected, max_bytes, stop))
-        return None
+        return None, response.url
     except NotKept as reason:
-        return str(reason)
-    except requests.Timeout:
-        return "timeout"
-    except requests.ConnectionError:
-        return "connection"
+        return str(reason), None
+    except (requests.ConnectionError, requests.Timeout) as error:
+        return no_answer(error, host_of(url), client.timeout)[0], None
     except requests.RequestException as error:
-        return type(error).__name__
+        return type(error).__name__, None
 
 
 def save_body(response, temp, expected, max_bytes, stop):
@@ -331,60 +473,53 @@ class Crawl:
             stale.unlink()
         have = self.manifest.md5s(site.name) | {
             path.stem for path in folder.iterdir() if path.suffix[1:] in ALLOWED_EXTENSIONS}
-        session = make_session(args.retries, args.backoff, args.workers)
-        limiter = RateLimiter(args.delay, self.stop)
+        client = SiteClient(site.name, args, self.stop)
         limit = min(args.limit or site.max_limit, site.max_limit)
         if args.limit and args.limit > site.max_limit:
-            tqdm.write(f"{site.name}: --limit {args.limit} is over its maximum, using {limit}.")
+            say(f"{site.name}: --limit {args.limit} is over its maximum, using {limit}.")
         first, last = args.pages
         with tqdm(desc=site.name, unit="post", total=0, dynamic_ncols=True) as bar:
             for page in range(first, last + 1):
                 if site.max_page and page > site.max_page:
-                    tqdm.write(f"{site.name}: stopped at page {site.max_page}, the deepest it "
-                               "serves; narrow --tags to reach older posts.")
+                    say(f"{site.name}: stopped at page {site.max_page}, the deepest it serves; "
+                        "narrow --tags to reach older posts.")
                     break
-                answer = self.read_page(site, session, limiter, page, limit)
+                answer = self.read_page(site, client, page, limit)
                 if answer is None:
                     break
                 items, page_url = answer
-                self.download_posts(site, session, limiter, folder, have, items, page_url, bar)
+                self.download_posts(site, client, folder, have, items, page_url, bar)
                 if len(items) < limit:
-                    tqdm.write(f"{site.name}: page {page} had {len(items)} of {limit} posts, "
-                               "the last page.")
+                    say(f"{site.name}: page {page} had {len(items)} of {limit} posts, the last page.")
                     break
             else:
-                tqdm.write(f"{site.name}: stopped after page {last}, the end of --pages.")
+                say(f"{site.name}: stopped after page {last}, the end of --pages.")
 
-    def read_page(self, site, session, limiter, page, limit):
+    def read_page(self, site, client, page, limit):
         """The page's posts as dicts with the JSON field names and the page's URL, or None when
         the crawl of this site stops here."""
         args = self.args
-        base = (args.base_url or site.base_url).rstrip("/")
-        path = site.json_path if args.api == "json" else site.html_path
-        limiter.wait()
+        url = (args.base_url or site.base_url).rstrip("/") + (
+            site.json_path if args.api == "json" else site.html_path)
+        client.limiter.wait()
+        started = time.monotonic()
         try:
-            response = session.get(base + path, timeout=TIMEOUT,
-                                   params={"tags": args.tags, "page": page, "limit": limit})
+            response = client.get(url, params={"tags": args.tags, "page": page, "limit": limit})
             if response.status_code == PAGE_LIMIT_STATUS:
-                tqdm.write(f"{site.name}: the site answered page {page} with its page limit; "
-                           "narrow --tags to reach older posts.")
+                say(f"{site.name}: the site answered page {page} with its page limit; "
+                    "narrow --tags to reach older posts.")
                 return None
             response.raise_for_status()
-            if args.api == "html":
-                items = site.html_posts(BeautifulSoup(response.text, "html.parser"))
-            else:
-                items = response.json()
-                if not isinstance(items, list):  # Danbooru reports errors as an object
-                    raise ValueError(f"expected a list of posts, got {str(items)[:200]}")
+            items = posts_of(site, response, args.api)
         except (requests.RequestException, ValueError) as error:
-            tqdm.write(f"{site.name}: could not read page {page} of {base + path} ({error}); "
-                       "check the connection and --base-url, then rerun to resume.")
+            problem = page_problem(error, client, url, time.monotonic() - started)
+            say(f"{site.name}: could not read page {page} of {url}: {problem}")
             self.tally.site_errors += 1
             return None
         self.tally.pages += 1
         return [item for item in items if isinstance(item, dict)], response.url
 
-    def download_posts(self, site, session, limiter, folder, have, items, page_url, bar):
+    def download_posts(self, site, client, folder, have, items, page_url, bar):
         """Download the page's new posts on the worker threads, waiting for all of them."""
         bar.total += len(items)
         bar.refresh()
@@ -398,7 +533,7 @@ class Crawl:
                 bar.update()
                 continue
             have.add(post.md5)  # the same post can turn up on two pages while the site changes
-            futures.append(self.pool.submit(self.fetch, site, session, limiter, folder, post, bar))
+            futures.append(self.pool.submit(self.fetch, site, client, folder, post, bar))
         for future in as_completed(futures):
             future.result()  # raises what went wrong beyond one download (a full disk)
 
@@ -415,20 +550,52 @@ class Crawl:
             return "existing"
         return None
 
-    def fetch(self, site, session, limiter, folder, post, bar):
+    def fetch(self, site, client, folder, post, bar):
         """Runs on a worker thread; records its own outcome so that Ctrl-C loses none."""
         name = f"{post.md5}.{post.extension}"
-        reason = download(session, limiter, post.url, folder / name, self.args.max_bytes,
-                          self.stop, self.args.retries, self.args.backoff)
+        reason, final_url = download(client, post.url, folder / name, self.args.max_bytes, self.stop)
         with self.lock:
             if reason is None:
                 self.tally.downloaded += 1
                 self.manifest.add({"site": site.name, "id": post.id, "md5": post.md5,
-                                   "rating": post.rating, "tags": post.tags, "url": post.url,
+                                   "rating": post.rating, "tags": post.tags, "url": final_url,
                                    "file": f"{site.name}/{name}"})
             else:
                 self.tally.failed[reason] += 1
         bar.update()
+
+
+def posts_of(site, response, api):
+    """The posts of a listing page, as dicts with the JSON field names; ValueError, in words that
+    follow "the answer of <host>", when the answer is no list of posts."""
+    if api == "html":
+        return site.html_posts(BeautifulSoup(response.text, "html.parser"))
+    try:
+        items = response.json()
+    except ValueError:
+        raise ValueError("is not JSON") from None
+    if not isinstance(items, list):  # Danbooru reports errors as an object, whose text helps
+        raise ValueError(f"is not a list of posts but {str(items)[:200]}")
+    return items
+
+
+def page_problem(error, client, url, seconds):
+    """What went wrong reading a listing page and what to try, in the crawler's words."""
+    host = host_of(url)
+    if isinstance(error, requests.HTTPError):
+        answer = error.response
+        return (f"{host} answered {answer.status_code} {answer.reason}; check --base-url and "
+                "--tags, or rerun later to resume.")
+    if isinstance(error, ValueError):
+        return f"the answer of {host} {error}; check --base-url and --api, then rerun to resume."
+    if not isinstance(error, (requests.ConnectionError, requests.Timeout)):
+        return f"the request failed ({type(error).__name__}); check --base-url, then rerun to resume."
+    reason, words = no_answer(error, host, client.timeout)
+    tried = f"{words}, {client.tries} {'try' if client.tries == 1 else 'tries'} in {seconds:.0f} s"
+    if reason == "timeout":
+        return (f"{tried}; check that the site is up, or give a slow one longer with --timeout, "
+                "then rerun to resume.")
+    return f"{tried}; check the connection and --base-url, then rerun to resume."
 
 
 def format_summary(tally, seconds):
@@ -457,8 +624,13 @@ def page_range(text):
     return first, last
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=(
+        f"A site that does not answer gets a line on the terminal after {NOTICE_SECONDS} s and "
+        "at every retry, and is given up after at most (--retries + 1) x --timeout seconds plus "
+        f"the back-off: {give_up_seconds(TIMEOUT, RETRIES, BACKOFF):.0f} s with the defaults. "
+        "Redirects are followed, to other hosts too, and the manifest records the URL a file "
+        "came from after them."))
     parser.add_argument("--site", choices=["safebooru", "konachan", "both"], default="both",
                         help="which site to crawl (default both, one after the other)")
     parser.add_argument("--tags", default="1girl solo",
@@ -472,26 +644,41 @@ def parse_args(argv=None):
                         help="which rendition to download (default sample, the site's reduced JPEG)")
     parser.add_argument("--out", default="DataSet/raw",
                         help="output folder; files go to OUT/<site>/<md5>.<ext> (default DataSet/raw)")
+    parser.add_argument("--rating", choices=["safe", "any"], default="safe",
+                        help="keep only posts rated safe (g or s), or any rating (default safe)")
+    parser.add_argument("--api", choices=["json", "html"], default="json",
+                        help="read the JSON API or parse the HTML listing pages (default json)")
+    add_network_flags(parser)
+    return parser
+
+
+def add_network_flags(parser):
+    """The flags of how the crawler talks to a site: threads, pace, waits, retries, host."""
     parser.add_argument("--workers", type=int, default=4,
                         help="download threads (default 4)")
     parser.add_argument("--delay", type=float, default=1.0,
                         help="seconds between the starts of two requests to one site, pages and "
                              "images alike, across all threads (default 1.0)")
-    parser.add_argument("--rating", choices=["safe", "any"], default="safe",
-                        help="keep only posts rated safe (g or s), or any rating (default safe)")
-    parser.add_argument("--api", choices=["json", "html"], default="json",
-                        help="read the JSON API or parse the HTML listing pages (default json)")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT,
+                        help="seconds a site may take to accept a connection, and to send each "
+                             "piece of its answer, before that try is given up and retried "
+                             f"(default {TIMEOUT:g})")
     parser.add_argument("--base-url", default=None,
                         help="another host running the same software as --site: a mirror or a "
                              "local test server (default the site itself)")
     parser.add_argument("--max-bytes", type=int, default=20_000_000,
                         help="largest file kept, in bytes (default 20000000, 20 MB)")
-    parser.add_argument("--retries", type=int, default=5,
-                        help="retries of one request on connection errors, 429 and 5xx, and of "
-                             "a download whose body breaks off (default 5)")
-    parser.add_argument("--backoff", type=float, default=1.0,
-                        help="back-off factor in seconds: retry n waits backoff * 2**(n-1), or "
-                             "what Retry-After says (default 1.0)")
+    parser.add_argument("--retries", type=int, default=RETRIES,
+                        help="retries of one request on connection errors, timeouts, 429 and 5xx, "
+                             f"and of a download whose body breaks off (default {RETRIES})")
+    parser.add_argument("--backoff", type=float, default=BACKOFF,
+                        help="back-off factor in seconds: retry n waits backoff * 2**(n-1) "
+                             "(urllib3 makes a request's first retry at once), or what "
+                             f"Retry-After says (default {BACKOFF:g})")
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1.")
@@ -501,6 +688,11 @@ def parse_args(argv=None):
         parser.error("--delay, --backoff and --retries cannot be negative.")
     if args.max_bytes < 1:
         parser.error("--max-bytes must be at least 1.")
+    if args.timeout <= 0:
+        parser.error("--timeout must be more than 0 seconds.")
+    base = urlparse(args.base_url or "")
+    if args.base_url and not (base.scheme in ("http", "https") and base.netloc):
+        parser.error(f"--base-url {args.base_url} is not an http:// or https:// address.")
     return args
 
 
@@ -517,6 +709,12 @@ def main(argv=None):
     if tally.interrupted:
         print("Interrupted: no partial file was kept; rerun the same command to resume.")
         return 130
+    failed = sum(tally.failed.values())
+    if failed and not tally.downloaded:
+        print(f"Every one of the {failed} downloads failed, so nothing was added to {args.out}: "
+              "the summary above counts why; check --base-url and --size, then rerun to retry "
+              "them.", file=sys.stderr)
+        return 1
     return 1 if tally.site_errors else 0
 
 

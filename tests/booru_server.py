@@ -6,7 +6,8 @@ Moebooru posts in the shape of Moebooru's own template (app/helpers/post_helper.
 no verbatim capture exists); and, for any other path, an illustration of
 ../shared/data/illustrations/ of the same file type. A test can replace a path's body
 (`bodies`), script faults for its next requests (`script`), or have the connection dropped in
-the middle of a file's body the next N times it is asked for (`drop_mid_body`).
+the middle of a file's body the next N times it is asked for (`drop_mid_body`). `silent_host()`
+is a host that takes connections and never answers.
 """
 
 import html
@@ -14,9 +15,11 @@ import json
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -119,6 +122,16 @@ def moebooru_listing(posts):
             '<div id="paginator"></div></div></div></body></html>')
 
 
+@contextmanager
+def silent_host():
+    """`with silent_host() as url:` a host on 127.0.0.1 that accepts connections (the kernel
+    completes them into the listening queue) and never answers: nobody accepts or reads them."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
 def status(code, headers=None):
     """A fault: answer `code` with these headers and a short text body."""
     def fault(handler, body):
@@ -207,6 +220,12 @@ def slowly(seconds):
 class _HTTPServer(ThreadingHTTPServer):
     # The crawler keeps connections alive; closing must not wait for their idle threads.
     block_on_close = False
+
+    def handle_error(self, request, client_address):
+        # A client that closes a kept-alive connection with an answer unread (a 404 it streams
+        # and drops) resets it; that is no error of the server's, and no traceback for the log.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -4,9 +4,11 @@ Nothing here reaches the internet: the server serves the real API and HTML captu
 ../shared/data/booru/ with their image URLs pointing back at itself, through --base-url.
 """
 import json
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from booru_server import (
     dropped_mid_body,
     html_as_image,
     short_body,
+    silent_host,
     slowly,
     stalled_mid_body,
     status,
@@ -29,6 +32,7 @@ from Pretreatment import Crawler
 
 BOORU = SHARED_DATA / "booru"
 GOOD_MD5, BAD_MD5, OTHER_MD5 = "a" * 32, "b" * 32, "c" * 32
+URLLIB3_WORDS = ("HTTPConnectionPool", "Max retries exceeded", "Read timed out", "urllib3")
 
 
 @pytest.fixture
@@ -175,13 +179,15 @@ def test_requests_to_one_site_start_delay_apart_across_threads(server, tmp_path)
     assert min(b - a for a, b in zip(starts, starts[1:])) > 0.05
 
 
-def test_429_with_retry_after_is_retried_after_that_wait(server, tmp_path):
+def test_429_with_retry_after_is_retried_after_that_wait(server, tmp_path, capsys):
     server.script("/posts.json", status(429, {"Retry-After": "1"}))
     started = time.monotonic()
     tally = crawl(server, tmp_path, "--site", "safebooru")
     assert time.monotonic() - started >= 1.0
     assert server.requests_of("/posts.json") == 2
     assert tally.pages == 1 and tally.downloaded == 7 and not tally.failed
+    assert f"safebooru: {server.url[7:]} answered 429 (try 1 of 6); trying again in 1 s." in (
+        capsys.readouterr().out)
     assert_clean(tmp_path)
 
 
@@ -228,25 +234,28 @@ def test_a_broken_download_leaves_no_file_and_is_counted(server, tmp_path, fault
 @pytest.mark.parametrize("fault", [dropped_mid_body, cut_mid_body, short_body, stalled_mid_body(2)],
                          ids=["connection reset mid-body", "chunked body cut off",
                               "body shorter than its Content-Length", "read timeout mid-body"])
-def test_a_body_that_breaks_off_is_fetched_again_and_kept_whole(server, tmp_path, monkeypatch,
-                                                                fault):
-    monkeypatch.setattr(Crawler, "TIMEOUT", (10, 0.5))  # seconds of silence that end a read
+def test_a_body_that_breaks_off_is_fetched_again_and_kept_whole(server, tmp_path, fault):
     use_posts(server, server.danbooru_post(GOOD_MD5, "flaky.jpg"))
     server.script("/img/flaky.jpg", fault, fault)
-    tally = crawl(server, tmp_path, "--site", "safebooru", "--retries", "2")
+    # --timeout 0.5: half a second of silence ends a read
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--retries", "2", "--timeout", "0.5")
     assert server.requests_of("/img/flaky.jpg") == 3
     assert tally.downloaded == 1 and not tally.failed
     assert (tmp_path / f"safebooru/{GOOD_MD5}.jpg").read_bytes() == server.body("/img/flaky.jpg")
     assert_clean(tmp_path)
 
 
-def test_a_body_that_breaks_off_is_fetched_again_after_the_back_off(server, tmp_path):
+def test_a_body_that_breaks_off_is_fetched_again_after_the_back_off(server, tmp_path, capsys):
     use_posts(server, server.danbooru_post(GOOD_MD5, "flaky.jpg"))
     server.drop_mid_body("/img/flaky.jpg", times=2)
     tally = crawl(server, tmp_path, "--site", "safebooru", "--backoff", "0.3")
     starts = [when for when, path, _ in server.log if path == "/img/flaky.jpg"]
     assert len(starts) == 3 and tally.downloaded == 1
     assert starts[1] - starts[0] >= 0.3 and starts[2] - starts[1] >= 0.6  # backoff * 2**(n-1)
+    out = capsys.readouterr().out
+    assert f"safebooru: the download of {server.url}/img/flaky.jpg broke off (try 1 of 6); trying " \
+        "again in 0.3 s." in out
+    assert "(try 2 of 6); trying again in 0.6 s." in out
 
 
 @pytest.mark.parametrize("announced", [True, False], ids=["Content-Length", "chunked"])
@@ -277,6 +286,18 @@ def test_posts_that_could_escape_or_are_not_images_are_never_fetched(server, tmp
     assert kept_files(tmp_path) == ["out/manifest.jsonl", f"out/safebooru/{GOOD_MD5}.jpg"]
 
 
+def start_crawler(*flags):
+    """Crawler.py as a user runs it, in a process of its own that Ctrl-C (SIGINT) can stop."""
+    # Where pytest itself runs as a shell's background job, SIGINT is ignored, and a child
+    # would inherit that; with a handler here, the child starts with the default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "Pretreatment/Crawler.py", *map(str, flags)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_stops_cleanly_and_keeps_no_partial_file(server, tmp_path):
     server.bodies["/img/slow.jpg"] = (SHARED_DATA / "illustrations" / "xavierjiezou_test_4.jpg").read_bytes()
     server.script("/img/slow.jpg", slowly(seconds=20))
@@ -284,16 +305,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_no_partial_file(server, tmp_path):
               server.danbooru_post(BAD_MD5, "slow.jpg", id=2),
               server.danbooru_post(OTHER_MD5, "never.jpg", id=3))
     out = tmp_path / "raw"
-    # Where pytest itself runs as a shell's background job, SIGINT is ignored, and a child
-    # would inherit that; with a handler here, the child starts with the default.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        crawler = subprocess.Popen(
-            [sys.executable, "Pretreatment/Crawler.py", "--site", "safebooru", "--base-url",
-             server.url, "--out", str(out), "--delay", "0", "--workers", "1"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    crawler = start_crawler("--site", "safebooru", "--base-url", server.url, "--out", out,
+                            "--delay", "0", "--workers", "1")
     deadline = time.monotonic() + 20
     temporary = out / "safebooru"
     while not list(temporary.glob(f".{BAD_MD5}.jpg.*.tmp")) and time.monotonic() < deadline:
@@ -320,7 +333,99 @@ def test_an_unreachable_site_ends_in_one_sentence_and_exit_status_1(tmp_path, ca
                          str(tmp_path), "--retries", "0"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "konachan: could not read page 1" in out and "check the connection and --base-url" in out
+    assert ("konachan: could not read page 1 of http://127.0.0.1:9/post.json: 127.0.0.1:9 did not "
+            "take the connection (Connection refused), 1 try in 0 s; check the connection and "
+            "--base-url, then rerun to resume.") in out
+    assert not [words for words in URLLIB3_WORDS if words in out]
+
+
+def lines_as_they_come(process):
+    """A queue that receives each line of the process's stdout as soon as it is written."""
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    return lines
+
+
+def test_a_site_that_never_answers_gets_a_line_within_seconds_with_the_default_timeout(tmp_path):
+    with silent_host() as url:
+        crawler = start_crawler("--site", "konachan", "--base-url", url, "--out", tmp_path)
+        try:
+            # The line is due after NOTICE_SECONDS (5), long before the first try's 30 s end;
+            # 20 s leaves room for a busy machine.
+            line = lines_as_they_come(crawler).get(timeout=20)
+        finally:
+            crawler.send_signal(signal.SIGINT)
+            _, stderr = crawler.communicate(timeout=20)
+    assert line == (f"konachan: no answer from {url[7:]} yet after 5 s; waiting up to 30 s a try "
+                    "(--timeout), 6 tries, giving up after 210 s.\n")
+    assert crawler.returncode == 130 and "Traceback" not in stderr
+
+
+def test_a_site_that_never_answers_is_retried_with_a_line_each_time_then_given_up_in_own_words(
+        tmp_path, capsys):
+    with silent_host() as url:
+        code = Crawler.main(["--site", "konachan", "--base-url", url, "--out", str(tmp_path),
+                             "--timeout", "1", "--retries", "2", "--backoff", "0"])
+    out = capsys.readouterr().out
+    host = url[7:]
+    assert code == 1
+    assert [line for line in out.splitlines() if host in line] == [
+        f"konachan: {host} sent no answer within 1 s (try 1 of 3); trying again now.",
+        f"konachan: {host} sent no answer within 1 s (try 2 of 3); trying again now.",
+        f"konachan: could not read page 1 of {url}/post.json: {host} sent no answer within 1 s, "
+        f"3 tries in {out.split(' tries in ')[1].split(' s;')[0]} s; check that the site is up, "
+        "or give a slow one longer with --timeout, then rerun to resume."]
+    assert not [words for words in URLLIB3_WORDS if words in out]
+
+
+def test_help_states_the_timeout_and_when_a_silent_site_is_given_up(capsys):
+    with pytest.raises(SystemExit):
+        Crawler.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--timeout TIMEOUT seconds a site may take to accept a connection" in help_text
+    assert "(default 30)" in help_text
+    assert ("is given up after at most (--retries + 1) x --timeout seconds plus the back-off: "
+            "210 s with the defaults") in help_text
+    assert Crawler.give_up_seconds(timeout=30, retries=5, backoff=1) == 6 * 30 + (2 + 4 + 8 + 16)
+
+
+def test_a_redirect_to_another_host_is_followed_and_the_manifest_records_where_the_file_came_from(
+        server, tmp_path):
+    with BooruServer(SHARED_DATA) as other:
+        use_posts(server, server.danbooru_post(GOOD_MD5, "moved.jpg"))
+        server.script("/img/moved.jpg", status(302, {"Location": f"{other.url}/img/there.jpg"}))
+        tally = crawl(server, tmp_path, "--site", "safebooru")
+        assert other.image_paths() == ["/img/there.jpg"]
+        assert (tmp_path / f"safebooru/{GOOD_MD5}.jpg").read_bytes() == other.body("/img/there.jpg")
+    assert tally.downloaded == 1
+    assert [record["url"] for record in manifest(tmp_path)] == [f"{other.url}/img/there.jpg"]
+    assert_clean(tmp_path)
+
+
+def test_a_run_in_which_every_download_failed_exits_1_with_one_sentence(server, tmp_path, capsys):
+    use_posts(server, server.danbooru_post(GOOD_MD5, "gone.jpg", id=1),
+              server.danbooru_post(BAD_MD5, "also_gone.jpg", id=2))
+    server.script("/img/gone.jpg", status(404))
+    server.script("/img/also_gone.jpg", status(404))
+    code = Crawler.main(["--site", "safebooru", "--base-url", server.url, "--out", str(tmp_path),
+                         "--delay", "0"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Failed:      2 (http 404 2)" in captured.out
+    assert (f"Every one of the 2 downloads failed, so nothing was added to {tmp_path}: the summary "
+            "above counts why; check --base-url and --size, then rerun to retry them.") in (
+        captured.err.splitlines())
+
+
+def test_a_run_that_kept_some_downloads_exits_0_and_counts_the_failed_ones(server, tmp_path, capsys):
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg", id=1),
+              server.danbooru_post(BAD_MD5, "gone.jpg", id=2))
+    server.script("/img/gone.jpg", status(404))
+    code = Crawler.main(["--site", "safebooru", "--base-url", server.url, "--out", str(tmp_path),
+                         "--delay", "0"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Failed:      1 (http 404 1)" in captured.out
+    assert "Every one" not in captured.err
 
 
 def test_a_backwards_page_range_is_a_usage_error(capsys):

@@ -7,9 +7,10 @@ lbpcascade_animeface (nagadomi, MIT). Each face box, widened by --margin on ever
 the image allows, is cut square, resized to --size with area interpolation and saved as
 <dst>/<folder>/<file>-<i>.jpg, where <folder>/<file> is the source's path under --src (so
 a/pic.jpg gives a/pic.jpg-0.jpg: no two sources share a crop's name). Files are spread over a
-pool of processes, and <dst>/manifest.jsonl lists the sources done by that same path, so that a
-second run crops only new ones (delete it to crop everything again, for example with other
-settings).
+pool of processes, which end with the main process however it ends, and <dst>/manifest.jsonl
+lists the sources done by that same path, so that a second run crops only new ones (delete it to
+crop everything again, for example with other settings). --dst may not be --src or a folder
+inside it, where its crops would be taken for sources.
 
 The cascade is --cascade, else Pretreatment/lbpcascade_animeface.xml, else downloaded once from
 upstream into that path and checked against its known sha256.
@@ -22,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
@@ -42,6 +44,7 @@ CASCADE_URL = os.environ.get(
 CASCADE_SHA256 = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30"
 DEFAULT_CASCADE = Path(__file__).resolve().parent / "lbpcascade_animeface.xml"
 JPEG_QUALITY = 95
+READ_CHUNK = 1 << 20
 
 
 class CutImageError(Exception):
@@ -109,9 +112,22 @@ def load_cascade(path):
 
 def read_image(path):
     """The image as 8-bit BGR for OpenCV, decoded as Reader.py decodes it (Files.decode_image),
-    or None if it cannot be read."""
+    or None if it cannot be read or decoded."""
     rgb = decode_image(path)
     return None if rgb is None else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def read_error(path):
+    """Why a file that did not decode could not even be read, in the system's words ("Permission
+    denied", "Input/output error"), or None when all of it reads, so that it is no image.
+    decode_image says None for both; only a file that reads can be called "not an image"."""
+    try:
+        with open(path, "rb") as file:
+            while file.read(READ_CHUNK):
+                pass
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def detect_faces(cascade, image, settings):
@@ -141,8 +157,22 @@ def load_worker(cascade_path, settings):
 
 def init_pool_worker(cascade_path, settings):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    exit_with_parent()
     cv2.setNumThreads(1)  # the pool already runs one process per core
     load_worker(cascade_path, settings)
+
+
+def exit_with_parent():
+    """End this worker as soon as the main process has ended, however it ended. A main process
+    killed outright (SIGKILL, the OOM killer) never stops its pool, and the workers would wait
+    for work for good: each holds the task queue's writing end too, so its reads never end."""
+    parent = multiprocessing.parent_process()
+
+    def watch():
+        parent.join()  # returns once the parent is gone: its end of the spawn pipe closes
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def source_key(source, src):
@@ -157,10 +187,12 @@ def crop_path(dst, key, i):
 
 
 def crop_file(source):
-    """Save the faces of one source; return (source, crops written), None crops if unreadable."""
+    """Save the faces of one source. Return (source, crops written, None); or, for a source
+    skipped, (source, None, why it could not be read) or (source, None, None) if it reads whole
+    but does not decode as an image."""
     image = read_image(source)
     if image is None:
-        return source, None
+        return source, None, read_error(source)
     key = source_key(source, _settings.src)
     crops = []
     for i, box in enumerate(detect_faces(_cascade, image, _settings)):
@@ -170,16 +202,30 @@ def crop_file(source):
         _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         crops.append(crop_path(_settings.dst, key, i))
         write_bytes(crops[-1], encoded.tobytes())
-    return source, crops
+    return source, crops, None
 
 
-def list_sources(src, dst):
-    """Image files under src, leaving out hidden files and anything inside dst (which may be a
-    folder of src: its crops are not sources)."""
-    dst = dst.resolve()
+def check_folders(src, dst):
+    """Refuse a --src that is no folder, and a --dst whose crops would be read as sources: --src
+    itself, or a folder inside it (sources are searched recursively). Links count as where they
+    lead."""
+    if not src.is_dir():
+        raise CutImageError(f"There is no folder {src}: download images first with "
+                            "Pretreatment/Crawler.py, or point --src at a folder of images.")
+    if dst.resolve() == src.resolve():
+        raise CutImageError(f"--dst {dst} is the --src folder itself, where the crops would be read "
+                            "as sources; choose another --dst, such as DataSet/faces.", status=2)
+    if src.resolve() in dst.resolve().parents:
+        raise CutImageError(f"--dst {dst} is inside --src {src}, which is searched recursively, so "
+                            "the crops would be read as sources; choose a --dst outside --src.",
+                            status=2)
+
+
+def list_sources(src):
+    """Image files under src, leaving out hidden files."""
     return sorted(path for path in src.resolve().rglob("*")
                   if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-                  and dst not in path.parents and path.is_file())
+                  and path.is_file())
 
 
 def sources_done(records, src, dst):
@@ -239,9 +285,7 @@ def run_crops(sources, cascade_path, settings, workers):
 def cut_images(args):
     """Crop every new source under args.src; return the counts for the summary."""
     src, dst = Path(args.src), Path(args.dst)
-    if not src.is_dir():
-        raise CutImageError(f"There is no folder {src}: download images first with "
-                            "Pretreatment/Crawler.py, or point --src at a folder of images.")
+    check_folders(src, dst)  # before anything is downloaded or created
     cascade_path = find_cascade(args.cascade)
     load_cascade(cascade_path)  # fail here, in one sentence, rather than in every worker
     dst.mkdir(parents=True, exist_ok=True)
@@ -249,32 +293,38 @@ def cut_images(args):
                         args.min_neighbors, args.margin)
     manifest = dst / "manifest.jsonl"
     done = sources_done(read_json_lines(manifest), settings.src, dst)
-    sources = list_sources(src, dst)
+    sources = list_sources(src)
     # Largest first: a big illustration started last would keep one process busy after the
     # others are done.
     todo = sorted((source for source in sources if source_key(source, settings.src) not in done),
                   key=lambda source: -source.stat().st_size)
-    counts = {"read": 0, "faces": 0, "no face": 0, "unreadable": 0,
+    counts = {"read": 0, "faces": 0, "no face": 0, "not an image": 0, "unreadable": 0,
               "done before": len(sources) - len(todo), "interrupted": False}
     results = run_crops(todo, cascade_path, settings, args.workers)
     try:
-        with open(manifest, "a", encoding="utf-8") as log, \
-                tqdm(results, total=len(todo), unit="img", desc="cropping") as bar:
-            for source, crops in bar:
-                if crops is None:
-                    counts["unreadable"] += 1
-                    tqdm.write(f"Skipped {source}: it does not decode as an image.")
-                    continue
-                counts["read"] += 1
-                counts["faces"] += len(crops)  # one file each: no two sources share a name
-                counts["no face"] += not crops
-                log.write(json.dumps({"file": source_key(source, settings.src),
-                                      "faces": len(crops)}) + "\n")
-                log.flush()
+        record_results(results, len(todo), manifest, settings.src, counts)
     except KeyboardInterrupt:
         results.close()  # stops the pool now, not whenever the generator is collected
         counts["interrupted"] = True
     return counts
+
+
+def record_results(results, total, manifest, src, counts):
+    """Count each source's outcome as it comes, say why a source was skipped, and add each
+    source cropped to the manifest."""
+    with open(manifest, "a", encoding="utf-8") as log, \
+            tqdm(results, total=total, unit="img", desc="cropping") as bar:
+        for source, crops, unreadable in bar:
+            if crops is None:
+                counts["unreadable" if unreadable else "not an image"] += 1
+                tqdm.write(f"Skipped {source}: it could not be read ({unreadable})." if unreadable
+                           else f"Skipped {source}: it does not decode as an image.")
+                continue
+            counts["read"] += 1
+            counts["faces"] += len(crops)  # one file each: no two sources share a name
+            counts["no face"] += not crops
+            log.write(json.dumps({"file": source_key(source, src), "faces": len(crops)}) + "\n")
+            log.flush()
 
 
 def format_summary(counts, seconds):
@@ -283,9 +333,20 @@ def format_summary(counts, seconds):
         f"Images read:     {counts['read']} ({rate:.1f} images/s)",
         f"Faces written:   {counts['faces']}",
         f"No face:         {counts['no face']}",
-        f"Unreadable:      {counts['unreadable']}",
+        f"Not an image:    {counts['not an image']}",
+        f"Could not read:  {counts['unreadable']}",
         f"Done before:     {counts['done before']}",
     ])
+
+
+def nothing_read(counts, src):
+    """The sentence for a run in which every new source was skipped, or None."""
+    skipped = counts["not an image"] + counts["unreadable"]
+    if counts["read"] or not skipped:
+        return None
+    return (f"None of the {skipped} new files under {src} could be cropped (could not be read: "
+            f"{counts['unreadable']}, not an image: {counts['not an image']}); fix their "
+            "permissions or the disk, or remove them, then rerun.")
 
 
 def parse_args(argv=None):
@@ -293,7 +354,8 @@ def parse_args(argv=None):
     parser.add_argument("--src", default="DataSet/raw",
                         help="folder of illustrations, searched recursively (default DataSet/raw)")
     parser.add_argument("--dst", default="DataSet/faces",
-                        help="folder for the face crops (default DataSet/faces)")
+                        help="folder for the face crops, neither --src nor inside it (default "
+                             "DataSet/faces)")
     parser.add_argument("--size", type=int, default=96,
                         help="side of the saved square crops, pixels (default 96)")
     parser.add_argument("--min-size", type=int, default=96,
@@ -338,6 +400,10 @@ def main(argv=None):
     if counts["interrupted"]:
         print("Interrupted: rerun the same command to crop the rest.")
         return 130
+    problem = nothing_read(counts, args.src)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     return 0
 
 

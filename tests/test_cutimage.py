@@ -1,9 +1,15 @@
 """Pretreatment/CutImage.py on the shared illustrations and negatives, and the whole data path:
 crawl from the local booru server, crop, read with Reader.py, one training step."""
 import json
+import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,7 +93,7 @@ def test_faces_per_illustration_match_sources_md(illustration_crops):
     assert manifest_faces(dst) == expected
     assert {name: len(crops_of(dst, name)) for name in expected} == expected
     assert counts["read"] == 13 and counts["faces"] == sum(expected.values()) == 64
-    assert counts["no face"] == 1 and counts["unreadable"] == 0
+    assert counts["no face"] == 1 and counts["not an image"] == counts["unreadable"] == 0
 
 
 @needs_shared
@@ -112,7 +118,7 @@ def test_grayscale_and_rgba_sources_work_and_a_corrupt_one_is_skipped(mixed_sour
                                                                        capsys):
     dst = tmp_path / "faces"
     counts = cut(mixed_sources, dst, "--min-size", "24", "--workers", "2")
-    assert (counts["read"], counts["faces"], counts["unreadable"]) == (3, 6, 1)
+    assert (counts["read"], counts["faces"], counts["not an image"], counts["unreadable"]) == (3, 6, 1, 0)
     out = capsys.readouterr().out
     assert f"Skipped {mixed_sources / 'broken.jpg'}: it does not decode as an image." in out
     assert manifest_faces(dst) == {"colour.jpg": 2, "nested/gray.png": 2, "nested/rgba.png": 2}
@@ -128,17 +134,44 @@ def test_a_second_run_crops_only_new_sources(mixed_sources, tmp_path):
     Image.open(ILLUSTRATIONS / "waifu2x_miku_CC_BY-NC.jpg").save(mixed_sources / "new.jpg")
     again = cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
     assert again["done before"] == 3
-    assert (again["read"], again["faces"], again["unreadable"]) == (1, 1, 1)
+    assert (again["read"], again["faces"], again["not an image"]) == (1, 1, 1)
     assert len(list(dst.rglob("*.jpg"))) == 7
 
 
-@needs_shared
-def test_crops_inside_the_source_folder_are_not_taken_for_sources(mixed_sources):
-    dst = mixed_sources / "faces"
-    cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
-    (dst / "manifest.jsonl").unlink()  # forget the sources done: all files under src look new
-    again = cut(mixed_sources, dst, "--min-size", "24", "--workers", "1")
-    assert (again["read"], again["unreadable"]) == (3, 1)  # the 6 crops are not among them
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def offline_cascade(monkeypatch, tmp_path):
+    """No cascade file, and its download refused: any attempt to fetch one fails at once."""
+    monkeypatch.setattr(CutImage, "DEFAULT_CASCADE", tmp_path / "cascade" / "lbpcascade_animeface.xml")
+    monkeypatch.setattr(CutImage, "CASCADE_URL", f"http://127.0.0.1:{closed_port()}/x.xml")
+
+
+@pytest.mark.parametrize("where", ["the same folder", "a folder inside it", "a link to it",
+                                   "a folder inside it through a link"])
+def test_a_dst_whose_crops_would_be_read_as_sources_is_refused_before_anything_is_created(
+        tmp_path, monkeypatch, capsys, where):
+    src = tmp_path / "raw"
+    (src / "site").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(src / "site" / "a.jpg")
+    (tmp_path / "link").symlink_to(src)
+    dst = {"the same folder": src, "a folder inside it": src / "faces",
+           "a link to it": tmp_path / "link", "a folder inside it through a link": tmp_path / "link" / "faces"}[where]
+    offline_cascade(monkeypatch, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    code = CutImage.main(["--src", str(src), "--dst", str(dst)])
+    assert code == 2
+    if where in ("the same folder", "a link to it"):
+        expected = (f"--dst {dst} is the --src folder itself, where the crops would be read as "
+                    "sources; choose another --dst, such as DataSet/faces.")
+    else:
+        expected = (f"--dst {dst} is inside --src {src}, which is searched recursively, so the "
+                    "crops would be read as sources; choose a --dst outside --src.")
+    assert capsys.readouterr().err == expected + "\n"
+    assert sorted(tmp_path.rglob("*")) == before  # no folder, no manifest, no cascade
 
 
 @pytest.fixture
@@ -209,12 +242,6 @@ def test_margin_widens_the_box_evenly_as_far_as_the_image_allows():
     assert (CutImage.square_crop(image, (4, 30, 20, 20), margin=0.0) == image[30:50, 4:24]).all()
 
 
-def closed_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_offline_cascade_download_ends_in_one_sentence(tmp_path, monkeypatch, capsys):
     url = f"http://127.0.0.1:{closed_port()}/lbpcascade_animeface.xml"
     monkeypatch.setattr(CutImage, "DEFAULT_CASCADE", tmp_path / "lbpcascade_animeface.xml")
@@ -279,7 +306,131 @@ def test_a_missing_source_folder_ends_in_one_sentence(tmp_path, capsys):
 def test_the_command_line_crops_and_prints_a_summary(mixed_sources, tmp_path):
     result = run_script("Pretreatment/CutImage.py", "--src", mixed_sources, "--dst",
                         tmp_path / "faces", "--min-size", "24", "--cascade", CASCADE)
-    assert "Faces written:   6" in result.stdout and "Unreadable:      1" in result.stdout
+    assert "Faces written:   6" in result.stdout and "Not an image:    1" in result.stdout
+    assert "Could not read:  0" in result.stdout
+
+
+def unreadable_through_io_error(path):
+    """A file every read of which fails with a real EIO: a link to /proc/self/mem, the reading
+    process's own memory, whose offset 0 is an address never mapped."""
+    if not Path("/proc/self/mem").is_file():
+        pytest.skip("needs Linux's /proc/self/mem for a file that fails to read")
+    path.symlink_to("/proc/self/mem")
+    return path
+
+
+def reading_denied_to_root():
+    """The command prefix under which a chmod 000 file cannot be read: none for an ordinary user;
+    for root, which reads any file, setpriv dropping the two capabilities that let it."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("runs as root without setpriv, so no file's permissions can deny it reading")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"]
+
+
+@needs_shared
+def test_a_file_that_may_not_be_read_is_reported_apart_from_one_that_does_not_decode(mixed_sources,
+                                                                                   tmp_path):
+    secret = mixed_sources / "secret.jpg"
+    shutil.copy(ILLUSTRATIONS / "pdmera_test.jpg", secret)
+    secret.chmod(0)
+    result = subprocess.run([*reading_denied_to_root(), sys.executable, "Pretreatment/CutImage.py",
+                             "--src", mixed_sources, "--dst", tmp_path / "faces", "--min-size", "24",
+                             "--cascade", CASCADE, "--workers", "2"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    src = mixed_sources.resolve()
+    assert f"Skipped {src / 'secret.jpg'}: it could not be read (Permission denied)." in result.stdout
+    assert f"Skipped {src / 'broken.jpg'}: it does not decode as an image." in result.stdout
+    assert "Images read:     3" in result.stdout
+    assert "Not an image:    1" in result.stdout and "Could not read:  1" in result.stdout
+
+
+@needs_shared
+def test_a_file_whose_reads_fail_with_an_io_error_is_reported_as_one_that_could_not_be_read(
+        mixed_sources, tmp_path, capsys):
+    unreadable_through_io_error(mixed_sources / "failing.jpg")
+    counts = cut(mixed_sources, tmp_path / "faces", "--min-size", "24", "--workers", "1")
+    assert (counts["read"], counts["not an image"], counts["unreadable"]) == (3, 1, 1)
+    out = capsys.readouterr().out
+    assert (f"Skipped {mixed_sources.resolve() / 'failing.jpg'}: it could not be read "
+            "(Input/output error).") in out
+
+
+@needs_shared
+def test_a_run_in_which_nothing_could_be_read_exits_1_with_one_sentence(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    unreadable_through_io_error(src / "failing.jpg")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 100)
+    code = CutImage.main(["--src", str(src), "--dst", str(tmp_path / "faces"), "--cascade",
+                          str(CASCADE), "--workers", "1"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Images read:     0" in captured.out
+    assert captured.err.splitlines()[-1] == (
+        f"None of the 2 new files under {src} could be cropped (could not be read: 1, not an "
+        "image: 1); fix their permissions or the disk, or remove them, then rerun.")
+
+
+def processes_whose_parent_is(pid):
+    """Process ids whose parent is pid, from /proc (the field after the command's closing paren)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while being listed
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def running(pid):
+    """Whether pid still runs; a zombie, ended and waiting to be reaped, does not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for_a_source_done(dst, process, seconds):
+    """Until the run has listed a source in its manifest, or ended, or `seconds` have passed."""
+    manifest = dst / "manifest.jsonl"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest.exists() and manifest.read_text().strip():
+            return
+        time.sleep(0.1)
+
+
+@needs_shared
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table in /proc")
+def test_killing_the_main_process_outright_ends_its_workers_within_seconds(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "faces"
+    src.mkdir()
+    for i in range(60):  # more work than two processes do in seconds, so the kill lands mid-run
+        (src / f"{i}.jpg").symlink_to(ILLUSTRATIONS / "xavierjiezou_test_2.jpg")
+    main = subprocess.Popen([sys.executable, "Pretreatment/CutImage.py", "--src", src, "--dst", dst,
+                             "--cascade", CASCADE, "--min-size", "24", "--workers", "2"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = []
+    try:
+        wait_for_a_source_done(dst, main, seconds=60)
+        children = processes_whose_parent_is(main.pid)  # the workers and multiprocessing's tracker
+        assert main.poll() is None and len(children) >= 2, "the run was not caught mid-run"
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 15  # they end at once; the margin is for a busy machine
+        while any(map(running, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if running(pid)]
+    finally:
+        if main.poll() is None:
+            main.kill()
+        for pid in filter(running, children):
+            os.kill(pid, signal.SIGKILL)  # left behind by a failure: this test's own processes
 
 
 @needs_shared

@@ -326,7 +326,7 @@ class SiteClient:
             what = no_answer(error, host, self.timeout)[1]
             wait = retry.get_backoff_time()
         when = f"in {wait:g} s" if wait > 0 else "now"
-        say(f"{self.name}: {what} (try {len(retry.history)} of {self.tries}); trying again {when}.")
+        say(f"{self.name}: try {len(retry.history)} of {self.tries}: {what}; trying again {when}.")
 
 
 class Manifest:
@@ -377,7 +377,7 @@ def download(client, url, dest, max_bytes, stop):
         if reason != "incomplete" or attempt == client.tries:
             return reason, final_url
         wait = client.backoff * 2 ** (attempt - 1)
-        say(f"{client.name}: the download of {url} broke off (try {attempt} of {client.tries}); "
+        say(f"{client.name}: try {attempt} of {client.tries}: the download of {url} broke off; "
             f"trying again in {wait:g} s.")
         if stop.wait(wait):
             return "interrupted", None
@@ -711,9 +711,9 @@ def main(argv=None):
         return 130
     failed = sum(tally.failed.values())
     if failed and not tally.downloaded:
-        print(f"Every one of the {failed} downloads failed, so nothing was added to {args.out}: "
-              "the summary above counts why; check --base-url and --size, then rerun to retry "
-              "them.", file=sys.stderr)
+        every = f"Every one of the {failed} downloads" if failed > 1 else "The one download"
+        print(f"{every} failed, so nothing was added to {args.out}: the summary above counts "
+              "why; check --base-url and --size, then rerun to retry.", file=sys.stderr)
         return 1
     return 1 if tally.site_errors else 0
 

@@ -25,6 +25,7 @@ the operating system releases when the process ends, however it ends.
 import Utils
 from Utils import UserError
 
+import json
 import math
 import os
 import shutil
@@ -32,15 +33,24 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import paddle
+from safetensors import SafetensorError
 
 import Files
 
 STATE_FILE = "state.json"
+# state.json's format. 2: the format field itself; a state.json without one is format 1. A newer
+# format is refused (its fields may mean what this code cannot know); fields this code does not
+# know in a format it reads are kept as they are on the next save (RunState.unknown).
+FORMAT = 2
 INCOMING = ".incoming"
 COMPLETE = "COMPLETE"
 LOCK_FILE = ".lock"
 NETWORKS = ("G", "D", "G_ema")  # whose weights a checkpoint may hold
 TRAINED = ("G", "D")  # whose Adam state it holds: G_ema is never trained
+
+
+class FolderBusy(UserError):
+    """The model folder is locked by another process, which may be training in it right now."""
 
 
 def weights_file(name):
@@ -77,6 +87,8 @@ class RunState:
     # 2020): near 0 D cannot tell the real faces from generated ones; near 1 D is sure of every real face.
     real_sign: list = field(default_factory=list)
     overfitting: list = field(default_factory=list)
+    # Top-level fields of state.json this code does not know (a later version's records), written back as read.
+    unknown: dict = field(default_factory=dict)
     # One per run of Train.py: {"from_step", "to_step", "machine", "processes", "threads", "cpu_seconds"},
     # the CPU time of rank 0's process (all its threads) from its start to its last checkpoint.
     stretches: list = field(default_factory=list)
@@ -93,10 +105,14 @@ class RunState:
         """Check every field's type and range; a wrong state.json is refused, never guessed at."""
         if not isinstance(data, dict):
             raise _bad_state(path, f"it holds {type(data).__name__}, not the object Train.py writes")
+        version = data.get("format", 1)
+        if not _is(version, int) or version > FORMAT:
+            raise UserError(f"{path} was written by a newer version of this project (state.json format {version}; "
+                            f"this one reads up to {FORMAT}): update it (git pull) to continue that checkpoint.")
         missing = [f.name for f in fields(cls) if f.name not in data and f.name in REQUIRED_FIELDS]
         if missing:
             raise _bad_state(path, f"it lacks {', '.join(missing)}")
-        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data and f.name != "unknown"}
         for f in fields(cls):  # each field's annotation is the type it must have
             if f.name in values and not _is(values[f.name], f.type):
                 raise _bad_state(path, f"its {f.name} is {values[f.name]!r}, not {_describe(f.type)}")
@@ -106,10 +122,12 @@ class RunState:
         losses = values.get("losses", {})
         if not all(isinstance(losses.get(key), list) for key in ("d_fake", "d_real", "g")):
             raise _bad_state(path, "its losses are not the three lists d_fake, d_real and g")
-        return cls(**values)
+        known = {f.name for f in fields(cls)} | {"format"}
+        return cls(**values, unknown={key: value for key, value in data.items() if key not in known})
 
     def to_json(self):
-        return asdict(self)
+        data = asdict(self)
+        return {"format": FORMAT, **{key: value for key, value in data.items() if key != "unknown"}, **self.unknown}
 
 
 REQUIRED_FIELDS = {"hyper_parameters", "epochs_done", "batches_done", "global_step", "losses"}
@@ -175,7 +193,7 @@ class ModelFolder:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise UserError(f"{self.path} is being trained by another Train.py ({holder}); wait for it to end, "
+            raise FolderBusy(f"{self.path} is being trained by another Train.py ({holder}); wait for it to end, "
                             f"or give this run another --model-dir.") from None
         handle.seek(0)
         handle.truncate()
@@ -251,6 +269,14 @@ class ModelFolder:
                             f"files of two checkpoints were mixed. Put back the matching files, or start over "
                             f"with --fresh or another --model-dir.")
 
+    def check_space(self, networks, optimizers, state):
+        """Refuse in one sentence, before any training, when the folder's disk cannot hold the next
+        checkpoint beside the last one (a save writes the new one whole before removing the old)."""
+        needed, free = checkpoint_size(networks, optimizers, state), shutil.disk_usage(self.path).free
+        if free < needed:
+            raise UserError(f"{self.path} has {megabytes(free)} free, but a checkpoint needs about "
+                            f"{megabytes(needed)}; free {megabytes(needed - free)} more or name another --model-dir.")
+
     def save(self, networks, optimizers, state, scalers=None):
         """Write the checkpoint as one unit (see the module's docstring)."""
         incoming = self.path / INCOMING
@@ -268,11 +294,14 @@ class ModelFolder:
             Files.fsync_folder(incoming)
             Files.write_json(sorted(os.listdir(incoming)), incoming / COMPLETE)
             Files.fsync_folder(incoming)
-        except OSError as error:
+        except (OSError, SafetensorError) as error:  # safetensors reports a full disk as a SafetensorError
             shutil.rmtree(incoming, ignore_errors=True)
-            raise UserError(f"the checkpoint of {state.where()} could not be written to {self.path} "
-                            f"({error.strerror or error}); the folder still holds its last complete checkpoint. "
-                            f"Free some space or fix the folder, then run the same command to continue.") from None
+            reason = getattr(error, "strerror", None) or error
+            needed, free = checkpoint_size(networks, optimizers, state), shutil.disk_usage(self.path).free
+            raise UserError(f"the checkpoint of {state.where()} could not be written to {self.path} ({reason}; it "
+                            f"needs about {megabytes(needed)}, and {megabytes(free)} are free); the folder still holds "
+                            f"its last complete checkpoint. Free some space or fix the folder, then run the same "
+                            f"command to continue.") from None
         self._move_into_place(incoming)
 
     def _move_into_place(self, incoming):
@@ -287,6 +316,22 @@ class ModelFolder:
                 os.replace(incoming / name, self.path / name)
         Files.fsync_folder(self.path)
         shutil.rmtree(incoming)
+
+
+def checkpoint_size(networks, optimizers, state):
+    """Bytes a checkpoint of these networks takes, about: float32 weights and statistics, Adam's
+    two moments of every trained weight, state.json, and 1 MB for the files' headers."""
+    def values(layer, trained_only=False):
+        return sum(math.prod(p.shape) for p in (layer.parameters() if trained_only else layer.state_dict().values())
+                   if not (trained_only and p.stop_gradient))
+
+    weights = sum(values(layer) for layer in networks.values())
+    adam = sum(2 * values(networks[name], trained_only=True) for name in optimizers)
+    return 4 * (weights + adam) + len(json.dumps(state.to_json())) + 2**20
+
+
+def megabytes(size):
+    return f"{size / 2**20:,.0f} MB"
 
 
 def checkpoint_files():

@@ -4,6 +4,7 @@ an image file the way a viewer shows it."""
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,19 @@ from PIL import ExifTags, Image
 class UserError(Exception):
     """A mistake the user can fix (a missing folder, a wrong flag): shown as one sentence by
     Utils.run_main. It lives here, without Paddle, so that these helpers can raise it too."""
+
+
+def warnings_as_sentences():
+    """Print this project's warnings (UserWarning) as "warning: <sentence>", without the file and
+    source line Python adds for programmers; other categories keep Python's form."""
+    plain = warnings.formatwarning
+
+    def sentence(message, category, filename, lineno, line=None):
+        if category is UserWarning:
+            return f"warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = sentence
 
 
 def atomic_write(path, write):

@@ -29,10 +29,28 @@ class DataSetError(Exception):
     """The folder cannot give a data set (missing, or no readable image in it)."""
 
 
+def check_folder(folder):
+    """folder as a Path, or a DataSetError saying in one sentence why it cannot hold a data set."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise DataSetError(f"The data folder {folder} is a file, not a folder; name the folder that holds the "
+                           f"96x96 face images.")
+    raise DataSetError(f"The data folder {folder} does not exist; put 96x96 face images in it, "
+                       f"or make them with the tools in Pretreatment/ (see Pretreatment/README.md).")
+
+
 def find_images(folder):
-    """Every image file under folder, sorted by path so that --limit and seeds mean the same
-    thing on every machine."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """Every image file under folder, and every link named like one whose target is missing (it is
+    skipped and named then), sorted by path so that --limit and seeds mean the same thing on every
+    machine."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or is_dangling(p)))
+
+
+def is_dangling(path):
+    return path.is_symlink() and not path.exists()
 
 
 def decode_face(path):
@@ -54,10 +72,7 @@ class FaceDataset(paddle.io.Dataset):
     """
 
     def __init__(self, folder=DEFAULT_FOLDER, limit=None, flip=False, seed=0):
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise DataSetError(f"The data folder {folder} does not exist; put 96x96 face images in it, "
-                               f"or make them with the tools in Pretreatment/ (see Pretreatment/README.md).")
+        folder = check_folder(folder)
         paths = find_images(folder)
         if limit is not None:
             paths = paths[:limit]
@@ -69,8 +84,10 @@ class FaceDataset(paddle.io.Dataset):
         self.paths = [path for path, face in zip(paths, decoded) if face is not None]
         self.skipped = [path for path, face in zip(paths, decoded) if face is None]
         if self.skipped:
+            dangling = [path for path in self.skipped if is_dangling(path)]
+            links = (f"; {len(dangling)} of them link to a missing file (first: {dangling[0]})" if dangling else "")
             warnings.warn(f"{len(self.skipped)} of {len(paths)} files in {folder} could not be read "
-                          f"and were skipped (first: {self.skipped[0]}).", stacklevel=2)
+                          f"and were skipped (first: {self.skipped[0]}){links}.", stacklevel=2)
         if not self.paths:
             raise DataSetError(f"None of the {len(paths)} image files in {folder} could be read; "
                                f"make face crops with the tools in Pretreatment/ (see Pretreatment/README.md).")

@@ -35,6 +35,7 @@ import math
 import platform
 import re
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -51,9 +52,9 @@ from tqdm import tqdm
 import Augment
 import Files
 import Net
-from Checkpoint import ModelFolder, RunState
+from Checkpoint import LOCK_FILE, FolderBusy, ModelFolder, RunState
 from Net import Z_DIM, Discriminator, Generator, init_dcgan_weights
-from Reader import DataSetError, DeviceLoader, FaceDataset, make_loader
+from Reader import DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
 
 REAL, FAKE = 1, 0
 GRID_SIDE = 8  # the progress grids show 8x8 samples of one fixed noise batch
@@ -459,19 +460,20 @@ def step_seed(seed, rank, step):
 
 # ---------------------------------------------------------------------------------------- outputs
 
-def save_sample_grid(G, fixed_noise, path, title):
-    """An 8x8 grid of what G makes of the fixed noise, titled like the original's plus the
-    samples' spread; returns the spread and the grid without its title."""
+def draw_sample_grid(G, fixed_noise):
+    """An 8x8 grid of what G makes of the fixed noise, and the samples' spread."""
+    G.eval()
+    samples = Utils.generate(G, fixed_noise)
+    G.train()
+    return Utils.sample_spread(samples), Utils.tile_images(samples, GRID_SIDE, GRID_SIDE)
+
+
+def save_sample_grid(grid, path, title):
+    """The grid as a PNG, titled like the original's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    G.eval()
-    samples = Utils.generate(G, fixed_noise)
-    G.train()
-    spread = Utils.sample_spread(samples)
-    title += f"  spread {spread:.1f}"
-    grid = Utils.tile_images(samples, GRID_SIDE, GRID_SIDE)
     height, width, _ = grid.shape
     title_height = 40
     # One figure pixel per image pixel, so the tiles are not resampled.
@@ -480,9 +482,19 @@ def save_sample_grid(G, fixed_noise, path, title):
     axes.imshow(grid, interpolation="nearest")
     axes.axis("off")
     figure.text(0.5, 1 - title_height / 2 / (height + title_height), title, ha="center", va="center", fontsize=12)
-    Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
-    return spread, grid
+    try:
+        Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    finally:
+        plt.close(figure)
+
+
+def picture(write, what):
+    """Call write(), which draws a picture to disk; a picture that cannot be written (a full
+    disk, say) is a one-line warning, never the end of a training run."""
+    try:
+        write()
+    except OSError as error:
+        print(f"warning: {what} could not be written ({error.strerror or error}); training goes on.", file=sys.stderr)
 
 
 class VisualDLLog:
@@ -593,6 +605,11 @@ def settle_hyper_parameters(args, state):
     changeable ones (--lr, --ema, --augment, ...) and those of D's form (--d-norm, --mbstd), whose
     change is recorded in state.changes. Returns the hyper-parameters and the changed ones."""
     saved = trained_with(state) if state else {}
+    unknown = sorted(set(saved) - set(HYPER_PARAMETERS))
+    if unknown:
+        raise UserError(f"{args.model_dir} holds a checkpoint trained with hyper-parameters this version of Train.py "
+                        f"does not know ({', '.join(unknown)}), so it cannot continue it as it was trained; update "
+                        f"the project (git pull), or start over with --fresh or another --model-dir.")
     settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
@@ -779,13 +796,62 @@ def build_networks(hp, device, world_size):
     return G, D, opt_g, opt_d
 
 
+@contextlib.contextmanager
+def nothing_left_if_refused(*folders):
+    """Within this block, a refusal (UserError) removes the folders it made for folders (parents
+    included) while they hold nothing but the model folder's lock: a refused run leaves nothing
+    behind. A folder another process holds is left alone: it may have made it a moment ago."""
+    made = [top for top in map(first_missing, folders) if top]
+    try:
+        yield
+    except FolderBusy:
+        raise
+    except UserError:
+        for top in made:
+            if top.is_dir() and all(path.is_dir() or path.name == LOCK_FILE for path in top.rglob("*")):
+                shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def first_missing(folder):
+    """The outermost folder that making folder would create, or None if folder exists."""
+    folder, top = Path(folder).absolute(), None
+    while not folder.exists():
+        folder, top = folder.parent, folder
+    return top
+
+
+def agree_on_space(session):
+    """Refuse before the first step when the model folder cannot hold the next checkpoint; rank 0
+    checks, every rank ends with its sentence."""
+    problem = None
+    if session.procs.writer:
+        try:
+            session.folder.check_space(session.networks, session.optimizers, session.state)
+        except UserError as error:
+            problem = str(error)
+    problem = session.procs.from_writer(problem)
+    if problem:
+        raise UserError(problem)
+
+
 def set_up(args):
+    # Rank 0 alone makes the folders, so it alone removes them.
+    with nothing_left_if_refused(*((args.model_dir, args.output) if paddle.distributed.get_rank() == 0 else ())):
+        return build_session(args)
+
+
+def build_session(args):
     cpu_started = time.process_time()
     procs = Processes()
     device = Utils.choose_device(args.device)
     if args.amp and device != "gpu":
         raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
                         "so train on CPU without --amp.")
+    try:
+        check_folder(args.data)  # before any folder is made
+    except DataSetError as error:
+        raise UserError(str(error)) from None
     folder, saved, hp, fresh_d, run = agree_on_start(args, procs)
     dataset, loader = load_faces(args, hp, procs)
     G, D, opt_g, opt_d = build_networks(hp, device, procs.world_size)
@@ -816,6 +882,8 @@ def set_up(args):
                  f"{state.steps_per_epoch} batches of {hp['batch_size']} per epoch, seed {hp['seed']}.")
     if dataset.skipped:
         say(session, f"Skipped {len(dataset.skipped)} unreadable files.")
+    if state.epochs_done < args.epochs:
+        agree_on_space(session)
     return session
 
 
@@ -839,14 +907,17 @@ def checkpoint(session, started):
 
 
 def sample(session, epoch):
+    """Draw the sample grid of the fixed noise, record its spread, and return the function that
+    writes it to --output: at an epoch's end it is written after the checkpoint."""
     state, losses = session.state, session.state.losses
+    spread, grid = draw_sample_grid(session.G, session.fixed_noise)
     title = (f"Epoch {epoch}  Batch {state.batches_done}  D loss {losses['d_fake'][-1] + losses['d_real'][-1]:.4f}  "
-             f"G loss {losses['g'][-1]:.4f}")
+             f"G loss {losses['g'][-1]:.4f}  spread {spread:.1f}")
     path = Path(session.args.output) / f"epoch_{epoch:04d}_batch_{state.batches_done:04d}.png"
-    spread, grid = save_sample_grid(session.G, session.fixed_noise, path, title)
     state.spread.append([state.global_step, round(spread, 2)])
     if session.visualdl:
         session.visualdl.sample(state.global_step, spread, grid)
+    return lambda: picture(lambda: save_sample_grid(grid, path, title), f"The sample grid {path}")
 
 
 def divergence_message(session, losses, epoch):
@@ -885,7 +956,8 @@ def run_step(session, real, epoch):
 
 
 def run_epoch(session, epoch):
-    """Train the rest of one epoch. Returns False if the run was asked to stop."""
+    """Train the rest of one epoch. Returns whether it finished (False: the run was asked to stop)
+    and the writing of its last sample grid, which waits for the checkpoint, or None."""
     state, args = session.state, session.args
     session.loader.batch_sampler.set_epoch(epoch, start_batch=state.batches_done)
     session.dataset.set_epoch(epoch)
@@ -898,13 +970,15 @@ def run_epoch(session, epoch):
                 session.visualdl.step(session, losses)
             progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
             every = args.sample_every and state.batches_done % args.sample_every == 0
-            if session.procs.writer and (every or state.batches_done == state.steps_per_epoch):
-                sample(session, epoch)
+            last = state.batches_done == state.steps_per_epoch
+            write_grid = sample(session, epoch) if session.procs.writer and (every or last) else None
             if stop:
-                return False
+                return False, write_grid
+            if write_grid and not last:
+                write_grid()
     state.epochs_done, state.batches_done = epoch, 0
     measure_overfitting(session, epoch)
-    return True
+    return True, write_grid
 
 
 def measure_overfitting(session, epoch):
@@ -942,15 +1016,19 @@ def train(args):
     started = time.time() - state.wall_seconds
     with StopRequest() as session.stop, session.visualdl or contextlib.nullcontext():
         while state.epochs_done < args.epochs:
-            finished = run_epoch(session, state.epochs_done + 1)
-            checkpoint(session, started)
+            finished, write_grid = run_epoch(session, state.epochs_done + 1)
+            checkpoint(session, started)  # first: a picture that fails must not cost the checkpoint
+            if write_grid:
+                write_grid()
             if not finished:
                 say(session, f"Stopped in epoch {state.epochs_done + 1} after batch {state.batches_done}; checkpoint "
                              f"saved to {folder}. Run the same command to continue.")
                 session.procs.wait_for_all()  # the launcher ends every process once one has left
                 sys.exit(130)
             if session.procs.writer:
-                Utils.save_loss_curve(state.losses, state.steps_per_epoch, Path(args.output) / "loss.png")
+                loss_curve = Path(args.output) / "loss.png"
+                picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve),
+                        f"The loss curve {loss_curve}")
     say(session, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, samples in "
                  f"{args.output}. A training step took {np.median(session.step_seconds):.2f} s "
                  f"(median of this run's {len(session.step_seconds)}).")

@@ -45,6 +45,9 @@ def set_up_cpu():
     # Paddle prints "No ccache found" at import; that concerns people who build Paddle, not users.
     os.environ.setdefault("GLOG_minloglevel", "2")
     warnings.filterwarnings("ignore", message=".*ccache.*")
+    import Files  # no Paddle in it, so it may load before the settings are in place
+
+    Files.warnings_as_sentences()
     warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance")
     _keep_freed_memory()
 

@@ -127,11 +127,12 @@ def tmpfs(path, options):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_a_full_disk_during_training_keeps_the_last_complete_checkpoint(faces_dir, tmp_path):
-    # One checkpoint of the real networks takes about 60 MB: the first fits, a second beside it does not.
+def test_a_full_disk_before_training_keeps_the_last_complete_checkpoint(faces_dir, tmp_path):
+    # One checkpoint of the real networks takes about 60 MB: the first fits, a second beside it does not,
+    # which the run finds before its first step.
     with tmpfs(tmp_path / "small", "size=100m") as small:
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))
-        with pytest.raises(UserError, match=r"could not be written .*No space left.* last complete checkpoint"):
+        with pytest.raises(UserError, match=r"small has \d+ MB free, but a checkpoint needs about \d+ MB"):
             Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--model-dir", str(small)))
         assert json.loads((small / "state.json").read_text())["epochs_done"] == 1
         assert leftovers(small) == []
@@ -315,3 +316,82 @@ def test_a_nan_after_a_checkpoint_names_the_checkpoint_kept(faces_dir, tmp_path,
     monkeypatch.setattr(Train, "train_step", lambda *a, **k: [loss * float("nan") for loss in real_step(*a, **k)])
     with pytest.raises(UserError, match=r"the last checkpoint in .*Model, of step 2 \(end of epoch 1\), was kept"):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
+
+
+# ------------------------------------------------------------------- full disks and pictures
+
+def test_a_model_folder_without_room_for_a_checkpoint_is_refused_before_the_first_step(faces_dir, tmp_path):
+    with tmpfs(tmp_path / "small", "size=20m") as small:
+        with pytest.raises(UserError, match=r"small has 20 MB free, but a checkpoint needs about \d+ MB; free \d+ MB "
+                                            r"more or name another --model-dir\.$"):
+            Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))
+        assert sorted(path.name for path in small.iterdir()) == [".lock"]  # no step was trained, nothing written
+
+
+def test_a_disk_that_fills_during_an_epoch_ends_in_one_sentence_with_the_space_needed(faces_dir, tmp_path,
+                                                                                     monkeypatch):
+    """safetensors reports a full disk as a SafetensorError, not an OSError: it must end the same way."""
+    # A checkpoint takes about 67 MB: 200 MB hold two, until another 100 MB are taken during the epoch.
+    with tmpfs(tmp_path / "small", "size=200m") as small:
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))
+        run_epoch = Train.run_epoch
+
+        def filling_the_disk(session, epoch):
+            result = run_epoch(session, epoch)
+            with open(small / "other.bin", "wb") as other:  # another program takes the room meanwhile
+                other.write(b"\0" * 100 * 2**20)
+            return result
+
+        monkeypatch.setattr(Train, "run_epoch", filling_the_disk)
+        with pytest.raises(UserError, match=r"checkpoint of step 4 .* could not be written to .*small \(.*No space "
+                                            r"left on device.*; it needs about \d+ MB, and \d+ MB are free\); the "
+                                            r"folder still holds its last complete checkpoint"):
+            Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--model-dir", str(small)))
+        assert json.loads((small / "state.json").read_text())["epochs_done"] == 1
+        assert leftovers(small) == []
+
+
+def test_a_sample_grid_or_loss_curve_that_cannot_be_written_is_a_warning_and_the_checkpoint_is_kept(faces_dir,
+                                                                                                   tmp_path):
+    with tmpfs(tmp_path / "tiny", "size=16k") as tiny:
+        result = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1", "--sample-every", "1",
+                                                    "--output", str(tiny)))
+    assert json.loads((tmp_path / "Model" / "state.json").read_text())["epochs_done"] == 1
+    assert "warning: The sample grid " in result.stderr and "could not be written (No space left on device); " \
+                                                          "training goes on." in result.stderr
+    assert "warning: The loss curve " in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------ state.json's format
+
+def test_state_json_fields_this_version_does_not_know_are_kept_on_the_next_save(trained, faces_dir, tmp_path):
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    state = json.loads((tmp_path / "Model" / "state.json").read_text())
+    assert state["format"] == Checkpoint.FORMAT
+    state["notes"] = {"by": "a later version"}
+    (tmp_path / "Model" / "state.json").write_text(json.dumps(state))
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
+    saved = json.loads((tmp_path / "Model" / "state.json").read_text())
+    assert saved["notes"] == {"by": "a later version"} and saved["epochs_done"] == 2
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda state: state.update(format=Checkpoint.FORMAT + 1), r"was written by a newer version of this project "
+                                                               r"\(state.json format 3; this one reads up to 2\): "
+                                                               r"update it \(git pull\)"),
+    (lambda state: state["hyper_parameters"].update(warp=2), r"trained with hyper-parameters this version of "
+                                                              r"Train.py does not know \(warp\)")])
+def test_a_newer_format_or_an_unknown_hyper_parameter_is_refused_in_one_sentence(trained, faces_dir, tmp_path, change,
+                                                                                 words):
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    state = json.loads((tmp_path / "Model" / "state.json").read_text())
+    change(state)
+    (tmp_path / "Model" / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError, match=words):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
+
+
+def test_a_state_json_without_a_format_is_format_1_and_reads():
+    state = RunState.from_json({"hyper_parameters": {}, "epochs_done": 1, "batches_done": 0, "global_step": 2,
+                                "losses": {"d_fake": [], "d_real": [], "g": []}}, "state.json")
+    assert state.global_step == 2 and state.to_json()["format"] == Checkpoint.FORMAT

@@ -125,7 +125,8 @@ def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadabl
     with pytest.raises(KeyboardInterrupt):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
     monkeypatch.undo()
-    assert {path.name: path.read_bytes() for path in model.iterdir()} == before  # no stray temp files either
+    # The interrupted save left only its .incoming/ folder, which the next run discards; no stray temporary files.
+    assert {path.name: path.read_bytes() for path in model.iterdir() if path.name != ".incoming"} == before
     Utils.load_weights(Generator(), model / "G.safetensors")
 
 
@@ -135,8 +136,8 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces_dir,
     real_step = Train.train_step
 
     def diverging(*args, **kwargs):
-        d_fake, d_real, g = real_step(*args, **kwargs)
-        return d_fake, d_real, g * float("nan")
+        result = real_step(*args, **kwargs)
+        return result._replace(g=result.g * float("nan"))
 
     monkeypatch.setattr(Train, "train_step", diverging)
     with pytest.raises(UserError, match=r"losses became .*nan.*last checkpoint .* was kept"):
@@ -225,3 +226,38 @@ def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses()
         if defaults[flag] is None:  # --seed: drawn at random; --d-lr: --lr's
             continue
         assert (float(value) if isinstance(defaults[flag], float) else type(defaults[flag])(value)) == defaults[flag]
+
+
+def test_warnings_read_as_sentences_and_name_links_to_missing_files(faces_dir, tmp_path):
+    data = tmp_path / "faces"
+    data.mkdir()
+    for path in sorted(faces_dir.iterdir())[:8]:
+        (data / path.name).symlink_to(path.resolve())
+    (data / "broken.png").write_bytes(b"not a picture")
+    (data / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    result = run_script("Train.py", *train_args(data, tmp_path, "--epochs", "1", "--limit", "10"))
+    assert f"warning: 2 of 10 files in {data} could not be read and were skipped (first: {data / 'broken.png'}); " \
+           f"1 of them link to a missing file (first: {data / 'gone.jpg'}).\n" in result.stderr
+    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+@pytest.mark.parametrize("problem", ["data is a file", "no data", "too few faces", "a conflicting flag"])
+def test_a_refused_run_says_why_in_one_sentence_and_leaves_no_folder_behind(trained, faces_dir, tmp_path, problem):
+    new = tmp_path / "new"
+    flags = {"data is a file": ["--data", str(ROOT / "README.md")],
+             "no data": ["--data", str(tmp_path / "nowhere")],
+             "too few faces": ["--batch-size", "64"],
+             "a conflicting flag": ["--beta1", "0.9", "--model-dir", str(new / "copy" / "Model")]}[problem]
+    if problem == "a conflicting flag":
+        (new / "copy").mkdir(parents=True)
+        subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(new / "copy" / "Model")], check=True)
+        before = sorted(new.rglob("*"))
+    result = run_script("Train.py", *train_args(faces_dir, new, "--epochs", "1", *flags), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    if problem == "data is a file":
+        assert "README.md is a file, not a folder" in result.stderr
+    if problem == "a conflicting flag":
+        assert sorted(new.rglob("*")) == before  # no --output made; the checkpoint's folder as it was
+    else:
+        assert not new.exists()

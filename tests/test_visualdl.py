@@ -47,6 +47,9 @@ def test_visualdl_logs_every_step_and_grid_and_a_resume_goes_on_in_the_same_log(
     spread_steps, spread = scalars(log, "samples/spread")
     assert spread_steps == [step for step, _ in state["spread"]] == [1, 2, 3, 4]
     assert np.allclose(spread, [value for _, value in state["spread"]], atol=0.01)
+    r_t_steps, r_t = scalars(log, "diagnostics/r_t")  # D's overfitting signal, once an epoch
+    assert r_t_steps == [entry["step"] for entry in state["overfitting"]] == [2, 4]
+    assert np.allclose(r_t, [entry["r_t"] for entry in state["overfitting"]], atol=1e-4)
 
     grids = log.get_data("image", "samples/fixed_noise")
     assert [grid.id for grid in grids] == [1, 2, 3, 4]

@@ -10,7 +10,11 @@ paddle.hub imports this file with the repository first on sys.path, checks that 
 It takes the repository off sys.path again before that call, so the entries put it back to
 import the project's own modules. Every public callable here is an entry (paddle.hub.list), so
 everything else has a leading underscore.
+
+The entries are called from Python, so their errors speak of their arguments (model_dir=,
+raw_g=), not of the scripts' flags, and say only what they checked.
 """
+import re as _re
 import sys as _sys
 from pathlib import Path as _Path
 
@@ -35,8 +39,14 @@ def generator(model_dir=None, raw_g=False):
     averaged G_ema.safetensors where the folder has it (Train.py --ema), else G.safetensors;
     raw_g=True takes G.safetensors in any case. It turns noise [N, 72], uniform in [0, 1), into
     faces [N, 3, 96, 96] in [-1, 1]."""
-    Utils, _, _ = _project()
-    return Utils.load_generator(model_dir or _REPOSITORY / "Model", raw_g)
+    Utils, Net, _ = _project()
+    folder = _folder(Utils, model_dir)
+    path = Utils.generator_file(folder, raw_g)
+    if raw_g and not path.exists() and (folder / Utils.AVERAGED_GENERATOR_FILE).exists():
+        raise Utils.UserError(f"{path} does not exist, so raw_g=True has nothing to load; leave raw_g out to load "
+                              f"{Utils.AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
+    _check_readable(Utils, path)
+    return _loaded(Utils, Net.Generator(), path)
 
 
 def discriminator(model_dir=None):
@@ -45,12 +55,57 @@ def discriminator(model_dir=None):
     deviation feature, as state.json records): faces [N, 3, 96, 96] in [-1, 1] to logits [N, 2],
     index 1 meaning real."""
     Utils, Net, Checkpoint = _project()
-    folder = _Path(model_dir or _REPOSITORY / "Model")
-    state = Checkpoint.ModelFolder(folder).read_state()
+    folder = _folder(Utils, model_dir)
+    path = folder / Checkpoint.weights_file("D")
+    _check_readable(Utils, path)
+    try:
+        state = Checkpoint.ModelFolder(folder).read_state()
+    except Utils.UserError as error:
+        raise _state_error(Utils, error, folder / Checkpoint.STATE_FILE, path) from None
     # A checkpoint from before a flag existed was trained as the original: BatchNorm everywhere.
     trained = state.hyper_parameters if state else {}
     network = Net.Discriminator(input_norm=trained.get("d_input_bn", True), norm=trained.get("d_norm", "batch"),
                                 mbstd=trained.get("mbstd", False))
-    Utils.load_weights(network, folder / Checkpoint.weights_file("D"))
+    return _loaded(Utils, network, path)
+
+
+def _folder(Utils, model_dir):
+    folder = _Path(model_dir or _REPOSITORY / "Model")
+    if not folder.is_dir():
+        raise Utils.UserError(f"model_dir={str(folder)!r} is not a folder; pass model_dir= the folder Train.py saved "
+                              f"a model into.")
+    return folder
+
+
+def _check_readable(Utils, path):
+    """Refuse a missing or unreadable weights file in a caller's terms, before Utils.load_weights
+    would in a script user's."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        raise Utils.UserError(f"{path} does not exist; pass model_dir= a folder that holds {path.name}, such as "
+                              f"one Train.py saved a model into.")
+    try:
+        with safe_open(str(path), "np") as weights:
+            weights.keys()
+    except (SafetensorError, OSError, ValueError) as error:
+        raise Utils.UserError(f"{path} is not a readable safetensors file ({error}): it is damaged or was never one; "
+                              f"put back a good copy of it, or pass model_dir= another folder.") from None
+
+
+def _loaded(Utils, network, path):
+    """network with the weights of path (checked by _check_readable), in evaluation mode."""
+    Utils.load_weights(network, path)  # what is left to refuse, weights of another network, says so in plain words
     network.eval()
     return network
+
+
+def _state_error(Utils, error, state_path, weights_path):
+    """Checkpoint's refusal of a damaged state.json, said to a Python caller: its advice is for
+    Train.py's user (--fresh, --model-dir), and it calls the weights intact without reading them.
+    Its other refusals (a state.json of a newer version) stand as they are."""
+    found = _re.search(r" cannot be used: (.*?)\. The weights beside it", str(error), _re.S)
+    if not found:
+        return error
+    return Utils.UserError(f"{state_path} cannot be used ({found[1]}), so how {weights_path.name} was built is "
+                           f"unknown: put back the state.json saved with it, or pass model_dir= another folder.")

@@ -59,8 +59,41 @@ def test_the_discriminator_is_built_and_loaded_as_it_was_trained(on_cpu):
         assert D(paddle.zeros([2, 3, 96, 96])).shape == [2, 2]
 
 
-def test_a_folder_without_weights_is_one_sentence(on_cpu, tmp_path):
-    with pytest.raises(Utils.UserError, match="G.safetensors does not exist; train a model"):
+def test_a_folder_without_weights_is_one_sentence_in_python_terms(on_cpu, tmp_path):
+    with pytest.raises(Utils.UserError, match=r"G\.safetensors does not exist; pass model_dir= a folder") as error:
         hub("generator", model_dir=tmp_path)
-    with pytest.raises(Utils.UserError, match="D.safetensors does not exist; train a model"):
+    assert "--" not in str(error.value)
+    with pytest.raises(Utils.UserError, match=r"D\.safetensors does not exist; pass model_dir= a folder") as error:
         hub("discriminator", model_dir=tmp_path)
+    assert "--" not in str(error.value)
+    with pytest.raises(Utils.UserError, match=r"^model_dir='.*nowhere' is not a folder; pass model_dir= "):
+        hub("generator", model_dir=tmp_path / "nowhere")
+
+
+def test_raw_g_without_g_points_to_the_averaged_generator_in_python_terms(on_cpu, tmp_path):
+    shutil.copy(MODEL / "G_ema.safetensors", tmp_path / "G_ema.safetensors")
+    with pytest.raises(Utils.UserError) as error:
+        hub("generator", model_dir=tmp_path, raw_g=True)
+    assert str(error.value) == (f"{tmp_path / 'G.safetensors'} does not exist, so raw_g=True has nothing to load; "
+                                f"leave raw_g out to load G_ema.safetensors, the averaged generator beside it.")
+    assert not hub("generator", model_dir=tmp_path).training
+
+
+def test_a_damaged_state_and_discriminator_are_each_refused_without_calling_anything_intact(on_cpu, tmp_path):
+    (tmp_path / "state.json").write_text("{not json")
+    (tmp_path / "D.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(Utils.UserError) as error:
+        hub("discriminator", model_dir=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'D.safetensors'} is not a readable safetensors file (")
+    assert message.endswith("put back a good copy of it, or pass model_dir= another folder.")
+
+    shutil.copy(MODEL / "D.safetensors", tmp_path / "D.safetensors")
+    with pytest.raises(Utils.UserError) as error:
+        hub("discriminator", model_dir=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'state.json'} cannot be used (it is not valid JSON (")
+    assert message.endswith("so how D.safetensors was built is unknown: put back the state.json saved with it, "
+                            "or pass model_dir= another folder.")
+    for words in ("intact", "--fresh", "--model-dir"):
+        assert words not in message

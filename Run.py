@@ -12,9 +12,14 @@ average of G), else G.safetensors; --raw-g takes G.safetensors in any case.
 
 --device auto (the default) draws on a GPU when Paddle has CUDA and one is visible, else on the
 CPU; --device cpu keeps to the CPU on any machine. On CPU the generator is exported once to an
-inference model (kept in ~/.cache/avatar-generator, keyed by the weights' hash) and run by Paddle's
-inference engine with oneDNN, faster than the dynamic graph (benchmarks/README.md) and the same
-pictures to within 1e-4; --dygraph skips that. On a GPU the dynamic graph draws.
+inference model (kept in ~/.cache/avatar-generator, keyed by the weights' hash, the four most
+recently used kept) and run by Paddle's inference engine with oneDNN, faster than the dynamic graph
+(benchmarks/README.md) and the same pictures to within 1e-4; --dygraph skips that. On a GPU the
+dynamic graph draws.
+
+--grid, --steps and --count have maxima (64x64, 100 and 10,000: Utils.MAX_GRID_SIDE, MAX_STEPS and
+MAX_COUNT), so that a slip of the keyboard is refused at once rather than drawn for hours into
+gigabytes; --seed is 0 to 2**63 - 1, as in every script.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 
@@ -28,47 +33,54 @@ import Files
 from Net import Z_DIM
 
 
-def add_generator_flags(parser):
-    """--model-dir and --raw-g, which say the weights that draw: Run.py's, and Studio.py's too."""
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
-    parser.add_argument("--raw-g", action="store_true",
-                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
+def grid_shape(text):
+    """An argparse type: "ROWSxCOLUMNS" -> (rows, columns), each from 1 to Utils.MAX_GRID_SIDE."""
+    match = re.fullmatch(r"([0-9]+)x([0-9]+)", text.strip())
+    if not match or not all(1 <= int(side) <= Utils.MAX_GRID_SIDE for side in match.groups()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not ROWSxCOLUMNS, each from 1 to {Utils.MAX_GRID_SIDE}, "
+                                         f"such as 8x8")
+    return int(match[1]), int(match[2])
+
+
+def latent_dims(text):
+    """An argparse type: "all" or comma-separated dimensions such as "3,17,40" -> a list, each
+    dimension once."""
+    if text.strip() == "all":
+        return list(range(Z_DIM))
+    try:
+        dims = [int(dim) for dim in text.split(",") if dim.strip()]
+    except ValueError:
+        dims = []
+    if not dims or not all(0 <= dim < Z_DIM for dim in dims) or len(set(dims)) < len(dims):
+        raise argparse.ArgumentTypeError(f"{text!r} is not \"all\" or dimensions from 0 to {Z_DIM - 1}, each once, "
+                                         f"such as 3,17,40")
+    return dims
+
+
+strip_steps = Utils.whole_number(1, Utils.MAX_STEPS, f"a whole number from 1 to {Utils.MAX_STEPS}")
+single_count = Utils.whole_number(0, Utils.MAX_COUNT, f"a whole number from 0 to {Utils.MAX_COUNT}")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_generator_flags(parser)
+    Utils.add_generator_flags(parser)
     parser.add_argument("--output", default="Generate", help="folder for the pictures")
-    parser.add_argument("--seed", type=int,
-                        help="seed of the noise, 0 or more; the same seed gives the same pictures (default: random)")
-    parser.add_argument("--dims", default="all",
+    parser.add_argument("--seed", type=Utils.seed_number,
+                        help="seed of the noise, 0 to 2**63 - 1; the same seed gives the same pictures "
+                             "(default: random)")
+    parser.add_argument("--dims", default="all", type=latent_dims,
                         help=f"latent dimensions to draw strips for, e.g. 3,17,40 (0 to {Z_DIM - 1})")
-    parser.add_argument("--steps", type=int, default=20, help="faces per strip")
-    parser.add_argument("--grid", default="8x8", help="rows x columns of the avatar grid")
-    parser.add_argument("--count", type=int, default=0, help="also write this many single avatars")
+    parser.add_argument("--steps", type=strip_steps, default=20, help=f"faces per strip, at most {Utils.MAX_STEPS}")
+    parser.add_argument("--grid", type=grid_shape, default="8x8",
+                        help=f"rows x columns of the avatar grid, each at most {Utils.MAX_GRID_SIDE}")
+    parser.add_argument("--count", type=single_count, default=0,
+                        help=f"also write this many single avatars, at most {Utils.MAX_COUNT}")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"],
                         help="where to draw: auto takes a GPU when Paddle has CUDA and one is visible")
     parser.add_argument("--dygraph", action="store_true",
                         help="draw with Paddle's dynamic graph, not the exported inference model (slower on CPU)")
-    args = parser.parse_args(argv)
-    if args.dims == "all":
-        args.dims = list(range(Z_DIM))
-    else:
-        try:
-            args.dims = [int(dim) for dim in args.dims.split(",") if dim.strip()]
-        except ValueError:
-            parser.error(f"--dims takes comma-separated numbers such as 3,17,40, not {args.dims!r}")
-        if not args.dims or not all(0 <= dim < Z_DIM for dim in args.dims):
-            parser.error(f"--dims must name dimensions between 0 and {Z_DIM - 1}")
-    match = re.fullmatch(r"(\d+)x(\d+)", args.grid)
-    if not match or 0 in (int(match[1]), int(match[2])):
-        parser.error(f"--grid takes ROWSxCOLUMNS such as 8x8, not {args.grid!r}")
-    args.grid = (int(match[1]), int(match[2]))
-    for flag, value, least in [("--seed", args.seed, 0), ("--steps", args.steps, 1), ("--count", args.count, 0)]:
-        if value is not None and value < least:
-            parser.error(f"{flag} must be at least {least}, not {value}")
-    return args
+    return parser.parse_args(argv)
 
 
 def interpolation_strips(base, dims, steps):
@@ -89,33 +101,37 @@ def main(argv=None):
     generator = load(args.model_dir, args.raw_g)
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     rng = np.random.default_rng(seed)
+    draw_grid(generator, rng, args.grid, output)
+    draw_strips(generator, Utils.random_noise(rng, 1)[0], args.dims, args.steps, output)
+    draw_singles(generator, Utils.random_noise(rng, args.count), output)
     rows, cols = args.grid
+    print(f"Seed {seed}: wrote {output / 'avatars.png'} ({rows}x{cols}), {output / 'strips.png'} "
+          f"({len(args.dims)} strips of {args.steps})" + (f" and {args.count} single avatars" if args.count else "")
+          + f" with {Utils.drawn_with(args.model_dir, args.raw_g)}.")
 
+
+def draw_grid(generator, rng, grid, output):
+    """avatars.png: a grid of random faces, row by row."""
+    rows, cols = grid
     avatars = Utils.generate(generator, Utils.random_noise(rng, rows * cols))
     Utils.save_png(Utils.tile_images(avatars, rows, cols), output / "avatars.png")
 
-    base = Utils.random_noise(rng, 1)[0]
-    strips = Utils.generate(generator, interpolation_strips(base, args.dims, args.steps))
-    Utils.save_png(Utils.tile_images(strips, len(args.dims), args.steps), output / "strips.png")
-    for row, dim in enumerate(args.dims):
-        strip = strips[row * args.steps:(row + 1) * args.steps]
-        Utils.save_png(Utils.tile_images(strip, 1, args.steps), output / "strips" / f"dim_{dim:02d}.png")
 
-    singles = Utils.generate(generator, Utils.random_noise(rng, args.count))
-    for number, avatar in enumerate(singles):
-        Utils.save_png(avatar, output / f"avatar_{number:04d}.png")
-    print(f"Seed {seed}: wrote {output / 'avatars.png'} ({rows}x{cols}), {output / 'strips.png'} "
-          f"({len(args.dims)} strips of {args.steps})" + (f" and {args.count} single avatars" if args.count else "")
-          + f" with {drawn_with(args.model_dir, args.raw_g)}.")
+def draw_strips(generator, base, dims, steps, output):
+    """strips.png, one row per dimension, and each row as strips/dim_XX.png."""
+    strips = Utils.generate(generator, interpolation_strips(base, dims, steps))
+    Utils.save_png(Utils.tile_images(strips, len(dims), steps), output / "strips.png")
+    for row, dim in enumerate(dims):
+        strip = strips[row * steps:(row + 1) * steps]
+        Utils.save_png(Utils.tile_images(strip, 1, steps), output / "strips" / f"dim_{dim:02d}.png")
 
 
-def drawn_with(model_dir, raw_g):
-    """Which weights drew the pictures, in words: G_ema's are not the trained G's, and a user
-    comparing folders needs to know which they saw."""
-    path = Utils.generator_file(model_dir, raw_g)
-    if path.name == Utils.AVERAGED_GENERATOR_FILE:
-        return f"{path}, the averaged generator (--raw-g draws with {Utils.GENERATOR_FILE})"
-    return f"{path}, the trained generator"
+def draw_singles(generator, noise, output, batch=64):
+    """avatar_0000.png ...: one face per noise vector, drawn a batch at a time so that memory does
+    not grow with --count."""
+    for start in range(0, len(noise), batch):
+        for number, avatar in enumerate(Utils.generate(generator, noise[start:start + batch]), start):
+            Utils.save_png(avatar, output / f"avatar_{number:04d}.png")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ to change; its 96x96 original downloads as a PNG. Morph: the 20 faces between tw
 PNG strip and an animated GIF.
 
 It draws as Run.py does, with G_ema.safetensors where the model folder has it (else G.safetensors;
---raw-g takes G in any case), through the exported CPU generator. What each dimension changes is
-measured once per weights file, as Figures.py measures it, and cached beside the exported
-generator. The page is served on 127.0.0.1 alone, without share links or Gradio's analytics.
+--raw-g takes G in any case), through the exported CPU generator, which draws on one thread of
+its own whichever of Gradio's threads asks, so memory stays bounded under load (README.md). What
+each dimension changes is measured once per weights file, as Figures.py measures it, and cached
+beside the exported generator. The page is served on 127.0.0.1 alone, without share links or
+Gradio's analytics; seeds are 0 to 2**63 - 1, as every script's --seed.
 
 The drawing is plain functions (avatar_grid, redraw, morph_strip, gif_bytes) that the tests call
 without a browser; Handlers and page() only connect them to Gradio.
@@ -36,7 +38,6 @@ import numpy as np
 
 import Figures
 import Files
-import Run
 from Net import Z_DIM
 
 GRID_ROWS, GRID_COLUMNS = 2, 8
@@ -45,20 +46,27 @@ MORPH_STEPS = 20       # faces in a morph, both ends included
 GIF_FRAME_MS = 100
 SLIDERS_IN_VIEW = 12   # the dimensions that change the picture most; the rest fold away
 MEASUREMENT = "studio-v1"  # in the cache's file names: change it when measure_dimensions changes
-SEED_LIMIT = 2**63
+CACHED_MEASUREMENTS = 16  # measurement files the cache keeps, the most recently used (about 5 kB each)
+DOWNLOADS_KEPT = 256   # files offered for download kept on disk, the newest (Gradio serves its own copy)
+FILES_KEPT_SECONDS = 86400  # Gradio's copies of the pictures it served are deleted a day after
 
 
 # ------------------------------------------------------------------------------------- drawing
 
 def parse_seed(text):
-    """A seed typed into the page, as a number; a ValueError says what a seed is."""
+    """A seed typed into the page, as a number from 0 to 2**63 - 1 like every script's --seed; a
+    ValueError says what a seed is."""
     try:
-        seed = int(str(text).strip())
-    except ValueError:
-        seed = None
-    if seed is None or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"A seed is a whole number from 0 to 2**63 - 1, such as 7; {str(text).strip()!r} is not.")
-    return seed
+        return Utils.seed_number(str(text).strip())
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"A seed is {Utils.SEED_RANGE}, such as 7; {str(text).strip()!r} is not.") from None
+
+
+def within_limits(count, most, what):
+    """count, refused with a ValueError beyond the most a script may draw at once (Utils.MAX_*)."""
+    if not 1 <= count <= most:
+        raise ValueError(f"{what} holds 1 to {most} faces, not {count}")
+    return count
 
 
 def seed_noise(seed, count):
@@ -68,7 +76,7 @@ def seed_noise(seed, count):
 
 def avatar_grid(generator, seed, count=GRID_ROWS * GRID_COLUMNS):
     """A seed's avatars: their noise [count, 72] and faces, uint8 [count, 96, 96, 3]."""
-    noise = seed_noise(seed, count)
+    noise = seed_noise(seed, within_limits(count, Utils.MAX_GRID_SIDE ** 2, "a grid"))
     return noise, Utils.generate(generator, noise)
 
 
@@ -99,6 +107,7 @@ def morph_noise(start, end, steps=MORPH_STEPS):
 
 def morph_strip(generator, start, end, steps=MORPH_STEPS):
     """The morph's faces, uint8 [steps, 96, 96, 3]."""
+    steps = within_limits(steps, Utils.MAX_STEPS, "a morph")
     return Utils.generate(generator, morph_noise(np.asarray(start), np.asarray(end), steps))
 
 
@@ -158,10 +167,12 @@ def cached_measurements(generator, weights):
     """measure_dimensions of the weights file, measured once and then read from the cache."""
     path = Utils.inference_cache() / f"{MEASUREMENT}-{Utils.file_digest(weights)}.json"
     if path.exists():
+        Utils.mark_used(path)
         return Files.read_json(path)
     print("Measuring what each of the 72 latent dimensions changes (once per weights file)...", flush=True)
     measured = measure_dimensions(generator)
     Files.write_json(measured, path)
+    Utils.keep_most_recent(list(path.parent.glob("studio-*.json")), CACHED_MEASUREMENTS)
     return measured
 
 
@@ -183,15 +194,19 @@ def dimensions_by_change(measured):
 
 class Downloads:
     """The files the page offers for download, in a folder of their own; each is named by its
-    content, so two visitors never overwrite each other's."""
+    content, so two visitors never overwrite each other's. Gradio serves a copy of its own, so
+    only the newest `keep` stay here."""
 
-    def __init__(self, folder):
-        self.folder = Path(folder)
+    def __init__(self, folder, keep=DOWNLOADS_KEPT):
+        self.folder, self.keep = Path(folder), keep
 
     def save(self, stem, suffix, data):
         path = self.folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
-        if not path.exists():
+        if path.exists():
+            Utils.mark_used(path)
+        else:
             Files.write_bytes(path, data)
+            Utils.keep_most_recent(list(self.folder.glob("[!.]*")), self.keep)  # not another's file being written
         return str(path)
 
 
@@ -258,7 +273,8 @@ def page(generator, dimensions, downloads, drawn_with):
         vector = noise[event.index]
         return (vector, *draw.edit(vector), gr.Tabs(selected="editor"))
 
-    with gr.Blocks(title="Avatar Studio", analytics_enabled=False) as app:
+    with gr.Blocks(title="Avatar Studio", analytics_enabled=False,
+                   delete_cache=(FILES_KEPT_SECONDS // 24, FILES_KEPT_SECONDS)) as app:
         gr.Markdown(f"# Avatar Studio\nPick an avatar, edit it, morph two. Drawn by {drawn_with}.")
         with gr.Tabs(selected="avatars") as tabs:
             with gr.Tab("Avatars", id="avatars"):
@@ -371,7 +387,7 @@ def error_page(message):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    Run.add_generator_flags(parser)
+    Utils.add_generator_flags(parser)
     parser.add_argument("--port", type=int, default=7860, help="port of the page on 127.0.0.1")
     parser.add_argument("--time-redraws", type=int, metavar="N",
                         help="time N redraws as a slider move makes them, print the median and exit")
@@ -433,7 +449,7 @@ def main(argv=None):
     weights = Utils.generator_file(args.model_dir, args.raw_g)
     dimensions = dimensions_by_change(cached_measurements(generator, weights))
     with tempfile.TemporaryDirectory(prefix="avatar-studio-") as folder:
-        serve(page(generator, dimensions, Downloads(folder), Run.drawn_with(args.model_dir, args.raw_g)), args.port)
+        serve(page(generator, dimensions, Downloads(folder), Utils.drawn_with(args.model_dir, args.raw_g)), args.port)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ libraries read those settings once, when they load, so every script imports Util
 anything that imports Paddle; the import order in pyproject.toml (its "process-setup" section)
 keeps `import Utils` first, and `ruff check` in CI fails if it moves.
 """
+import argparse
 import ctypes
 import hashlib
 import os
@@ -13,7 +14,9 @@ import platform
 import random
 import shutil
 import sys
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -90,6 +93,8 @@ from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
 GENERATOR_FILE = "G.safetensors"
 AVERAGED_GENERATOR_FILE = "G_ema.safetensors"  # Train.py --ema's moving average of G
 EXPORT_TOLERANCE = 1e-4  # largest pixel difference (on [-1, 1]) allowed between the two engines
+CACHED_EXPORTS = 4  # exported generators the inference cache keeps, the most recently used (about 9 MB each)
+ABANDONED_EXPORT_SECONDS = 3600  # a half-written export this old was left by a killed process
 
 
 def _use_all_cores():
@@ -148,6 +153,34 @@ def seed_everything(seed):
 def random_noise(rng, count):
     """A batch of generator inputs drawn by a numpy Generator: uniform in [0, 1), as the brief says."""
     return rng.random((count, Z_DIM), dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------ what users may ask for
+
+SEED_LIMIT = 2**63  # every script and the studio take seeds 0 .. 2**63 - 1, what paddle.seed's int64 holds
+SEED_RANGE = "a whole number from 0 to 2**63 - 1"
+# The most a drawing script draws at once, so that a typo such as --grid 1000x1000 is refused at once instead
+# of drawing for hours into gigabytes of memory; README.md ("Generating avatars") has what each costs.
+MAX_GRID_SIDE = 64   # rows or columns of a grid: at most 4,096 faces, a 6,144-pixel square picture
+MAX_STEPS = 100      # faces in one interpolation strip or morph
+MAX_COUNT = 10_000   # single avatars a run writes, avatar_0000.png to avatar_9999.png
+
+
+def whole_number(least, most, wanted):
+    """An argparse type: text -> an int from least to most, else refused in one sentence,
+    "'<text>' is not <wanted>" (Train.py's wording)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+    return parse
+
+
+seed_number = whole_number(0, SEED_LIMIT - 1, SEED_RANGE)  # the --seed of every script
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -252,10 +285,33 @@ def generator_file(model_dir, raw_g=False):
 def load_generator(model_dir, raw_g=False):
     """The generator of model_dir (see generator_file), in evaluation mode (BatchNorm uses its
     running statistics)."""
+    path = generator_file(model_dir, raw_g)
+    if raw_g and not path.exists() and (Path(model_dir) / AVERAGED_GENERATOR_FILE).exists():
+        raise UserError(f"{path} does not exist, so --raw-g has nothing to draw with; leave --raw-g out to draw "
+                        f"with {AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
     generator = Generator()
-    load_weights(generator, generator_file(model_dir, raw_g))
+    load_weights(generator, path)
     generator.eval()
     return generator
+
+
+def add_generator_flags(parser):
+    """--model-dir and --raw-g, which say the weights that draw: Run.py's, and Studio.py's too."""
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
+    parser.add_argument("--raw-g", action="store_true",
+                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
+
+
+def drawn_with(model_dir, raw_g):
+    """Which weights draw the pictures, in words: G_ema's are not the trained G's, and a user
+    comparing folders needs to know which they saw. It points to --raw-g only where the folder
+    has the G.safetensors that --raw-g draws with."""
+    path = generator_file(model_dir, raw_g)
+    if path.name != AVERAGED_GENERATOR_FILE:
+        return f"{path}, the trained generator"
+    if (Path(model_dir) / GENERATOR_FILE).exists():
+        return f"{path}, the averaged generator (--raw-g draws with {GENERATOR_FILE})"
+    return f"{path}, the averaged generator"
 
 
 # ---------------------------------------------------------------------------- fast generation
@@ -266,7 +322,12 @@ class ExportedGenerator:
     On CPU this draws more than twice the images/s of the dynamic graph (benchmarks/README.md):
     Paddle's dynamic graph computes convolutions as im2col + GEMM, while the inference engine runs
     them, with their bias, BatchNorm and activation fused, as oneDNN primitives. Call it with a
-    numpy noise batch [N, 72]; it returns images [N, 3, 96, 96]."""
+    numpy noise batch [N, 72]; it returns images [N, 3, 96, 96].
+
+    Every call runs on one thread of its own, whichever thread makes it: Paddle keeps oneDNN's
+    primitives and reordered weights per calling thread (tens of MB each), so a server drawing on
+    each of its many worker threads held a copy per thread, and a predictor must not run on two
+    threads at once."""
 
     def __init__(self, prefix):
         from paddle import inference
@@ -281,8 +342,12 @@ class ExportedGenerator:
         self.predictor = inference.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="exported-generator")
 
     def __call__(self, noise):
+        return self.thread.submit(self._run, noise).result()
+
+    def _run(self, noise):
         self.input.reshape(list(noise.shape))
         self.input.copy_from_cpu(np.ascontiguousarray(noise, dtype=np.float32))
         self.predictor.run()
@@ -298,6 +363,44 @@ def inference_cache():
     """Where exported generators are kept: $XDG_CACHE_HOME (or ~/.cache)/avatar-generator, outside
     the model folder, which may be read-only or shared."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avatar-generator"
+
+
+def mark_used(path):
+    """Set path's modification time to now: the cache keeps what was used last (keep_most_recent)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a cache this process may not write keeps its order; the entry is still usable
+
+
+def keep_most_recent(paths, keep):
+    """Remove all but the `keep` most recently used (modified) of paths, folders or files. Two
+    processes pruning the same cache at once do no harm."""
+    def last_used(path):
+        try:
+            return path.stat().st_mtime
+        except OSError:  # just removed by another process
+            return 0.0
+
+    for path in sorted(paths, key=last_used, reverse=True)[keep:]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def prune_exports(keep=CACHED_EXPORTS):
+    """Keep the inference cache small: remove all but the `keep` most recently used exported
+    generators, and the half-written exports that killed processes left over an hour ago."""
+    cache = inference_cache()
+    keep_most_recent([path for path in cache.glob("[!.]*-paddle*") if path.is_dir()], keep)
+    for staging in cache.glob(".*.tmp*"):
+        try:
+            abandoned = time.time() - staging.stat().st_mtime > ABANDONED_EXPORT_SECONDS
+        except OSError:  # its export just finished, or another process removed it
+            continue
+        if abandoned:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def export_generator(generator, folder):
@@ -330,16 +433,20 @@ def export_generator(generator, folder):
 
 def load_generator_for_inference(model_dir, raw_g=False):
     """The fastest generator for this machine: on CPU, load_generator's generator exported once
-    to the inference cache (keyed by the sha256 of the weights file it loads and Paddle's version)
-    and run by oneDNN; on a GPU, or if exporting fails for any reason, the dynamic graph."""
+    to the inference cache (keyed by the sha256 of the weights file it loads and Paddle's version,
+    the CACHED_EXPORTS most recently used kept) and run by oneDNN; on a GPU, or if exporting fails
+    for any reason, the dynamic graph."""
     generator = load_generator(model_dir, raw_g)  # checks the file and says what is wrong, in one sentence
     if paddle.device.get_device() != "cpu":
         return generator
     try:
         folder = inference_cache() / f"{file_digest(generator_file(model_dir, raw_g))}-paddle{paddle.__version__}"
         prefix = folder / "generator"
-        if not Path(f"{prefix}.pdiparams").exists():
+        if Path(f"{prefix}.pdiparams").exists():
+            mark_used(folder)
+        else:
             prefix = export_generator(generator, folder)
+            prune_exports()
         return ExportedGenerator(prefix)
     except Exception as error:  # noqa: BLE001  any failure only costs speed
         warnings.warn(f"the fast CPU generator is unavailable ({type(error).__name__}: {error}); "

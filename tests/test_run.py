@@ -1,8 +1,11 @@
 """Run.py: avatar grids and interpolation strips from G.safetensors, reproducible by seed."""
 import Utils
 
+import argparse
 import os
+import shutil
 import subprocess
+import time
 
 import numpy as np
 import paddle
@@ -88,9 +91,44 @@ def test_grid_and_dims_flags_are_parsed_and_checked():
     args = Run.parse_args(["--grid", "2x5", "--dims", "0,71"])
     assert args.grid == (2, 5) and args.dims == [0, 71]
     assert Run.parse_args([]).dims == list(range(72))
-    for bad in (["--grid", "8by8"], ["--dims", "72"], ["--dims", "a,b"], ["--steps", "0"]):
+    for bad in (["--grid", "8by8"], ["--dims", "72"], ["--dims", "a,b"], ["--dims", "3,3"], ["--steps", "0"]):
         with pytest.raises(SystemExit):
             Run.parse_args(bad)
+
+
+def test_grid_steps_and_count_are_drawn_up_to_their_maxima_and_refused_beyond_them():
+    largest = Run.parse_args(["--grid", "64x64", "--steps", "100", "--count", "10000"])
+    assert (largest.grid, largest.steps, largest.count) == ((64, 64), 100, 10_000)
+    assert (Utils.MAX_GRID_SIDE, Utils.MAX_STEPS, Utils.MAX_COUNT) == (64, 100, 10_000)  # as README.md says
+    for bad in (["--grid", "1000x1000"], ["--grid", "65x1"], ["--grid", "1x65"], ["--grid", "0x8"],
+                ["--steps", "101"], ["--count", "10001"], ["--count", "-1"]):
+        with pytest.raises(SystemExit):
+            Run.parse_args(bad)
+
+
+def test_a_grid_too_large_is_refused_at_once_in_one_sentence(tmp_path):
+    result = run_script("Run.py", "--grid", "1000x1000", "--output", tmp_path / "out", check=False,
+                        env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert refused(result).endswith("error: argument --grid: '1000x1000' is not ROWSxCOLUMNS, each from 1 to 64, "
+                                    "such as 8x8")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()  # refused before any work
+    for flag, value, most in (("--steps", 101, 100), ("--count", 10_001, 10_000)):
+        message = refused(run_script("Run.py", flag, value, "--output", tmp_path / "out", check=False))
+        assert message.endswith(f"error: argument {flag}: '{value}' is not a whole number from "
+                                f"{0 if flag == '--count' else 1} to {most}")
+
+
+def test_single_avatars_are_drawn_a_batch_at_a_time(monkeypatch, tmp_path):
+    batches = []
+
+    def generate(generator, noise):
+        batches.append(len(noise))
+        return np.zeros((len(noise), 96, 96, 3), np.uint8)
+
+    monkeypatch.setattr(Utils, "generate", generate)
+    Run.draw_singles(None, np.zeros((150, 72), np.float32), tmp_path)
+    assert batches == [64, 64, 22]  # memory does not grow with --count
+    assert sorted(path.name for path in tmp_path.iterdir())[::149] == ["avatar_0000.png", "avatar_0149.png"]
 
 
 def test_without_a_generator_the_user_is_told_to_train_one(tmp_path):
@@ -125,6 +163,41 @@ def test_the_exported_cpu_generator_draws_what_the_dynamic_graph_draws(trained, 
     assert isinstance(Utils.load_generator_for_inference(model), Utils.ExportedGenerator)  # from the cache
 
 
+def make_exports(cache, count, hours_ago):
+    """count stand-ins for exports in cache, the first used longest ago."""
+    folders = []
+    for number in range(count):
+        folder = cache / f"{number:016x}-paddle0.0"
+        folder.mkdir(parents=True)
+        (folder / "generator.pdiparams").write_bytes(b"weights")
+        used = time.time() - 3600 * (hours_ago - number)
+        os.utime(folder, (used, used))
+        folders.append(folder)
+    return folders
+
+
+def test_the_export_cache_keeps_only_the_most_recently_used_exports(trained, tmp_path, monkeypatch, on_cpu):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "avatar-generator"
+    old = make_exports(cache, 6, hours_ago=10)
+    abandoned, busy = cache / ".1234-paddle0.0.tmp99", cache / ".5678-paddle0.0.tmp98"
+    for staging in (abandoned, busy):
+        staging.mkdir()
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))  # a killed export's leftover; the other is being written
+
+    model = trained[0] / "Model"
+    assert isinstance(Utils.load_generator_for_inference(model), Utils.ExportedGenerator)
+    exported = cache / f"{Utils.file_digest(Utils.generator_file(model))}-paddle{paddle.__version__}"
+    kept = sorted(path for path in cache.iterdir() if not path.name.startswith("."))
+    assert Utils.CACHED_EXPORTS == 4 and kept == sorted([exported, *old[-3:]])
+    assert busy.exists() and not abandoned.exists()
+
+    os.utime(exported, (two_hours_ago, two_hours_ago))
+    Utils.load_generator_for_inference(model)  # from the cache: used again, so the most recent
+    assert exported.stat().st_mtime > old[-1].stat().st_mtime
+
+
 def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained, tmp_path, monkeypatch, on_cpu):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
@@ -156,8 +229,50 @@ def test_device_gpu_without_cuda_is_refused_in_one_sentence(trained, tmp_path):
 
 def test_a_negative_seed_is_refused_in_one_sentence(tmp_path):
     message = refused(run_script("Run.py", "--seed", -1, "--output", tmp_path / "out", check=False))
-    assert "--seed must be at least 0, not -1" in message
+    assert message.endswith("error: argument --seed: '-1' is not a whole number from 0 to 2**63 - 1")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_seed_beyond_2_to_the_63_is_refused_as_train_py_and_the_studio_refuse_it(tmp_path):
+    message = refused(run_script("Run.py", "--seed", "99999999999999999999", "--output", tmp_path / "out",
+                                 check=False))
+    assert message.endswith("error: argument --seed: '99999999999999999999' is not a whole number from 0 to "
+                            "2**63 - 1")
+    assert not (tmp_path / "out").exists()
+    assert Run.parse_args(["--seed", str(2**63 - 1)]).seed == 2**63 - 1
+
+
+def test_one_seed_type_for_every_script_0_to_2_to_the_63_minus_1_in_train_pys_words():
+    assert Utils.seed_number("0") == 0 and Utils.seed_number(str(2**63 - 1)) == 2**63 - 1
+    for text in ("-1", str(2**63), "99999999999999999999", "seven", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError) as refused:
+            Utils.seed_number(text)
+        assert str(refused.value) == f"{text!r} is not a whole number from 0 to 2**63 - 1"
+
+
+def only_the_averaged_generator(trained, folder):
+    folder.mkdir()
+    shutil.copy(trained[0] / "Model" / "G_ema.safetensors", folder / "G_ema.safetensors")
+    return folder
+
+
+def test_the_last_line_offers_raw_g_only_where_g_safetensors_is_there(trained, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tiny = ["--dims", "0", "--steps", "1", "--grid", "1x1", "--device", "cpu"]
+    Run.main(["--model-dir", str(trained[0] / "Model"), "--output", str(tmp_path / "both"), *tiny])
+    assert "G_ema.safetensors, the averaged generator (--raw-g draws with G.safetensors)." in capsys.readouterr().out
+    alone = only_the_averaged_generator(trained, tmp_path / "alone")
+    Run.main(["--model-dir", str(alone), "--output", str(tmp_path / "alone-out"), *tiny])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.endswith("G_ema.safetensors, the averaged generator.") and "--raw-g" not in last
+
+
+def test_raw_g_without_g_safetensors_points_to_the_averaged_generator_that_is_there(trained, tmp_path):
+    alone = only_the_averaged_generator(trained, tmp_path / "alone")
+    message = refused(run_script("Run.py", "--model-dir", alone, "--raw-g", "--output", tmp_path / "out",
+                                 check=False))
+    assert message == (f"error: {alone / 'G.safetensors'} does not exist, so --raw-g has nothing to draw with; "
+                       f"leave --raw-g out to draw with G_ema.safetensors, the averaged generator beside it.")
 
 
 def test_an_output_that_is_a_file_is_refused_before_the_generator_is_exported(trained, tmp_path):

@@ -15,7 +15,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -115,6 +118,45 @@ def test_the_dimensions_come_most_changing_first_and_keep_their_order_on_ties():
     assert order[:4] == [40, 2, 0, 1] and sorted(order) == list(range(72))
 
 
+def test_the_studio_draws_within_the_limits_run_py_keeps(generator):
+    assert Studio.GRID_ROWS <= Utils.MAX_GRID_SIDE and Studio.GRID_COLUMNS <= Utils.MAX_GRID_SIDE
+    assert Studio.MORPH_STEPS <= Utils.MAX_STEPS
+    start, end = Studio.seed_noise(1, 1)[0], Studio.seed_noise(2, 1)[0]
+    with pytest.raises(ValueError, match="a morph holds 1 to 100 faces, not 101"):
+        Studio.morph_strip(generator, start, end, Utils.MAX_STEPS + 1)
+    with pytest.raises(ValueError, match="a grid holds 1 to 4096 faces, not 4097"):
+        Studio.avatar_grid(generator, 0, Utils.MAX_GRID_SIDE ** 2 + 1)
+
+
+def test_the_studio_takes_every_script_s_seeds_0_to_2_to_the_63_minus_1():
+    assert Studio.parse_seed(str(2**63 - 1)) == Utils.seed_number(str(2**63 - 1))
+    with pytest.raises(ValueError, match=r"^A seed is a whole number from 0 to 2\*\*63 - 1, such as 7; "
+                                         r"'99999999999999999999' is not\.$"):
+        Studio.parse_seed("99999999999999999999")
+
+
+def rss_mb(pid):
+    """The resident memory of a process, in MB, as Linux reports it."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        pytest.skip("the resident memory is read from Linux's /proc")
+    line, = [line for line in status.read_text().splitlines() if line.startswith("VmRSS:")]
+    return int(line.split()[1]) / 1024
+
+
+def test_drawing_from_many_threads_at_once_gives_each_its_faces_and_keeps_memory_bounded(generator):
+    # A server draws on whichever of its worker threads a request lands on. Paddle keeps oneDNN's
+    # caches per calling thread, so drawing on 30 threads once held 30 copies (about 700 MB).
+    expected = [Studio.avatar_grid(generator, seed)[1] for seed in range(30)]
+    before, growth = rss_mb(os.getpid()), []
+    for _ in range(4):
+        with ThreadPoolExecutor(30) as pool:  # fresh threads every round, as a server may start them
+            drawn = list(pool.map(lambda seed: Studio.avatar_grid(generator, seed)[1], range(30)))
+        assert all(np.array_equal(faces, expected[seed]) for seed, faces in enumerate(drawn))
+        growth.append(rss_mb(os.getpid()) - before)
+    assert growth[-1] < 300 and growth[-1] - growth[0] < 100, growth  # MB: one copy, and no more after round one
+
+
 def test_measurements_are_cached_by_the_weights_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     weights = tmp_path / "G.safetensors"
@@ -125,11 +167,36 @@ def test_measurements_are_cached_by_the_weights_file(tmp_path, monkeypatch):
     assert Studio.cached_measurements(HairGenerator(), weights) == first
 
 
+def test_the_measurement_cache_keeps_only_the_most_recently_used_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(Studio, "measure_dimensions", lambda generator: {"change": [1.0] * 72})
+    for number in range(Studio.CACHED_MEASUREMENTS + 3):
+        weights = tmp_path / f"G{number}.safetensors"
+        weights.write_bytes(b"weights %d" % number)
+        Studio.cached_measurements(None, weights)
+        if number == 0:
+            first = weights
+        else:
+            Studio.cached_measurements(None, first)  # the first weights file, used again every time
+    kept = list((tmp_path / "cache" / "avatar-generator").glob("studio-*.json"))
+    assert len(kept) == Studio.CACHED_MEASUREMENTS == 16
+    assert f"studio-v1-{Utils.file_digest(first)}.json" in [path.name for path in kept]
+
+
 def test_downloads_are_named_by_their_content(tmp_path):
     downloads = Studio.Downloads(tmp_path)
     first, again, other = (downloads.save("avatar", ".png", data) for data in (b"one", b"one", b"two"))
     assert first == again != other
     assert open(first, "rb").read() == b"one" and first.endswith(".png")
+
+
+def test_only_the_newest_downloads_stay_on_disk(tmp_path):
+    downloads, saved = Studio.Downloads(tmp_path, keep=3), []
+    for number in range(5):
+        saved.append(downloads.save("avatar", ".png", b"face %d" % number))
+        seconds_ago = time.time() - 100 + number  # one apart: the file system's clock may tell none apart
+        os.utime(saved[-1], (seconds_ago, seconds_ago))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(Path(path).name for path in saved[2:])
 
 
 def test_a_slider_move_redraws_in_well_under_a_second(generator):
@@ -170,10 +237,15 @@ def free_port():
         return probe.getsockname()[1]
 
 
+class Running(NamedTuple):
+    address: str
+    pid: int
+
+
 @contextmanager
 def studio(model_dir, log):
     """Studio.py on a free port of 127.0.0.1, in a session of its own so nothing it starts outlives
-    the test; yields its address once it says it serves."""
+    the test; yields its address and process id once it says it serves."""
     require(importlib.util.find_spec("gradio"), "Gradio is not installed (pip install -r requirements-studio.txt)")
     port = free_port()
     with open(log, "w") as output:
@@ -187,7 +259,7 @@ def studio(model_dir, log):
             if process.poll() is not None or time.time() > deadline:
                 pytest.fail(f"the studio did not start:\n{log.read_text()}")
             time.sleep(0.5)
-        yield address
+        yield Running(address, process.pid)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -198,9 +270,14 @@ def studio(model_dir, log):
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    with studio("Model", tmp_path_factory.mktemp("studio") / "log") as address:  # as README.md's screenshot says
-        yield address
+def running(tmp_path_factory):
+    with studio("Model", tmp_path_factory.mktemp("studio") / "log") as process:  # as README.md's screenshot says
+        yield process
+
+
+@pytest.fixture(scope="module")
+def served(running):
+    return running.address
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +335,13 @@ def close(shown, expected):
 
 
 def open_page(driver, address):
-    """Load the page and wait until its first events have drawn the grid and the morph."""
+    """Load the page and wait until its first events have drawn the grid and, last of them, the
+    morph (shown in its tab only): a click before then would race them into the editor and strip."""
     driver.get(address)
     wait(driver, lambda: len(elements(driver, "#grid img")) == 16, "grid of 16 avatars")
+    open_tab(driver, "Morph")
+    wait(driver, lambda: elements(driver, "#strip img"), "first morph")
+    open_tab(driver, "Avatars")
     return driver
 
 
@@ -381,10 +462,30 @@ def test_the_page_asks_nothing_of_any_host_but_127_0_0_1(served, browser):
 
 
 def test_a_missing_model_is_a_sentence_in_the_page(browser, tmp_path):
-    with studio(tmp_path / "no model", tmp_path / "log") as address:
-        browser.get(address)
+    with studio(tmp_path / "no model", tmp_path / "log") as process:
+        browser.get(process.address)
         wait(browser, lambda: "The studio cannot draw" in browser.find_element("tag name", "body").text, "message")
         text = " ".join(browser.find_element("tag name", "body").text.split())
         assert "no model/G.safetensors does not exist; train a model with python Train.py first" in text, text
     log = (tmp_path / "log").read_text()
     assert log.startswith("error: ") and "does not exist" in log.splitlines()[0] and "Traceback" not in log, log
+
+
+# ------------------------------------------------------------------------------------- under load
+
+def test_the_studios_memory_stops_growing_under_rounds_of_30_requests_at_once(running):
+    # README.md's figures come from the same load, ten rounds, with the pictures fetched too.
+    from gradio_client import Client  # installed with Gradio, which the running studio has
+
+    users = [Client(running.address, verbose=False, download_files=False) for _ in range(30)]
+
+    def grids(first_seed):
+        with ThreadPoolExecutor(len(users)) as pool:
+            return list(pool.map(lambda user, seed: user.predict(str(seed), api_name="/faces_of_seed"), users,
+                                 range(first_seed, first_seed + len(users))))
+
+    assert all(len(faces) == 16 for faces in grids(1000))  # Gradio and the threads warm up
+    warm = rss_mb(running.pid)
+    for first_seed in (2000, 3000, 4000):
+        grids(first_seed)
+    assert rss_mb(running.pid) - warm < 100  # MB; it grew by over 350 in three such rounds before

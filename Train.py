@@ -12,15 +12,10 @@ Run it again with the same --model-dir and it continues where it stopped (--fres
 Checkpoints go to --model-dir every epoch and on Ctrl-C/SIGTERM (Checkpoint.py says how they
 survive crashes); sample grids and the loss curve go to --output.
 
-Per batch, as the original: one discriminator update on a batch of generated faces alone
-(label 0), one on the real batch alone (label 1), then --g-steps generator updates, each on fresh
-noise, with label 1. Loss: softmax cross entropy over D's two logits. Two additions, both on by
-default because together they measured best on a CPU: --augment passes every batch D sees, real
-or generated, through DiffAugment (Augment.py), and --ema keeps G_ema, a moving average of G's
-weights, saved beside G for Run.py to draw with. --loss hinge, --d-norm spectral, --r1, --d-lr,
---mbstd and --flip change D's loss, form, penalty and data (README.md, "Hyper-parameters"); at
-each epoch's end r_t, D's overfitting signal, goes into the log and state.json. --brief trains
-the original's recipe exactly.
+What is trained (the hyper-parameters, the losses, one step's three phases, G_ema and mixed
+precision) is Recipe.py's; this file hosts it: the command line, the processes, the model folder,
+stopping, the pictures and the loop. --brief trains the original's recipe exactly. At each
+epoch's end r_t, D's overfitting signal, goes into the log and state.json.
 
 Every step draws its randomness (noise, dropout, augmentation) from a seed derived from
 (--seed, step) and every epoch's order from (--seed, epoch), so a resumed run goes on exactly as
@@ -33,7 +28,6 @@ import argparse
 import contextlib
 import math
 import platform
-import re
 import secrets
 import shutil
 import signal
@@ -42,118 +36,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from tqdm import tqdm
 
-import Augment
 import Files
-import Net
+import Recipe
 from Checkpoint import LOCK_FILE, FolderBusy, ModelFolder, RunState
-from Net import Z_DIM, Discriminator, Generator, init_dcgan_weights
+from Net import Discriminator, Generator, init_dcgan_weights
 from Reader import DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
+from Recipe import BRIEF, HYPER_PARAMETERS, MixedPrecision, MovingAverage, non_negative_int, positive_int, trained_with
 
-REAL, FAKE = 1, 0
 GRID_SIDE = 8  # the progress grids show 8x8 samples of one fixed noise batch
-
-
-# ------------------------------------------------------------------------------- the flags
-
-def number(kind, accept, wanted):
-    """An argparse type: text -> kind, refused with "is not <wanted>" unless accept(value)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
-        return value
-    return parse
-
-
-positive_int = number(int, lambda value: value >= 1, "a whole number of at least 1")
-count = number(int, lambda value: value >= 0, "a whole number of at least 0")
-seed_number = number(int, lambda value: 0 <= value < 2**63, "a whole number from 0 to 2**63 - 1")
-learning_rate = number(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
-below_one = number(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
-not_negative = number(float, lambda value: math.isfinite(value) and value >= 0, "a number of at least 0")
-
-
-def augment_policy(text):
-    """An argparse type: an --augment policy in the one spelling state.json keeps."""
-    try:
-        return Augment.parse_policy(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-@dataclass(frozen=True)
-class HyperParameter:
-    """A flag that defines the run, kept in state.json and checked on every resume."""
-    default: object  # what `python Train.py` trains with: the recipe that measured best on a CPU
-    brief: object  # the original's value, which --brief trains with
-    help: str
-    type: object = None
-    choices: tuple = None
-    changeable: bool = False  # may be changed when continuing a checkpoint (recorded in state.json)
-    d_form: bool = False  # shapes D: changing it when continuing starts D afresh (recorded in state.json)
-
-
-# A checkpoint written before a hyper-parameter existed trained with its brief value (the
-# original had no --ema and no --augment), and continues with the default of a changeable one.
-# README.md, "Making the recipe learn on a CPU", gives the measurements behind each default that
-# differs from the brief.
-HYPER_PARAMETERS = {
-    "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
-    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of both networks; may change when continuing a "
-                                     "checkpoint, e.g. lowered once the measurements level off", learning_rate,
-                         changeable=True),
-    "beta1": HyperParameter(0.5, 0.8, "Adam beta1 of both networks", below_one),
-    "g_steps": HyperParameter(1, 2, "generator updates per batch", positive_int),
-    "init": HyperParameter("dcgan", "paddle", "weight initialisation: DCGAN's N(0, 0.02), or Paddle's default",
-                           choices=("dcgan", "paddle")),
-    "d_input_bn": HyperParameter(False, True, "BatchNorm in D's first block, as the original (with --d-norm "
-                                              "batch); --no-d-input-bn leaves it out, as DCGAN does"),
-    "ema": HyperParameter(0.998, 0.0, "decay of G_ema, a moving average of G's weights saved beside G, which "
-                                      "Run.py draws with; it averages about 1 / (1 - decay) G updates; 0: no "
-                                      "G_ema; may change when continuing a checkpoint", below_one, changeable=True),
-    "augment": HyperParameter(",".join(Augment.POLICIES), Augment.NONE,
-                              "DiffAugment policy for every batch D sees: none, or any of color, translation, "
-                              "cutout joined by commas; may change when continuing a checkpoint",
-                              augment_policy, changeable=True),
-    "seed": HyperParameter(None, None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
-                           seed_number),
-    # The diversity round (README.md, "Making the recipe learn on a CPU"): D's form, loss and penalty.
-    "loss": HyperParameter("bce", "bce", "the GAN loss: bce, the original's cross entropy of D's two logits, or "
-                                         "hinge, on D's real-minus-generated logit difference; may change when "
-                                         "continuing a checkpoint", choices=("bce", "hinge"), changeable=True),
-    "d_norm": HyperParameter("batch", "batch", "D's normalisation: batch (BatchNorm, as the original) or spectral "
-                                               "(spectral normalisation of its convolutions and linear layer, no "
-                                               "BatchNorm); changing it when continuing starts D afresh",
-                             choices=("batch", "spectral"), d_form=True),
-    "mbstd": HyperParameter(False, False, "the minibatch standard deviation feature before D's linear layer; "
-                                          "changing it when continuing starts D afresh", d_form=True),
-    "r1": HyperParameter(0.0, 0.0, "weight gamma of the R1 penalty, gamma / 2 times the squared gradient of D's "
-                                   "logit difference on real faces; 0: none; may change when continuing a checkpoint",
-                         not_negative, changeable=True),
-    "r1_every": HyperParameter(16, 16, "apply the R1 penalty every this many steps, scaled up to match (lazy "
-                                       "regularisation); may change when continuing a checkpoint", positive_int,
-                               changeable=True),
-    "flip": HyperParameter(False, False, "mirror training faces left-right at random; may change when continuing "
-                                         "a checkpoint", changeable=True),
-    "d_lr": HyperParameter(None, None, "Adam learning rate of D alone (default: --lr); may change when continuing a "
-                                       "checkpoint", learning_rate, changeable=True),
-}
-BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
-
-
-def trained_with(state):
-    """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet."""
-    return {**BRIEF, **state.hyper_parameters}
 
 
 def add_hyper_parameters(parser):
@@ -185,9 +80,9 @@ def parse_args(argv=None):
                                                            "(default %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to train "
                                                                                          "(default %(default)s)")
-    parser.add_argument("--num-workers", type=count, default=0, help="data loader worker processes "
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data loader worker processes "
                                                                      "(default %(default)s)")
-    parser.add_argument("--sample-every", type=count, default=50,
+    parser.add_argument("--sample-every", type=non_negative_int, default=50,
                         help="write a sample grid every this many batches; 0: only at epoch ends (default %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N images of --data (default: all)")
     parser.add_argument("--visualdl", action="store_true",
@@ -210,247 +105,6 @@ def parse_args(argv=None):
             if getattr(args, name) is None:
                 setattr(args, name, value)
     return args
-
-
-# ------------------------------------------------------------------------------------- the step
-
-def gan_loss(logits, label):
-    """Mean softmax cross entropy of D's two logits against one label for the whole batch."""
-    labels = paddle.full([logits.shape[0], 1], label, dtype="int64")
-    return F.cross_entropy(logits, labels)
-
-
-def realness(logits):
-    """D's real-minus-generated logit difference, one number per image: how real D finds it.
-    Softmax cross entropy against "real" is softplus(-realness), against "generated" softplus(realness)."""
-    return logits[:, REAL] - logits[:, FAKE]
-
-
-def d_loss(logits, label, kind):
-    """D's loss on a batch that is all real (label REAL) or all generated (FAKE). kind "hinge":
-    D is pushed until realness reaches +1 on real faces and -1 on generated ones, and no
-    further (Lim & Ye 2017; Miyato et al. 2018 measured it better than cross entropy with spectral
-    normalisation)."""
-    if kind == "bce":
-        return gan_loss(logits, label)
-    sign = 1 if label == REAL else -1
-    return F.relu(1 - sign * realness(logits)).mean()
-
-
-def g_loss(logits, kind):
-    """G's loss on D's logits for its faces: the original's cross entropy against "real", or under
-    hinge the mean realness, negated."""
-    return gan_loss(logits, REAL) if kind == "bce" else -realness(logits).mean()
-
-
-def r1_penalty(judge, D, real):
-    """R1 (Mescheder et al. 2018, https://arxiv.org/abs/1801.04406): the mean over the batch of the
-    squared gradient of D's realness with respect to each real image, as D sees it (augmented).
-    Penalising it keeps D flat around the real faces, so it cannot overfit them with steep
-    walls. Returns D's logits on the real batch too, so the caller's loss reuses them."""
-    real = real.detach()
-    real.stop_gradient = False
-    with Net.twice_differentiable(D):
-        logits = judge(real)
-        gradient, = paddle.grad(realness(logits).sum(), real, create_graph=True)
-    return gradient.square().sum(axis=[1, 2, 3]).mean(), logits
-
-
-def update(optimizer, loss, scaler=None):
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:  # float16: scale the loss up so that small gradients do not round to zero, and back down
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    optimizer.clear_grad()
-    return loss
-
-
-def amp_dtype(capability, cuda_version):
-    """The mixed-precision type a GPU of this compute capability computes fast, as Paddle's
-    auto_cast decides (it silently falls back to float32 elsewhere): bfloat16 from Ampere (8.0)
-    with CUDA 11 or newer, float16 from Volta (7.0), None below."""
-    if capability >= (8, 0) and cuda_version and int(str(cuda_version).split(".")[0]) >= 11:
-        return "bfloat16"
-    return "float16" if capability >= (7, 0) else None
-
-
-def amp_white_list(dtype, kernels=None):
-    """The operators --amp computes in dtype: Paddle's own list, plus conv2d_transpose where this
-    Paddle has a GPU kernel of that type. Paddle leaves it out of its list, and G's four
-    transposed convolutions are most of G's work. kernels: Paddle's kernel registry (for tests)."""
-    from paddle.amp import amp_lists
-
-    paddle_list = set(amp_lists.white_list()[dtype]["O1"])
-    if kernels is None:
-        kernels = paddle.base.core._get_all_register_op_kernels("phi")
-    gpu_kernel = re.compile(rf"data_type\[(::phi::dtype::)?{dtype}\].*place\[Place\(gpu")
-    if any(gpu_kernel.search(key) for key in kernels.get("conv2d_transpose", [])):
-        return paddle_list | {"conv2d_transpose"}
-    return paddle_list
-
-
-class MixedPrecision:
-    """--amp: the forward passes in bfloat16 where the GPU supports it (same range as float32, no
-    loss scaling needed), else in float16 with one loss scaler per optimizer, saved with the
-    checkpoint. Paddle's level O1 keeps the weights, Adam's moments and precision-sensitive
-    operators (softmax cross entropy, BatchNorm statistics) in float32, so checkpoints do not
-    change."""
-
-    def __init__(self):
-        capability = paddle.device.cuda.get_device_capability()
-        self.dtype = amp_dtype(capability, paddle.version.cuda())
-        if self.dtype is None:
-            raise UserError(f"--amp needs a GPU of compute capability 7.0 or newer; this "
-                            f"{paddle.device.cuda.get_device_name()} is {capability[0]}.{capability[1]}, where "
-                            f"Paddle computes in float32 anyway, so train without --amp.")
-        self.white_list = amp_white_list(self.dtype)
-        float16 = self.dtype == "float16"
-        self.scalers = {"G": paddle.amp.GradScaler(), "D": paddle.amp.GradScaler()} if float16 else {}
-
-    def autocast(self):
-        return paddle.amp.auto_cast(dtype=self.dtype, level="O1", custom_white_list=self.white_list)
-
-
-class frozen:
-    """Within this block the layer's weights get no gradients: G's updates pass gradients through D
-    to G without spending time on D's own weight gradients, which the G step does not use."""
-
-    def __init__(self, layer):
-        # BatchNorm's running statistics are parameters with stop_gradient set: leave them be.
-        self.parameters = [p for p in layer.parameters() if not p.stop_gradient]
-
-    def __enter__(self):
-        for parameter in self.parameters:
-            parameter.stop_gradient = True
-
-    def __exit__(self, *exc):
-        for parameter in self.parameters:
-            parameter.stop_gradient = False
-
-
-def d_weights_unused(D):
-    """The block of G's updates. A plain D is frozen there. Under several processes D is a
-    DataParallel, which cannot be frozen (it expects a gradient for every weight), so D's weight
-    gradients are computed but kept out of the all-reduce, and cleared afterwards."""
-    return D.no_sync() if hasattr(D, "no_sync") else frozen(D)
-
-
-class StepResult(NamedTuple):
-    """What one step measured, as tensors, so the caller decides when to wait for the device."""
-    d_fake: paddle.Tensor  # D's loss on the generated batch
-    d_real: paddle.Tensor  # D's loss on the real batch (without the R1 penalty)
-    g: paddle.Tensor  # G's loss, the mean over its updates
-    real_sign: paddle.Tensor  # the mean sign of D's realness on the real batch: ADA's overfitting signal r_t
-
-
-def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None, loss="bce", r1=0.0):
-    """One batch of the original's schedule, in three phases. Returns a StepResult.
-    amp: a MixedPrecision, or None for float32. augment: the DiffAugment policy of every batch D
-    sees. ema: a MovingAverage to update after every G update, or None. loss: "bce" or "hinge".
-    r1: the weight of the R1 penalty in this step's real phase (the caller scales it for lazy
-    steps), 0 for none."""
-    batch = real.shape[0]
-    autocast = amp.autocast if amp else contextlib.nullcontext
-    scalers = amp.scalers if amp else {}
-
-    def judge(images):
-        return D(Augment.diff_augment(images, augment))
-
-    # 1. D on a batch of generated faces, labelled "generated".
-    with paddle.no_grad(), autocast():
-        fake = G(paddle.rand([batch, Z_DIM]))
-    with autocast():
-        d_fake = d_loss(judge(fake), FAKE, loss)
-    update(opt_d, d_fake, scalers.get("D"))
-
-    # 2. D on the real batch, labelled "real"; with R1 in float32, since its second derivative
-    # is where half precision would lose the most.
-    if r1:
-        penalty, logits = r1_penalty(judge, D, real)
-        d_real = d_loss(logits, REAL, loss)
-        update(opt_d, d_real + r1 / 2 * penalty, scalers.get("D"))
-    else:
-        with autocast():
-            logits = judge(real)
-            d_real = d_loss(logits, REAL, loss)
-        update(opt_d, d_real, scalers.get("D"))
-    real_sign = paddle.sign(realness(logits.detach()).astype("float32")).mean()
-
-    # 3. G, --g-steps times on fresh noise, through D, which learns nothing here.
-    g_losses = []
-    with d_weights_unused(D):
-        for _ in range(g_steps):
-            with autocast():
-                generated = g_loss(judge(G(paddle.rand([batch, Z_DIM]))), loss)
-            g_losses.append(update(opt_g, generated, scalers.get("G")))
-            if ema:
-                ema.update()
-    opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps
-    return StepResult(d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps, real_sign)
-
-
-def r1_weight(hp, step):
-    """The R1 weight of step's real phase: gamma times --r1-every on every --r1-every-th step,
-    so the penalty weighs as much on average as gamma on every step (StyleGAN2's lazy R1), else 0."""
-    return hp["r1"] * hp["r1_every"] if hp["r1"] and step % hp["r1_every"] == 0 else 0.0
-
-
-class MovingAverage:
-    """--ema: G_ema, a copy of G that is never trained. After every G update each of its weights
-    moves towards G's, ema = decay * ema + (1 - decay) * G, so it is an average of G's recent
-    weights (about the last 1 / (1 - decay) updates). G itself swings back and forth as it plays
-    against D; the average damps the swings, and in many GANs it draws better samples than G does
-    (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training",
-    https://arxiv.org/abs/1806.04498).
-
-    Its BatchNorm running statistics are not averaged: before G_ema is saved they are measured
-    anew on G_ema's own activations (fit_batch_norm_statistics). G's statistics, copied instead,
-    describe another network's activations, and measured worse (README.md, "Making the recipe
-    learn on a CPU")."""
-
-    STATISTICS_BATCHES = 8  # batches of noise the statistics are averaged over (40 measured the same)
-    STATISTICS_BATCH_SIZE = 64
-
-    def __init__(self, G, decay):
-        self.decay = decay
-        self.G_ema = Generator()
-        self.start_from(G)
-        self.G_ema.eval()
-        averages = dict(self.G_ema.named_parameters())
-        # BatchNorm's running statistics are parameters with stop_gradient set, not weights.
-        self.weights = [(averages[name], p) for name, p in G.named_parameters() if not p.stop_gradient]
-        for average in averages.values():
-            average.stop_gradient = True
-
-    def start_from(self, G):
-        self.G_ema.set_state_dict(G.state_dict())
-
-    @paddle.no_grad()
-    def update(self):
-        for average, current in self.weights:
-            paddle.assign(average * self.decay + current * (1 - self.decay), output=average)
-
-    @paddle.no_grad()
-    def fit_batch_norm_statistics(self, seed):
-        """Set each BatchNorm's running mean and variance of G_ema to the average of its batch
-        statistics over STATISTICS_BATCHES batches of noise drawn from seed: a function of G_ema's
-        weights and the seed alone, so a resumed run saves the same statistics."""
-        norms = [layer for layer in self.G_ema.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
-        momentum = {layer: layer._momentum for layer in norms}
-        rng = np.random.default_rng([seed, 0xB17])
-        self.G_ema.train()
-        try:
-            for batch in range(self.STATISTICS_BATCHES):
-                for layer in norms:
-                    layer._momentum = batch / (batch + 1)  # running = mean of the batches so far
-                self.G_ema(paddle.to_tensor(Utils.random_noise(rng, self.STATISTICS_BATCH_SIZE)))
-        finally:
-            self.G_ema.eval()
-            for layer, value in momentum.items():
-                layer._momentum = value
 
 
 def step_seed(seed, rank, step):
@@ -565,7 +219,7 @@ class StopRequest:
 
 # ------------------------------------------------------------------------- several processes
 
-class Processes:
+class ProcessGroup:
     """This process among the training processes (one per GPU; just one on a CPU). Rank 0 writes
     every file; decisions that end a step or the run are taken together, or one process would
     leave while the others wait for it in the next gradient all-reduce."""
@@ -633,6 +287,13 @@ def settle_hyper_parameters(args, state):
     return settled, changed
 
 
+def what_ema_does(changed, before):
+    """What happens to G_ema when --ema is turned on or off while continuing, as a clause, or ""."""
+    if "ema" not in changed or bool(changed["ema"]) == bool(before["ema"]):
+        return ""
+    return ": G_ema starts as a copy of G" if changed["ema"] else ": G_ema is left out of the next checkpoint"
+
+
 def why_d_starts_afresh(args, changed):
     """The reason D starts afresh when continuing a checkpoint (--fresh-d, or a new form of D,
     whose saved weights would not fit), or None when D continues."""
@@ -663,11 +324,9 @@ def open_model_folder(args):
     hp, changed = settle_hyper_parameters(args, state)
     if changed:
         before = trained_with(state)
-        ema = ("" if "ema" not in changed or bool(changed["ema"]) == bool(before["ema"])
-               else ": G_ema starts as a copy of G" if changed["ema"] else ": G_ema is left out of the next checkpoint")
-        print("Continuing with " + ", ".join(f"--{name.replace('_', '-')} {value} (until now {before[name]})"
-                                              for name, value in changed.items())
-              + f" from step {state.global_step}{ema}.")
+        flags = ", ".join(f"--{name.replace('_', '-')} {value} (until now {before[name]})"
+                          for name, value in changed.items())
+        print(f"Continuing with {flags} from step {state.global_step}{what_ema_does(changed, before)}.")
         state.changes.append({"step": state.global_step, **changed})
     fresh_d = why_d_starts_afresh(args, changed) if state else None
     if fresh_d:
@@ -741,7 +400,7 @@ def load_faces(args, hp, procs):
 class Session:
     """Everything one training run works with."""
     args: argparse.Namespace
-    procs: Processes
+    procs: ProcessGroup
     folder: ModelFolder
     state: RunState
     dataset: FaceDataset
@@ -759,7 +418,7 @@ class Session:
     train_D: object = None
     stop: object = None  # the StopRequest of the loop
     visualdl: VisualDLLog = None  # --visualdl's log on rank 0; None elsewhere and without the flag
-    stretch: dict = None  # this run's entry in state.stretches
+    run_record: dict = None  # this run's entry in state.stretches: its machine and CPU time
     cpu_started: float = 0.0  # time.process_time() when this run began
 
     @property
@@ -843,7 +502,7 @@ def set_up(args):
 
 def build_session(args):
     cpu_started = time.process_time()
-    procs = Processes()
+    procs = ProcessGroup()
     device = Utils.choose_device(args.device)
     if args.amp and device != "gpu":
         raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
@@ -863,31 +522,33 @@ def build_session(args):
     if saved:
         with_adam = load_checkpoint(session, saved, fresh_d)
         session.last_saved = saved.where()
-        say(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
-                     f"done (step {saved.global_step})"
-                     + ("." if with_adam else "; no usable optimizer state there, so Adam starts afresh."))
+        print_once(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
+                            f"done (step {saved.global_step})"
+                            + ("." if with_adam else "; no usable optimizer state there, so Adam starts afresh."))
     state.run, state.hyper_parameters = run, hp  # after loading, which checks the files' stamps
     if saved and saved.data and (saved.data, saved.images) != (str(args.data), len(dataset)):
         state.changes.append({"step": state.global_step, "data": str(args.data), "images": len(dataset)})
-        say(session, f"Continuing on {len(dataset)} faces in {args.data} (until now {saved.images} in {saved.data}).")
+        print_once(session, f"Continuing on {len(dataset)} faces in {args.data} "
+                            f"(until now {saved.images} in {saved.data}).")
     state.data, state.images, state.steps_per_epoch = str(args.data), len(dataset), len(loader.batch_sampler)
     # What this stretch of training costs, kept beside the earlier ones: a model's CPU-hours add up.
-    session.stretch = {"from_step": state.global_step, "to_step": state.global_step,
+    session.run_record = {"from_step": state.global_step, "to_step": state.global_step,
                        "machine": Utils.machine_name(device), "processes": procs.world_size,
                        "threads": Utils.cpu_threads(), "cpu_seconds": 0.0}
-    state.stretches.append(session.stretch)
+    state.stretches.append(session.run_record)
     state.versions = {"paddle": paddle.__version__, "numpy": np.__version__, "python": platform.python_version()}
-    say(session, f"Training on {device} ({procs.world_size} process(es)"
-                 + (f", {session.amp.dtype} mixed precision" if session.amp else "") + f"), {len(dataset)} faces, "
-                 f"{state.steps_per_epoch} batches of {hp['batch_size']} per epoch, seed {hp['seed']}.")
+    precision = f", {session.amp.dtype} mixed precision" if session.amp else ""
+    print_once(session, f"Training on {device} ({procs.world_size} process(es){precision}), {len(dataset)} faces, "
+                        f"{state.steps_per_epoch} batches of {hp['batch_size']} per epoch, seed {hp['seed']}.")
     if dataset.skipped:
-        say(session, f"Skipped {len(dataset.skipped)} unreadable files.")
+        print_once(session, f"Skipped {len(dataset.skipped)} unreadable files.")
     if state.epochs_done < args.epochs:
         agree_on_space(session)
     return session
 
 
-def say(session, message):
+def print_once(session, message):
+    """Print message on rank 0 alone, so that several processes say it once."""
     if session.procs.writer:
         print(message)
 
@@ -896,7 +557,7 @@ def say(session, message):
 
 def checkpoint(session, started):
     session.state.wall_seconds = round(time.time() - started, 1)
-    session.stretch.update(to_step=session.state.global_step,
+    session.run_record.update(to_step=session.state.global_step,
                            cpu_seconds=round(time.process_time() - session.cpu_started, 1))
     if session.procs.writer:
         if session.ema:
@@ -939,9 +600,9 @@ def run_step(session, real, epoch):
     state, hp, procs = session.state, session.state.hyper_parameters, session.procs
     paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
     started = time.perf_counter()
-    result = train_step(session.train_G, session.train_D, session.opt_g, session.opt_d, real, hp["g_steps"],
+    result = Recipe.train_step(session.train_G, session.train_D, session.opt_g, session.opt_d, real, hp["g_steps"],
                         amp=session.amp, augment=hp["augment"], ema=session.ema, loss=hp["loss"],
-                        r1=r1_weight(hp, state.global_step))
+                        r1=Recipe.r1_weight(hp, state.global_step))
     *losses, real_sign = [float(value) for value in result]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)
@@ -992,9 +653,9 @@ def measure_overfitting(session, epoch):
         return
     r_t = round(float(np.mean(signs)), 4)
     state.overfitting.append({"epoch": epoch, "step": state.global_step, "r_t": r_t})
-    say(session, f"Epoch {epoch}: D's overfitting signal r_t = {r_t:.3f} (the mean sign of its real-minus-generated "
-                 f"logit on the real batches, from -1 to 1: near 0 D cannot tell them from generated faces, near "
-                 f"1 it is sure of each).")
+    print_once(session, f"Epoch {epoch}: D's overfitting signal r_t = {r_t:.3f} (the mean sign of its "
+                        f"real-minus-generated logit on the real batches, from -1 to 1: near 0 D cannot tell them "
+                        f"from generated faces, near 1 it is sure of each).")
     if session.visualdl:
         session.visualdl.writer.add_scalar("diagnostics/r_t", r_t, state.global_step)
 
@@ -1004,7 +665,8 @@ def train(args):
     session = set_up(args)
     state, folder = session.state, session.folder.path
     if state.epochs_done >= args.epochs:
-        say(session, f"{folder} already holds {state.epochs_done} epochs (--epochs {args.epochs}); nothing to do.")
+        print_once(session, f"{folder} already holds {state.epochs_done} epochs (--epochs {args.epochs}); "
+                            f"nothing to do.")
         return state
     # Under several processes the steps run through DataParallel wrappers, which average the
     # gradients; checkpoints and samples use the plain networks.
@@ -1021,17 +683,17 @@ def train(args):
             if write_grid:
                 write_grid()
             if not finished:
-                say(session, f"Stopped in epoch {state.epochs_done + 1} after batch {state.batches_done}; checkpoint "
-                             f"saved to {folder}. Run the same command to continue.")
+                print_once(session, f"Stopped in epoch {state.epochs_done + 1} after batch {state.batches_done}; "
+                                    f"checkpoint saved to {folder}. Run the same command to continue.")
                 session.procs.wait_for_all()  # the launcher ends every process once one has left
                 sys.exit(130)
             if session.procs.writer:
                 loss_curve = Path(args.output) / "loss.png"
                 picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve),
                         f"The loss curve {loss_curve}")
-    say(session, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, samples in "
-                 f"{args.output}. A training step took {np.median(session.step_seconds):.2f} s "
-                 f"(median of this run's {len(session.step_seconds)}).")
+    print_once(session, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, samples in "
+                        f"{args.output}. A training step took {np.median(session.step_seconds):.2f} s "
+                        f"(median of this run's {len(session.step_seconds)}).")
     return state
 
 

@@ -166,18 +166,23 @@ MAX_STEPS = 100      # faces in one interpolation strip or morph
 MAX_COUNT = 10_000   # single avatars a run writes, avatar_0000.png to avatar_9999.png
 
 
-def whole_number(least, most, wanted):
-    """An argparse type: text -> an int from least to most, else refused in one sentence,
-    "'<text>' is not <wanted>" (Train.py's wording)."""
+def argument_type(kind, accept, wanted):
+    """An argparse type: text -> kind(text), refused in one sentence, "'<text>' is not <wanted>",
+    unless accept(value)."""
     def parse(text):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
             value = None
-        if value is None or not least <= value <= most:
+        if value is None or not accept(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
         return value
     return parse
+
+
+def whole_number(least, most, wanted):
+    """An argparse type: text -> an int from least to most, else refused as argument_type says."""
+    return argument_type(int, lambda value: least <= value <= most, wanted)
 
 
 seed_number = whole_number(0, SEED_LIMIT - 1, SEED_RANGE)  # the --seed of every script

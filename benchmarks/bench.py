@@ -5,7 +5,7 @@
     python benchmarks/bench.py --batches 2 --steps 1 --gen-batch 2 --reader-limit 8   # smoke test
 
 Measured in one run, all with the same thread count (default 2):
-1. training throughput (real images/s) of Train.py's own train_step, at batch 16, 64 and 100;
+1. training throughput (real images/s) of Recipe.py's own train_step, at batch 16, 64 and 100;
 2. the same for benchmarks/torch_dcgan.py (same networks, same schedule), its steps interleaved
    with Paddle's so that machine drift cancels in the ratio;
 3. generator inference at batch 64: Paddle's dynamic graph, the path Run.py uses, and PyTorch;
@@ -42,7 +42,7 @@ NOT_INSTALLED = "not installed"
 # ------------------------------------------------------------------------------------ the workers
 
 class PaddleWorker:
-    """The project's own code, timed: Train.train_step, Utils.generate, Reader's loader."""
+    """The project's own code, timed: Recipe.train_step, Utils.generate, Reader's loader."""
 
     def __init__(self, threads):
         sys.path.insert(0, str(ROOT))
@@ -58,7 +58,7 @@ class PaddleWorker:
         return {"version": self.paddle.__version__, "numpy": np.__version__}
 
     def setup_train(self, batch, g_steps, d_input_bn):
-        import Train
+        import Recipe
         from Net import Discriminator, Generator
         paddle = self.paddle
         paddle.seed(batch)
@@ -66,14 +66,14 @@ class PaddleWorker:
         self.opt_g = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=self.G.parameters())
         self.opt_d = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=self.D.parameters())
         self.real = paddle.rand([batch, 3, 96, 96]) * 2 - 1
-        self.project_step = Train.train_step
+        self.project_step = Recipe.train_step
         return {}
 
     def train_step(self):
         """One step as Train.py runs it, ending where Train.py waits for the losses."""
         started = time.perf_counter()
         step = self.project_step(self.G, self.D, self.opt_g, self.opt_d, self.real, self.g_steps)
-        losses = [float(loss) for loss in step]
+        losses = [float(step.d_fake), float(step.d_real), float(step.g)]  # the three the torch step returns
         return {"seconds": time.perf_counter() - started, "losses": losses}
 
     def generate(self, batch, repeats, path):

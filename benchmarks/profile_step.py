@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py [batch]     # default 64; prints Paddle's operator summary
 
-One warm-up step, then one profiled step of Train.train_step (D on fakes, D on reals, 2 G steps)
+One warm-up step, then one profiled step of Recipe.train_step (D on fakes, D on reals, 2 G steps)
 on random images, with the project's CPU settings (Utils). The summary lists forward operators as
 "<op> dygraph" and their backward passes as "Global_<Op>GradNode".
 """
@@ -16,7 +16,7 @@ import Utils  # noqa: E402,F401  sets up the CPU for Paddle, so it comes first
 import paddle  # noqa: E402
 import paddle.profiler as profiler  # noqa: E402
 
-import Train  # noqa: E402
+import Recipe  # noqa: E402
 from Net import Discriminator, Generator  # noqa: E402
 
 
@@ -27,12 +27,12 @@ def main():
     opt_g = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=G.parameters())
     opt_d = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=D.parameters())
     real = paddle.rand([batch, 3, 96, 96]) * 2 - 1
-    Train.train_step(G, D, opt_g, opt_d, real, 2)  # warm-up
+    Recipe.train_step(G, D, opt_g, opt_d, real, 2)  # warm-up
     # on_trace_ready does nothing: the default would write a Chrome trace into ./profiler_log.
     prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], on_trace_ready=lambda prof: None)
     prof.start()
     started = time.perf_counter()
-    [float(loss) for loss in Train.train_step(G, D, opt_g, opt_d, real, 2)]
+    [float(loss) for loss in Recipe.train_step(G, D, opt_g, opt_d, real, 2)]
     seconds = time.perf_counter() - started
     prof.step()
     prof.stop()

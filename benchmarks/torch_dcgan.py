@@ -90,13 +90,13 @@ def make_training(lr=2e-4, beta1=0.8, input_norm=True):
 
 
 def train_step(G, D, opt_g, opt_d, real, g_steps=2):
-    """One batch of the schedule, as Train.train_step; returns the three losses as floats."""
+    """One batch of the schedule, as Recipe.train_step; returns the three losses as floats."""
     batch = real.shape[0]
     with torch.no_grad():
         fake = G(torch.rand(batch, Z_DIM))
     d_fake = update(opt_d, gan_loss(D(fake), FAKE))
     d_real = update(opt_d, gan_loss(D(real), REAL))
-    D.requires_grad_(False)  # as Train.frozen: G's steps need gradients through D, not D's own
+    D.requires_grad_(False)  # as Recipe.FrozenWeights: G's steps need gradients through D, not D's own
     g_losses = [update(opt_g, gan_loss(D(G(torch.rand(batch, Z_DIM))), REAL)) for _ in range(g_steps)]
     D.requires_grad_(True)
     return float(d_fake), float(d_real), float(sum(g_losses)) / g_steps

@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 
 import Checkpoint
 import Files
+import Recipe
 import Train
 from Checkpoint import ModelFolder, RunState
 from conftest import ROOT, run_script
@@ -302,8 +303,8 @@ def test_out_of_range_flags_are_refused_by_the_parser(flag, value, capsys):
 
 
 def test_a_nan_at_the_first_step_says_no_checkpoint_exists(faces_dir, tmp_path, monkeypatch):
-    real_step = Train.train_step
-    monkeypatch.setattr(Train, "train_step", lambda *a, **k: [loss * float("nan") for loss in real_step(*a, **k)])
+    real_step = Recipe.train_step
+    monkeypatch.setattr(Recipe, "train_step", lambda *a, **k: [loss * float("nan") for loss in real_step(*a, **k)])
     with pytest.raises(UserError, match=r"losses became .*nan.* at epoch 1, step 1; training stopped and no "
                                         r"checkpoint was written yet, so .*Model holds none"):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
@@ -312,8 +313,8 @@ def test_a_nan_at_the_first_step_says_no_checkpoint_exists(faces_dir, tmp_path, 
 
 def test_a_nan_after_a_checkpoint_names_the_checkpoint_kept(faces_dir, tmp_path, monkeypatch):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
-    real_step = Train.train_step
-    monkeypatch.setattr(Train, "train_step", lambda *a, **k: [loss * float("nan") for loss in real_step(*a, **k)])
+    real_step = Recipe.train_step
+    monkeypatch.setattr(Recipe, "train_step", lambda *a, **k: [loss * float("nan") for loss in real_step(*a, **k)])
     with pytest.raises(UserError, match=r"the last checkpoint in .*Model, of step 2 \(end of epoch 1\), was kept"):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
 

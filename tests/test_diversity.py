@@ -10,6 +10,7 @@ import paddle.nn as nn
 import pytest
 from safetensors.numpy import load_file
 
+import Recipe
 import Train
 from Net import Discriminator, Generator, init_dcgan_weights, minibatch_std, twice_differentiable
 from test_train import saved_state, train_args
@@ -26,17 +27,17 @@ def count(network):
 
 def test_hinge_losses_on_known_logits():
     logits = paddle.to_tensor([[0.0, 2.0], [1.0, 0.5]])  # realness (real minus generated logit): 2 and -0.5
-    assert float(Train.d_loss(logits, Train.REAL, "hinge")) == pytest.approx((0 + 1.5) / 2)
-    assert float(Train.d_loss(logits, Train.FAKE, "hinge")) == pytest.approx((3 + 0.5) / 2)
-    assert float(Train.g_loss(logits, "hinge")) == pytest.approx(-(2 - 0.5) / 2)
+    assert float(Recipe.d_loss(logits, Recipe.REAL, "hinge")) == pytest.approx((0 + 1.5) / 2)
+    assert float(Recipe.d_loss(logits, Recipe.FAKE, "hinge")) == pytest.approx((3 + 0.5) / 2)
+    assert float(Recipe.g_loss(logits, "hinge")) == pytest.approx(-(2 - 0.5) / 2)
 
 
 def test_bce_is_the_originals_cross_entropy_a_softplus_of_the_realness():
     logits = paddle.to_tensor([[0.0, 2.0], [1.0, 0.5]])
     softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
-    assert float(Train.d_loss(logits, Train.REAL, "bce")) == pytest.approx(np.mean(softplus(-np.array([2, -0.5]))))
-    assert float(Train.d_loss(logits, Train.FAKE, "bce")) == pytest.approx(np.mean(softplus(np.array([2, -0.5]))))
-    assert float(Train.g_loss(logits, "bce")) == float(Train.gan_loss(logits, Train.REAL))
+    assert float(Recipe.d_loss(logits, Recipe.REAL, "bce")) == pytest.approx(np.mean(softplus(-np.array([2, -0.5]))))
+    assert float(Recipe.d_loss(logits, Recipe.FAKE, "bce")) == pytest.approx(np.mean(softplus(np.array([2, -0.5]))))
+    assert float(Recipe.g_loss(logits, "bce")) == float(Recipe.gan_loss(logits, Recipe.REAL))
 
 
 # ------------------------------------------------------------------------------------ D's forms
@@ -108,7 +109,7 @@ def test_the_r1_penalty_and_its_gradient_match_finite_differences():
         real = paddle.rand([2, 3, 4, 4], dtype="float64")
 
         def realness_sum(images):
-            return float(Train.realness(D(paddle.to_tensor(images))).sum())
+            return float(Recipe.realness(D(paddle.to_tensor(images))).sum())
 
         def numeric_penalty():
             images, h = real.numpy(), 1e-6
@@ -120,7 +121,7 @@ def test_the_r1_penalty_and_its_gradient_match_finite_differences():
                 gradient[index] = (realness_sum(up) - realness_sum(down)) / (2 * h)
             return float((gradient ** 2).sum(axis=(1, 2, 3)).mean())
 
-        penalty, _ = Train.r1_penalty(D, D, real)
+        penalty, _ = Recipe.r1_penalty(D, D, real)
         assert float(penalty) == pytest.approx(numeric_penalty(), rel=1e-5)
         penalty.backward()  # the second derivative: how the penalty changes with one of D's weights
         weight, index, h = D.conv.weight, (1, 0, 1, 2), 1e-5
@@ -144,7 +145,7 @@ def test_r1_differentiates_the_real_d_twice_through_augmentation_and_restores_it
     G, D = Generator(), Discriminator(input_norm=False, norm=norm, mbstd=True)
     opt_g, opt_d = (paddle.optimizer.Adam(1e-4, parameters=net.parameters()) for net in (G, D))
     fast = [layer for layer in D.sublayers() if getattr(layer, "one_gemm", False)]
-    result = Train.train_step(G, D, opt_g, opt_d, paddle.rand([4, 3, 96, 96]) * 2 - 1, g_steps=1,
+    result = Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([4, 3, 96, 96]) * 2 - 1, g_steps=1,
                               augment="color,translation,cutout", loss="hinge", r1=10.0)
     assert all(np.isfinite(float(value)) for value in result)
     assert fast and all(layer.one_gemm for layer in fast)
@@ -154,8 +155,8 @@ def test_r1_differentiates_the_real_d_twice_through_augmentation_and_restores_it
 
 def test_r1_is_lazy_every_r1_every_steps_and_scaled_to_match():
     hp = {"r1": 0.5, "r1_every": 4}
-    assert [Train.r1_weight(hp, step) for step in range(6)] == [2.0, 0, 0, 0, 2.0, 0]
-    assert Train.r1_weight({"r1": 0.0, "r1_every": 4}, 0) == 0
+    assert [Recipe.r1_weight(hp, step) for step in range(6)] == [2.0, 0, 0, 0, 2.0, 0]
+    assert Recipe.r1_weight({"r1": 0.0, "r1_every": 4}, 0) == 0
 
 
 def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():

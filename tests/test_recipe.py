@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 import Augment
 import Evaluate
 import Figures
+import Recipe
 import Run
 import Train
 from Checkpoint import ModelFolder
@@ -45,7 +46,7 @@ def stamp(path):
 def test_g_ema_moves_each_weight_by_one_minus_decay_towards_g_and_leaves_its_statistics_alone():
     paddle.seed(0)
     G = Generator()
-    average = Train.MovingAverage(G, decay=0.9)
+    average = Recipe.MovingAverage(G, decay=0.9)
     before = {name: value.numpy() for name, value in average.G_ema.state_dict().items()}
     with paddle.no_grad():
         for parameter in G.parameters():
@@ -61,10 +62,10 @@ def test_g_ema_moves_each_weight_by_one_minus_decay_towards_g_and_leaves_its_sta
 
 
 def test_g_ema_statistics_are_the_mean_of_its_own_batch_statistics_and_depend_on_the_seed_alone(monkeypatch):
-    monkeypatch.setattr(Train.MovingAverage, "STATISTICS_BATCHES", 3)
-    monkeypatch.setattr(Train.MovingAverage, "STATISTICS_BATCH_SIZE", 8)
+    monkeypatch.setattr(Recipe.MovingAverage, "STATISTICS_BATCHES", 3)
+    monkeypatch.setattr(Recipe.MovingAverage, "STATISTICS_BATCH_SIZE", 8)
     paddle.seed(0)
-    average = Train.MovingAverage(Generator(), decay=0.9)
+    average = Recipe.MovingAverage(Generator(), decay=0.9)
     name, first_norm = next((name, layer) for name, layer in average.G_ema.named_sublayers()
                             if isinstance(layer, paddle.nn.BatchNorm2D))
     inputs = []
@@ -118,7 +119,7 @@ def test_every_batch_d_sees_is_augmented_and_g_learns_through_the_augmentation(m
     G, D = Generator(), Discriminator()
     real = paddle.rand([2, 3, 96, 96]) * 2 - 1
     opt_g, opt_d = (paddle.optimizer.Adam(1e-4, parameters=net.parameters()) for net in (G, D))
-    Train.train_step(G, D, opt_g, opt_d, real, g_steps=2, augment="translation")
+    Recipe.train_step(G, D, opt_g, opt_d, real, g_steps=2, augment="translation")
     assert [policy for _, policy, _ in seen] == ["translation"] * 4  # D on fakes, D on reals, 2 G updates
     assert seen[1][0] is real
     assert [stop_gradient for _, _, stop_gradient in seen] == [True, True, False, False]  # G's passes: to G
@@ -128,7 +129,7 @@ def test_every_batch_d_sees_is_augmented_and_g_learns_through_the_augmentation(m
 
 def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly():
     settled, changed = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1"]), None)
-    assert settled == {name: hp.default for name, hp in Train.HYPER_PARAMETERS.items()} | {"seed": 1}
+    assert settled == {name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()} | {"seed": 1}
     assert (settled["batch_size"], settled["g_steps"], settled["init"], settled["d_input_bn"]) == (32, 1, "dcgan",
                                                                                                     False)
     assert changed == {}
@@ -176,7 +177,7 @@ def test_ema_and_augment_turned_on_when_continuing_start_g_ema_from_g_and_are_re
                                                                                       monkeypatch, capsys):
     old_checkpoint(trained, tmp_path)
     loaded = load_file(str(tmp_path / "Model" / "G.safetensors"))
-    monkeypatch.setattr(Train.MovingAverage, "update", lambda self: None)  # G_ema stays where it started
+    monkeypatch.setattr(Recipe.MovingAverage, "update", lambda self: None)  # G_ema stays where it started
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--ema", "0.5", "--augment",
                           "translation"))
     assert "Continuing with --ema 0.5 (until now 0.0), --augment translation (until now none) from step 2: " \
@@ -204,8 +205,8 @@ def test_ema_turned_off_when_continuing_leaves_g_ema_out_and_other_changes_are_r
 def test_a_lower_lr_when_continuing_is_what_adam_steps_with_and_is_recorded(trained, faces_dir, tmp_path,
                                                                             monkeypatch, capsys):
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
-    rates, step = [], Train.train_step
-    monkeypatch.setattr(Train, "train_step", lambda G, D, opt_g, opt_d, *rest, **options:
+    rates, step = [], Recipe.train_step
+    monkeypatch.setattr(Recipe, "train_step", lambda G, D, opt_g, opt_d, *rest, **options:
                         rates.append((opt_g.get_lr(), opt_d.get_lr())) or step(G, D, opt_g, opt_d, *rest, **options))
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--lr", "1e-4"))
     assert "Continuing with --lr 0.0001 (until now 0.0002) from step 2." in capsys.readouterr().out

@@ -15,6 +15,7 @@ import paddle
 import pytest
 from safetensors.numpy import load_file
 
+import Recipe
 import Train
 from Checkpoint import ModelFolder, RunState
 from conftest import ROOT
@@ -152,7 +153,7 @@ def test_r1_spectral_hinge_and_mbstd_keep_every_ranks_networks_identical(faces_d
                                                      ((7, 5), "11.8", "float16"), ((8, 0), "10.2", "float16"),
                                                      ((8, 0), "11.0", "bfloat16"), ((9, 0), "12.0", "bfloat16")])
 def test_amp_takes_the_type_the_gpu_computes_fast_and_none_below_volta(capability, cuda, dtype):
-    assert Train.amp_dtype(capability, cuda) == dtype
+    assert Recipe.amp_dtype(capability, cuda) == dtype
 
 
 def gpu_kernel(dtype):
@@ -166,11 +167,11 @@ def test_amp_adds_transposed_convolutions_to_paddles_list_where_a_gpu_kernel_exi
 
     paddle_list = set(amp_lists.white_list()[dtype]["O1"])
     assert "conv2d" in paddle_list and "conv2d_transpose" not in paddle_list  # why the addition is needed
-    with_kernel = Train.amp_white_list(dtype, {"conv2d_transpose": [gpu_kernel(dtype)]})
+    with_kernel = Recipe.amp_white_list(dtype, {"conv2d_transpose": [gpu_kernel(dtype)]})
     assert with_kernel == paddle_list | {"conv2d_transpose"}
     other = "bfloat16" if dtype == "float16" else "float16"
-    assert Train.amp_white_list(dtype, {"conv2d_transpose": [gpu_kernel(other)]}) == paddle_list
-    assert Train.amp_white_list(dtype) == paddle_list  # this CPU-only Paddle has no GPU kernel
+    assert Recipe.amp_white_list(dtype, {"conv2d_transpose": [gpu_kernel(other)]}) == paddle_list
+    assert Recipe.amp_white_list(dtype) == paddle_list  # this CPU-only Paddle has no GPU kernel
 
 
 class RecordingScaler:
@@ -200,7 +201,7 @@ def test_the_loss_scalers_round_trip_through_a_checkpoint(tmp_path):
 def test_gpus_train_deterministically_with_batch_norm_over_all_of_them(monkeypatch):
     flags = {}
     monkeypatch.setattr(paddle, "set_flags", flags.update)
-    hp = {**{name: p.default for name, p in Train.HYPER_PARAMETERS.items()}, "seed": 1}
+    hp = {**{name: p.default for name, p in Recipe.HYPER_PARAMETERS.items()}, "seed": 1}
     G, D, _, _ = Train.build_networks(hp, "gpu", world_size=2)
     assert flags == {"FLAGS_cudnn_deterministic": True}
     norms = [layer for network in (G, D) for layer in network.sublayers() if "BatchNorm" in type(layer).__name__]
@@ -230,7 +231,7 @@ def test_under_data_parallel_g_steps_keep_ds_gradients_out_of_the_all_reduce():
     G, D = Generator(), DataParallelLike(Discriminator())
     opt_g = paddle.optimizer.Adam(1e-4, parameters=G.parameters())
     opt_d = paddle.optimizer.Adam(1e-4, parameters=D.parameters())
-    Train.train_step(G, D, opt_g, opt_d, paddle.rand([2, 3, 96, 96]) * 2 - 1, g_steps=2)
+    Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([2, 3, 96, 96]) * 2 - 1, g_steps=2)
     assert D.quiet_blocks == 1
     assert all(p.grad is None or not p.grad.abs().sum() for p in D.parameters())
 

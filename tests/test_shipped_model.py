@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import Recipe
 import Train
 from Checkpoint import RunState
 from conftest import ROOT, run_script
@@ -48,10 +49,10 @@ def test_state_json_says_how_the_model_was_trained():
     # it was trained before those existed.
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([]),
                                                      RunState.from_json(state, MODEL / "state.json"))
-    defaults = {name: hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
+    defaults = {name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}
     assert settled == {**defaults, **state["hyper_parameters"]}
     assert changed == {name: defaults[name] for name in ("ema", "augment") if name not in state["hyper_parameters"]}
-    assert set(settled) == set(Train.HYPER_PARAMETERS)
+    assert set(settled) == set(Recipe.HYPER_PARAMETERS)
 
 
 def test_run_py_with_its_defaults_draws_from_the_shipped_generator(tmp_path):

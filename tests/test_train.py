@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import Recipe
 import Train
 from conftest import ROOT, run_script
 from Net import Generator
@@ -54,7 +55,7 @@ def test_spread_measures_how_much_samples_differ():
 def test_state_json_records_progress_hyper_parameters_losses_and_versions(trained):
     state = json.loads((trained[0] / "Model" / "state.json").read_text())
     assert (state["epochs_done"], state["batches_done"], state["global_step"]) == (1, 0, 2)
-    defaults = {name: hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
+    defaults = {name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}
     assert state["hyper_parameters"] == defaults | {"batch_size": 4, "seed": 5}
     assert set(state["hyper_parameters"]) == {"batch_size", "lr", "beta1", "g_steps", "init", "d_input_bn", "ema",
                                               "augment", "seed", "loss", "d_norm", "mbstd", "r1", "r1_every",
@@ -133,13 +134,13 @@ def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadabl
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces_dir, tmp_path, monkeypatch):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     before = (tmp_path / "Model" / "G.safetensors").read_bytes()
-    real_step = Train.train_step
+    real_step = Recipe.train_step
 
     def diverging(*args, **kwargs):
         result = real_step(*args, **kwargs)
         return result._replace(g=result.g * float("nan"))
 
-    monkeypatch.setattr(Train, "train_step", diverging)
+    monkeypatch.setattr(Recipe, "train_step", diverging)
     with pytest.raises(UserError, match=r"losses became .*nan.*last checkpoint .* was kept"):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
     assert (tmp_path / "Model" / "G.safetensors").read_bytes() == before
@@ -218,7 +219,7 @@ def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses()
 
     section = (ROOT / "README.md").read_text().split("## Hyper-parameters\n")[1].split("\n## ")[0]
     rows = dict(re.findall(r"^\| `(--[\w-]+)` \| ([^|]+?) \|", section, re.M))
-    defaults = {"--" + name.replace("_", "-"): hp.default for name, hp in Train.HYPER_PARAMETERS.items()}
+    defaults = {"--" + name.replace("_", "-"): hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}
     defaults["--epochs"] = Train.parse_args([]).epochs
     shown = {flag: value for flag, value in rows.items() if flag in defaults}
     assert set(shown) >= {"--lr", "--beta1", "--batch-size", "--epochs", "--g-steps", "--init", "--ema", "--augment"}

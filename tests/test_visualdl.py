@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import Recipe
 import Train
 from conftest import require
 from test_train import saved_state, train_args
@@ -61,7 +62,7 @@ def test_visualdl_is_no_hyper_parameter_so_a_resume_may_leave_it_out(faces_dir, 
     require(importlib.util.find_spec("visualdl"), "VisualDL is not installed (pip install -r requirements-dev.txt)")
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--visualdl"))
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
-    assert "visualdl" not in Train.HYPER_PARAMETERS and "visualdl" not in saved_state(tmp_path)["hyper_parameters"]
+    assert "visualdl" not in Recipe.HYPER_PARAMETERS and "visualdl" not in saved_state(tmp_path)["hyper_parameters"]
     assert saved_state(tmp_path)["global_step"] == 4
     assert scalars(visualdl_log(tmp_path / "Output"), "loss/G")[0] == [1, 2]
 

@@ -1,0 +1,357 @@
+"""What defines training, apart from how it is hosted: the hyper-parameters and their flag types,
+the losses, one step of the schedule with its three phases, G_ema, and mixed precision.
+
+Per batch, as the original: D learns from a batch of generated faces alone (label "generated"),
+then from the real batch alone (label "real"), then G learns --g-steps times, each on fresh
+noise, through D (label "real"). Train.py runs the steps: the command line, the processes, the
+checkpoints and the loop.
+"""
+import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
+from Utils import UserError
+
+import argparse
+import contextlib
+import math
+import re
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+import Augment
+import Net
+from Net import Z_DIM, Generator
+
+REAL, FAKE = 1, 0
+
+
+# ------------------------------------------------------------------------------- the flags
+
+positive_int = Utils.argument_type(int, lambda value: value >= 1, "a whole number of at least 1")
+non_negative_int = Utils.argument_type(int, lambda value: value >= 0, "a whole number of at least 0")
+learning_rate = Utils.argument_type(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
+below_one = Utils.argument_type(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
+not_negative = Utils.argument_type(float, lambda value: math.isfinite(value) and value >= 0, "a number of at least 0")
+
+
+def augment_policy(text):
+    """An argparse type: an --augment policy in the one spelling state.json keeps."""
+    try:
+        return Augment.parse_policy(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class HyperParameter:
+    """A flag that defines the run, kept in state.json and checked on every resume."""
+    default: object  # what `python Train.py` trains with: the recipe that measured best on a CPU
+    brief: object  # the original's value, which --brief trains with
+    help: str
+    type: object = None
+    choices: tuple = None
+    changeable: bool = False  # may be changed when continuing a checkpoint (recorded in state.json)
+    d_form: bool = False  # shapes D: changing it when continuing starts D afresh (recorded in state.json)
+
+
+# A checkpoint written before a hyper-parameter existed trained with its brief value (the
+# original had no --ema and no --augment), and continues with the default of a changeable one.
+# README.md, "Making the recipe learn on a CPU", gives the measurements behind each default that
+# differs from the brief.
+HYPER_PARAMETERS = {
+    "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
+    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of both networks; may change when continuing a "
+                                     "checkpoint, e.g. lowered once the measurements level off", learning_rate,
+                         changeable=True),
+    "beta1": HyperParameter(0.5, 0.8, "Adam beta1 of both networks", below_one),
+    "g_steps": HyperParameter(1, 2, "generator updates per batch", positive_int),
+    "init": HyperParameter("dcgan", "paddle", "weight initialisation: DCGAN's N(0, 0.02), or Paddle's default",
+                           choices=("dcgan", "paddle")),
+    "d_input_bn": HyperParameter(False, True, "BatchNorm in D's first block, as the original (with --d-norm "
+                                              "batch); --no-d-input-bn leaves it out, as DCGAN does"),
+    "ema": HyperParameter(0.998, 0.0, "decay of G_ema, a moving average of G's weights saved beside G, which "
+                                      "Run.py draws with; it averages about 1 / (1 - decay) G updates; 0: no "
+                                      "G_ema; may change when continuing a checkpoint", below_one, changeable=True),
+    "augment": HyperParameter(",".join(Augment.POLICIES), Augment.NONE,
+                              "DiffAugment policy for every batch D sees: none, or any of color, translation, "
+                              "cutout joined by commas; may change when continuing a checkpoint",
+                              augment_policy, changeable=True),
+    "seed": HyperParameter(None, None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
+                           Utils.seed_number),
+    # The diversity round (README.md, "Making the recipe learn on a CPU"): D's form, loss and penalty.
+    "loss": HyperParameter("bce", "bce", "the GAN loss: bce, the original's cross entropy of D's two logits, or "
+                                         "hinge, on D's real-minus-generated logit difference; may change when "
+                                         "continuing a checkpoint", choices=("bce", "hinge"), changeable=True),
+    "d_norm": HyperParameter("batch", "batch", "D's normalisation: batch (BatchNorm, as the original) or spectral "
+                                               "(spectral normalisation of its convolutions and linear layer, no "
+                                               "BatchNorm); changing it when continuing starts D afresh",
+                             choices=("batch", "spectral"), d_form=True),
+    "mbstd": HyperParameter(False, False, "the minibatch standard deviation feature before D's linear layer; "
+                                          "changing it when continuing starts D afresh", d_form=True),
+    "r1": HyperParameter(0.0, 0.0, "weight gamma of the R1 penalty, gamma / 2 times the squared gradient of D's "
+                                   "logit difference on real faces; 0: none; may change when continuing a checkpoint",
+                         not_negative, changeable=True),
+    "r1_every": HyperParameter(16, 16, "apply the R1 penalty every this many steps, scaled up to match (lazy "
+                                       "regularisation); may change when continuing a checkpoint", positive_int,
+                               changeable=True),
+    "flip": HyperParameter(False, False, "mirror training faces left-right at random; may change when continuing "
+                                         "a checkpoint", changeable=True),
+    "d_lr": HyperParameter(None, None, "Adam learning rate of D alone (default: --lr); may change when continuing a "
+                                       "checkpoint", learning_rate, changeable=True),
+}
+BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
+
+
+def trained_with(state):
+    """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet."""
+    return {**BRIEF, **state.hyper_parameters}
+
+
+# ----------------------------------------------------------------------------------- the losses
+
+def gan_loss(logits, label):
+    """Mean softmax cross entropy of D's two logits against one label for the whole batch."""
+    labels = paddle.full([logits.shape[0], 1], label, dtype="int64")
+    return F.cross_entropy(logits, labels)
+
+
+def realness(logits):
+    """D's real-minus-generated logit difference, one number per image: how real D finds it.
+    Softmax cross entropy against "real" is softplus(-realness), against "generated" softplus(realness)."""
+    return logits[:, REAL] - logits[:, FAKE]
+
+
+def d_loss(logits, label, kind):
+    """D's loss on a batch that is all real (label REAL) or all generated (FAKE). kind "hinge":
+    D is pushed until realness reaches +1 on real faces and -1 on generated ones, and no
+    further (Lim & Ye 2017; Miyato et al. 2018 measured it better than cross entropy with spectral
+    normalisation)."""
+    if kind == "bce":
+        return gan_loss(logits, label)
+    sign = 1 if label == REAL else -1
+    return F.relu(1 - sign * realness(logits)).mean()
+
+
+def g_loss(logits, kind):
+    """G's loss on D's logits for its faces: the original's cross entropy against "real", or under
+    hinge the mean realness, negated."""
+    return gan_loss(logits, REAL) if kind == "bce" else -realness(logits).mean()
+
+
+def r1_penalty(judge, D, real):
+    """R1 (Mescheder et al. 2018, https://arxiv.org/abs/1801.04406): the mean over the batch of the
+    squared gradient of D's realness with respect to each real image, as D sees it (augmented).
+    Penalising it keeps D flat around the real faces, so it cannot overfit them with steep
+    walls. Returns D's logits on the real batch too, so the caller's loss reuses them."""
+    real = real.detach()
+    real.stop_gradient = False
+    with Net.twice_differentiable(D):
+        logits = judge(real)
+        gradient, = paddle.grad(realness(logits).sum(), real, create_graph=True)
+    return gradient.square().sum(axis=[1, 2, 3]).mean(), logits
+
+
+# ------------------------------------------------------------------------------------ one step
+
+def optimizer_step(optimizer, loss, scaler=None):
+    """Backpropagate loss and let optimizer step (through the float16 loss scaler, if any); returns loss."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # float16: scale the loss up so that small gradients do not round to zero, and back down
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    optimizer.clear_grad()
+    return loss
+
+
+class FrozenWeights:
+    """Within this block the layer's weights get no gradients: G's updates pass gradients through D
+    to G without spending time on D's own weight gradients, which the G step does not use."""
+
+    def __init__(self, layer):
+        # BatchNorm's running statistics are parameters with stop_gradient set: leave them be.
+        self.parameters = [p for p in layer.parameters() if not p.stop_gradient]
+
+    def __enter__(self):
+        for parameter in self.parameters:
+            parameter.stop_gradient = True
+
+    def __exit__(self, *exc):
+        for parameter in self.parameters:
+            parameter.stop_gradient = False
+
+
+def d_weight_gradients_off(D):
+    """The block of G's updates. A plain D is frozen there. Under several processes D is a
+    DataParallel, which cannot be frozen (it expects a gradient for every weight), so D's weight
+    gradients are computed but kept out of the all-reduce, and cleared afterwards."""
+    return D.no_sync() if hasattr(D, "no_sync") else FrozenWeights(D)
+
+
+class StepResult(NamedTuple):
+    """What one step measured, as tensors, so the caller decides when to wait for the device."""
+    d_fake: paddle.Tensor  # D's loss on the generated batch
+    d_real: paddle.Tensor  # D's loss on the real batch (without the R1 penalty)
+    g: paddle.Tensor  # G's loss, the mean over its updates
+    real_sign: paddle.Tensor  # the mean sign of D's realness on the real batch: ADA's overfitting signal r_t
+
+
+def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None, loss="bce", r1=0.0):
+    """One batch of the original's schedule, in three phases. Returns a StepResult.
+    amp: a MixedPrecision, or None for float32. augment: the DiffAugment policy of every batch D
+    sees. ema: a MovingAverage to update after every G update, or None. loss: "bce" or "hinge".
+    r1: the weight of the R1 penalty in this step's real phase (the caller scales it for lazy
+    steps), 0 for none."""
+    batch = real.shape[0]
+    autocast = amp.autocast if amp else contextlib.nullcontext
+    scalers = amp.scalers if amp else {}
+
+    def judge(images):
+        return D(Augment.diff_augment(images, augment))
+
+    # 1. D on a batch of generated faces, labelled "generated".
+    with paddle.no_grad(), autocast():
+        fake = G(paddle.rand([batch, Z_DIM]))
+    with autocast():
+        d_fake = d_loss(judge(fake), FAKE, loss)
+    optimizer_step(opt_d, d_fake, scalers.get("D"))
+
+    # 2. D on the real batch, labelled "real"; with R1 in float32, since its second derivative
+    # is where half precision would lose the most.
+    if r1:
+        penalty, logits = r1_penalty(judge, D, real)
+        d_real = d_loss(logits, REAL, loss)
+        optimizer_step(opt_d, d_real + r1 / 2 * penalty, scalers.get("D"))
+    else:
+        with autocast():
+            logits = judge(real)
+            d_real = d_loss(logits, REAL, loss)
+        optimizer_step(opt_d, d_real, scalers.get("D"))
+    real_sign = paddle.sign(realness(logits.detach()).astype("float32")).mean()
+
+    # 3. G, --g-steps times on fresh noise, through D, which learns nothing here.
+    g_losses = []
+    with d_weight_gradients_off(D):
+        for _ in range(g_steps):
+            with autocast():
+                generated = g_loss(judge(G(paddle.rand([batch, Z_DIM]))), loss)
+            g_losses.append(optimizer_step(opt_g, generated, scalers.get("G")))
+            if ema:
+                ema.update()
+    opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps
+    return StepResult(d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps, real_sign)
+
+
+def r1_weight(hp, step):
+    """The R1 weight of step's real phase: gamma times --r1-every on every --r1-every-th step,
+    so the penalty weighs as much on average as gamma on every step (StyleGAN2's lazy R1), else 0."""
+    return hp["r1"] * hp["r1_every"] if hp["r1"] and step % hp["r1_every"] == 0 else 0.0
+
+
+# ----------------------------------------------------------------------------------------- G_ema
+
+class MovingAverage:
+    """--ema: G_ema, a copy of G that is never trained. After every G update each of its weights
+    moves towards G's, ema = decay * ema + (1 - decay) * G, so it is an average of G's recent
+    weights (about the last 1 / (1 - decay) updates). G itself swings back and forth as it plays
+    against D; the average damps the swings, and in many GANs it draws better samples than G does
+    (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training",
+    https://arxiv.org/abs/1806.04498).
+
+    Its BatchNorm running statistics are not averaged: before G_ema is saved they are measured
+    anew on G_ema's own activations (fit_batch_norm_statistics). G's statistics, copied instead,
+    describe another network's activations, and measured worse (README.md, "Making the recipe
+    learn on a CPU")."""
+
+    STATISTICS_BATCHES = 8  # batches of noise the statistics are averaged over (40 measured the same)
+    STATISTICS_BATCH_SIZE = 64
+
+    def __init__(self, G, decay):
+        self.decay = decay
+        self.G_ema = Generator()
+        self.start_from(G)
+        self.G_ema.eval()
+        averages = dict(self.G_ema.named_parameters())
+        # BatchNorm's running statistics are parameters with stop_gradient set, not weights.
+        self.weights = [(averages[name], p) for name, p in G.named_parameters() if not p.stop_gradient]
+        for average in averages.values():
+            average.stop_gradient = True
+
+    def start_from(self, G):
+        self.G_ema.set_state_dict(G.state_dict())
+
+    @paddle.no_grad()
+    def update(self):
+        for average, current in self.weights:
+            paddle.assign(average * self.decay + current * (1 - self.decay), output=average)
+
+    @paddle.no_grad()
+    def fit_batch_norm_statistics(self, seed):
+        """Set each BatchNorm's running mean and variance of G_ema to the average of its batch
+        statistics over STATISTICS_BATCHES batches of noise drawn from seed: a function of G_ema's
+        weights and the seed alone, so a resumed run saves the same statistics."""
+        norms = [layer for layer in self.G_ema.sublayers() if isinstance(layer, paddle.nn.BatchNorm2D)]
+        momentum = {layer: layer._momentum for layer in norms}
+        rng = np.random.default_rng([seed, 0xB17])
+        self.G_ema.train()
+        try:
+            for batch in range(self.STATISTICS_BATCHES):
+                for layer in norms:
+                    layer._momentum = batch / (batch + 1)  # running = mean of the batches so far
+                self.G_ema(paddle.to_tensor(Utils.random_noise(rng, self.STATISTICS_BATCH_SIZE)))
+        finally:
+            self.G_ema.eval()
+            for layer, value in momentum.items():
+                layer._momentum = value
+
+
+# ------------------------------------------------------------------------------- mixed precision
+
+def amp_dtype(capability, cuda_version):
+    """The mixed-precision type a GPU of this compute capability computes fast, as Paddle's
+    auto_cast decides (it silently falls back to float32 elsewhere): bfloat16 from Ampere (8.0)
+    with CUDA 11 or newer, float16 from Volta (7.0), None below."""
+    if capability >= (8, 0) and cuda_version and int(str(cuda_version).split(".")[0]) >= 11:
+        return "bfloat16"
+    return "float16" if capability >= (7, 0) else None
+
+
+def amp_white_list(dtype, kernels=None):
+    """The operators --amp computes in dtype: Paddle's own list, plus conv2d_transpose where this
+    Paddle has a GPU kernel of that type. Paddle leaves it out of its list, and G's four
+    transposed convolutions are most of G's work. kernels: Paddle's kernel registry (for tests)."""
+    from paddle.amp import amp_lists
+
+    paddle_list = set(amp_lists.white_list()[dtype]["O1"])
+    if kernels is None:
+        kernels = paddle.base.core._get_all_register_op_kernels("phi")
+    gpu_kernel = re.compile(rf"data_type\[(::phi::dtype::)?{dtype}\].*place\[Place\(gpu")
+    if any(gpu_kernel.search(key) for key in kernels.get("conv2d_transpose", [])):
+        return paddle_list | {"conv2d_transpose"}
+    return paddle_list
+
+
+class MixedPrecision:
+    """--amp: the forward passes in bfloat16 where the GPU supports it (same range as float32, no
+    loss scaling needed), else in float16 with one loss scaler per optimizer, saved with the
+    checkpoint. Paddle's level O1 keeps the weights, Adam's moments and precision-sensitive
+    operators (softmax cross entropy, BatchNorm statistics) in float32, so checkpoints do not
+    change."""
+
+    def __init__(self):
+        capability = paddle.device.cuda.get_device_capability()
+        self.dtype = amp_dtype(capability, paddle.version.cuda())
+        if self.dtype is None:
+            raise UserError(f"--amp needs a GPU of compute capability 7.0 or newer; this "
+                            f"{paddle.device.cuda.get_device_name()} is {capability[0]}.{capability[1]}, where "
+                            f"Paddle computes in float32 anyway, so train without --amp.")
+        self.white_list = amp_white_list(self.dtype)
+        float16 = self.dtype == "float16"
+        self.scalers = {"G": paddle.amp.GradScaler(), "D": paddle.amp.GradScaler()} if float16 else {}
+
+    def autocast(self):
+        return paddle.amp.auto_cast(dtype=self.dtype, level="O1", custom_white_list=self.white_list)

@@ -1,4 +1,5 @@
-"""A training checkpoint in a model folder, written and read as one unit.
+"""The model folder: its file names, its weight files, and a training checkpoint in it, written and
+read as one unit; and loading the generator that the scripts draw with.
 
 A model folder (Train.py's --model-dir) holds one checkpoint:
 
@@ -22,9 +23,6 @@ one.
 One process at a time writes to a model folder: `ModelFolder.lock()` takes an advisory lock that
 the operating system releases when the process ends, however it ends.
 """
-import Utils
-from Utils import UserError
-
 import json
 import math
 import os
@@ -32,10 +30,14 @@ import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import paddle
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 import Files
+from Files import UserError
+from Net import Generator
 
 STATE_FILE = "state.json"
 # state.json's format. 2: the format field itself; a state.json without one is format 1. A newer
@@ -59,6 +61,10 @@ def weights_file(name):
 
 def adam_file(name):
     return f"{name}.pdopt"
+
+
+GENERATOR_FILE = weights_file("G")
+AVERAGED_GENERATOR_FILE = weights_file("G_ema")  # Train.py --ema's moving average of G
 
 
 # ------------------------------------------------------------------------------- the run's state
@@ -194,7 +200,7 @@ class ModelFolder:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise FolderBusy(f"{self.path} is being trained by another Train.py ({holder}); wait for it to end, "
-                            f"or give this run another --model-dir.") from None
+                             f"or give this run another --model-dir.") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -247,7 +253,7 @@ class ModelFolder:
             if not path.exists():
                 raise UserError(f"{path} is missing from the checkpoint that {STATE_FILE} describes; put it back, "
                                 f"or start over with --fresh or another --model-dir.")
-            self._check_stamp(path.name, Utils.load_weights(layer, path), state)
+            self._check_stamp(path.name, load_weights(layer, path), state)
         adam = {name: self.path / adam_file(name) for name in optimizers}
         if not all(path.exists() for path in adam.values()):
             return False
@@ -285,7 +291,7 @@ class ModelFolder:
         try:
             incoming.mkdir(parents=True)
             for name, layer in networks.items():
-                Utils.save_weights(layer, incoming / weights_file(name), stamp)
+                save_weights(layer, incoming / weights_file(name), stamp)
             for name, optimizer in optimizers.items():
                 adam = {"checkpoint": stamp, "adam": optimizer_state(networks[name], optimizer),
                         "loss_scaler": scalers[name].state_dict() if name in (scalers or {}) else None}
@@ -353,3 +359,78 @@ def _read_adam(path):
         return None
     raise UserError(f"{path} is damaged or foreign ({reason}). The weights beside it are intact: delete "
                     f"G.pdopt and D.pdopt to continue with Adam started afresh, or start over with --fresh.")
+
+
+# ------------------------------------------------------- weight files, and the generator that draws
+
+def save_weights(layer, path, metadata=None):
+    """Weights and BatchNorm statistics of a layer as safetensors: plain arrays, no pickle, readable
+    by any Paddle version (and by numpy alone)."""
+    arrays = {name: np.ascontiguousarray(value.numpy()) for name, value in layer.state_dict().items()}
+    meta = {key: str(value) for key, value in (metadata or {}).items()}
+    Files.atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+
+
+def load_weights(layer, path):
+    """Load a safetensors file written by save_weights into layer, checking every name and shape.
+    Returns the file's metadata (Train.py stamps each file with its checkpoint's step)."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), "np") as weights:
+            metadata = weights.metadata() or {}
+            arrays = {name: weights.get_tensor(name) for name in weights.keys()}
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; train a model with `python Train.py` first "
+                        f"or point --model-dir at a folder that holds {path.name}.") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{path} is not a readable safetensors file ({error}): it is damaged or was never "
+                        f"one. Put back a good copy of it, or use another --model-dir.") from None
+    expected = layer.state_dict()
+    wrong = sorted(set(expected) ^ set(arrays))
+    wrong += [name for name in expected if name in arrays and list(arrays[name].shape) != list(expected[name].shape)]
+    if wrong:
+        raise UserError(f"{path} holds weights of another network (first mismatch: {wrong[0]}); "
+                        f"it was not written by this version of Net.py, so train a new model.")
+    layer.set_state_dict({name: paddle.to_tensor(array) for name, array in arrays.items()})
+    return metadata
+
+
+def generator_file(model_dir, raw_g=False):
+    """The weights the scripts draw with: G_ema.safetensors where model_dir has it (the moving
+    average of G's weights that Train.py --ema keeps, free of the swings of G's latest update),
+    else G.safetensors; with raw_g, G.safetensors, the trained G itself, in any case."""
+    averaged = Path(model_dir) / AVERAGED_GENERATOR_FILE
+    return averaged if averaged.exists() and not raw_g else Path(model_dir) / GENERATOR_FILE
+
+
+def load_generator(model_dir, raw_g=False):
+    """The generator of model_dir (see generator_file), in evaluation mode (BatchNorm uses its
+    running statistics)."""
+    path = generator_file(model_dir, raw_g)
+    if raw_g and not path.exists() and (Path(model_dir) / AVERAGED_GENERATOR_FILE).exists():
+        raise UserError(f"{path} does not exist, so --raw-g has nothing to draw with; leave --raw-g out to draw "
+                        f"with {AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
+    generator = Generator()
+    load_weights(generator, path)
+    generator.eval()
+    return generator
+
+
+def add_generator_flags(parser):
+    """--model-dir and --raw-g, which say the weights that draw (or are measured): every script's
+    that uses a trained generator."""
+    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
+    parser.add_argument("--raw-g", action="store_true",
+                        help="use G.safetensors even where the averaged G_ema.safetensors is there")
+
+
+def drawn_with(model_dir, raw_g):
+    """Which weights draw the pictures, in words: G_ema's are not the trained G's, and a user
+    comparing folders needs to know which they saw. It points to --raw-g only where the folder
+    has the G.safetensors that --raw-g draws with."""
+    path = generator_file(model_dir, raw_g)
+    if path.name != AVERAGED_GENERATOR_FILE:
+        return f"{path}, the trained generator"
+    if (Path(model_dir) / GENERATOR_FILE).exists():
+        return f"{path}, the averaged generator (--raw-g draws with {GENERATOR_FILE})"
+    return f"{path}, the averaged generator"

@@ -31,315 +31,40 @@ import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml ke
 import argparse
 from pathlib import Path
 
-import numpy as np
-from scipy.ndimage import convolve1d
-
-import Files
-from Checkpoint import ModelFolder
-from Reader import DataSetError, FaceDataset
-
-SWD_LEVELS = 4            # 96, 48, 24, 12 px
-PATCHES_PER_IMAGE = 128
-PATCH_SIZE = 7
-PROJECTION_REPEATS = 4
-PROJECTIONS = 128
-MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])  # Wang et al. 2003
-NEAREST_COUNT = 64
-FEWEST_FACES = 2          # MS-SSIM compares pairs of different faces within each set
-
-_BINOMIAL = np.array([1, 4, 6, 4, 1], np.float32) / 16  # the 5-tap filter of Burt and Adelson's pyramid
-
-
-# ------------------------------------------------------------------------------------------- SWD
-
-def _blur(images):
-    return convolve1d(convolve1d(images, _BINOMIAL, axis=1, mode="reflect"), _BINOMIAL, axis=2, mode="reflect")
-
-
-def _downsample(images):
-    return _blur(images)[:, ::2, ::2]
-
-
-def _upsample(images):
-    """Double the size: zeros between the samples, then the same filter (times 4 for the zeros)."""
-    count, height, width, channels = images.shape
-    spread = np.zeros((count, height * 2, width * 2, channels), np.float32)
-    spread[:, ::2, ::2] = images
-    return _blur(spread) * 4
-
-
-def laplacian_pyramid(images, levels=SWD_LEVELS):
-    """float32 [N, H, W, C] -> [band at H, band at H/2, ..., low-pass at H/2^(levels-1)]."""
-    pyramid, current = [], images
-    for _ in range(levels - 1):
-        smaller = _downsample(current)
-        pyramid.append(current - _upsample(smaller))
-        current = smaller
-    pyramid.append(current)
-    return pyramid
-
-
-def sample_patches(level, rng, per_image=PATCHES_PER_IMAGE, size=PATCH_SIZE):
-    """[N * per_image, size * size * C]: random size x size neighbourhoods of each image."""
-    count, height, width, channels = level.shape
-    rows = rng.integers(0, height - size + 1, (count, per_image))
-    cols = rng.integers(0, width - size + 1, (count, per_image))
-    offsets = np.arange(size)
-    image_index = np.arange(count)[:, None, None, None]
-    patches = level[image_index, (rows[..., None] + offsets)[..., :, None], (cols[..., None] + offsets)[..., None, :]]
-    return patches.reshape(count * per_image, size * size * channels)
-
-
-def normalise(descriptors, channels=3):
-    """Zero mean and unit spread per colour channel, over the whole set (one set, one level)."""
-    per_channel = descriptors.reshape(len(descriptors), -1, channels)
-    per_channel = (per_channel - per_channel.mean(axis=(0, 1))) / (per_channel.std(axis=(0, 1)) + 1e-8)
-    return per_channel.reshape(len(descriptors), -1)
-
-
-def sliced_wasserstein(a, b, rng, repeats=PROJECTION_REPEATS, projections=PROJECTIONS):
-    """Mean over random unit directions of the 1-D Wasserstein distance between the projections."""
-    distances = []
-    for _ in range(repeats):
-        directions = rng.standard_normal((a.shape[1], projections)).astype(np.float32)
-        directions /= np.linalg.norm(directions, axis=0, keepdims=True)
-        projected_a, projected_b = np.sort(a @ directions, axis=0), np.sort(b @ directions, axis=0)
-        distances.append(np.abs(projected_a - projected_b).mean())
-    return float(np.mean(distances))
-
-
-def swd(images_a, images_b, seed=0):
-    """SWD x 1e3 per pyramid level (96, 48, 24, 12 px) and their mean, for two uint8 sets of equal size."""
-    if len(images_a) != len(images_b):
-        raise ValueError(f"SWD compares sets of equal size, not {len(images_a)} and {len(images_b)}")
-    rng = np.random.default_rng(seed)
-    pyramids = [laplacian_pyramid(images.astype(np.float32) / 255) for images in (images_a, images_b)]
-    per_level = []
-    for level_a, level_b in zip(*pyramids):
-        descriptors = [normalise(sample_patches(level, rng)) for level in (level_a, level_b)]
-        per_level.append(sliced_wasserstein(*descriptors, rng) * 1e3)
-    sizes = [level.shape[1] for level in pyramids[0]]
-    return {**{f"swd_{size}px": value for size, value in zip(sizes, per_level)}, "swd_mean": float(np.mean(per_level))}
-
-
-# --------------------------------------------------------------------------------------- MS-SSIM
-
-def _gaussian_filter(images, size, sigma=1.5):
-    """'Valid' Gaussian filtering (odd size) along height and width of [P, H, W, C]."""
-    taps = np.exp(-0.5 * ((np.arange(size) - size // 2) / sigma) ** 2)
-    taps /= taps.sum()
-    trim = size // 2
-    for axis in (1, 2):
-        filtered = convolve1d(images, taps, axis=axis, mode="constant")
-        images = np.take(filtered, range(trim, images.shape[axis] - trim), axis=axis)
-    return images
-
-
-def ms_ssim(x, y, max_value=255.0):
-    """MS-SSIM of image pairs x[i], y[i] (uint8 or float [P, H, W, C]) -> [P]. Five scales as in
-    Wang et al. 2003; at 96 px the coarsest scale is 6x6, so there the 11-tap window is cut to 5."""
-    x, y = x.astype(np.float64), y.astype(np.float64)
-    c1, c2 = (0.01 * max_value) ** 2, (0.03 * max_value) ** 2
-    contrast_structure, luminance = [], None
-    for scale in range(len(MS_SSIM_WEIGHTS)):
-        side = min(x.shape[1], x.shape[2])
-        size = min(11, side if side % 2 else side - 1)
-        mu_x, mu_y = _gaussian_filter(x, size), _gaussian_filter(y, size)
-        var_x = _gaussian_filter(x * x, size) - mu_x ** 2
-        var_y = _gaussian_filter(y * y, size) - mu_y ** 2
-        cov = _gaussian_filter(x * y, size) - mu_x * mu_y
-        cs = (2 * cov + c2) / (var_x + var_y + c2)
-        contrast_structure.append(np.maximum(cs.mean(axis=(1, 2, 3)), 0))
-        if scale == len(MS_SSIM_WEIGHTS) - 1:
-            luminance = (((2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)) * cs).mean(axis=(1, 2, 3))
-        else:
-            x, y = _average_pool(x), _average_pool(y)
-    factors = np.stack(contrast_structure[:-1] + [np.maximum(luminance, 0)])
-    return np.prod(factors ** MS_SSIM_WEIGHTS[:, None], axis=0)
-
-
-def _average_pool(images):
-    height, width = images.shape[1] // 2 * 2, images.shape[2] // 2 * 2
-    images = images[:, :height, :width]
-    return (images[:, 0::2, 0::2] + images[:, 1::2, 0::2] + images[:, 0::2, 1::2] + images[:, 1::2, 1::2]) / 4
-
-
-def diversity(images, pairs, seed=0):
-    """Mean MS-SSIM over random pairs of different images of one set."""
-    rng = np.random.default_rng(seed)
-    first = rng.integers(0, len(images), pairs)
-    second = (first + rng.integers(1, len(images), pairs)) % len(images)  # never the same image
-    return float(ms_ssim(images[first], images[second]).mean())
-
-
-# --------------------------------------------------------------------------------- memorisation
-
-def nearest(queries, pool, skip_identical=False, chunk=1000):
-    """For each query image, the index of the nearest pool image (pixel L2) and the distance
-    (root mean square over pixels, in 0..255). skip_identical ignores pool images equal to the
-    query, for real queries drawn from the pool itself."""
-    q = queries.reshape(len(queries), -1).astype(np.float64) - 127.5
-    squared = []
-    for start in range(0, len(pool), chunk):  # float64 in chunks: float32 would lose the small distances
-        p = pool[start:start + chunk].reshape(-1, q.shape[1]).astype(np.float64) - 127.5
-        squared.append((q * q).sum(1)[:, None] + (p * p).sum(1)[None, :] - 2 * q @ p.T)
-    squared = np.maximum(np.concatenate(squared, axis=1), 0)
-    if skip_identical:
-        squared[squared < 1e-2 * q.shape[1]] = np.inf  # closer than 0.1 grey level per pixel
-    index = squared.argmin(axis=1)
-    return index, np.sqrt(squared[np.arange(len(q)), index] / q.shape[1])
-
-
-# ---------------------------------------------------------------------------------- the program
-
-def load_faces(folder):
-    try:
-        return FaceDataset(folder).faces
-    except DataSetError as error:
-        raise Utils.UserError(str(error)) from None
-
-
-def pick(images, count, rng, what):
-    if len(images) < FEWEST_FACES:
-        raise Utils.UserError(f"{what} holds only {len(images)} face, and MS-SSIM needs pairs: "
-                              f"put at least {FEWEST_FACES} faces in it.")
-    if len(images) < count:
-        raise Utils.UserError(f"{what} holds {len(images)} faces, fewer than --n {count}; lower --n.")
-    return images[rng.choice(len(images), count, replace=False)]
-
-
-def evaluate(candidates, real, train, seed):
-    """All metrics for candidate faces (generated, or a second real set) against real faces,
-    and the candidates shown in nearest.png with their nearest training faces."""
-    metrics = {"n": len(candidates), **swd(candidates, real, seed)}
-    metrics["ms_ssim_candidates"] = diversity(candidates, len(candidates), seed)
-    metrics["ms_ssim_real"] = diversity(real, len(real), seed)
-    shown = candidates[:NEAREST_COUNT]
-    index, distance = nearest(shown, train)
-    _, real_distance = nearest(real[:NEAREST_COUNT], train, skip_identical=True)
-    metrics["nearest_median_candidates"] = float(np.median(distance))
-    metrics["nearest_median_real"] = float(np.median(real_distance))
-    metrics["spread_candidates"] = Utils.sample_spread(candidates)
-    metrics["spread_real"] = Utils.sample_spread(real)
-    return metrics, shown, train[index]
-
-
-def checkpoint_state(model_dir):
-    """The RunState of the checkpoint in model_dir, which says the step to file its evaluation under."""
-    state = ModelFolder(model_dir).read_state()
-    if state is None:
-        raise Utils.UserError(f"{model_dir} has no state.json, so its evaluation has no step to be filed under "
-                              f"in --history: give the folder Train.py wrote, or leave out --history.")
-    return state
-
-
-def read_history(path):
-    """The history file Evaluate.py --history writes: {"floor": metrics or None, "evaluations": [...]}."""
-    try:
-        history = Files.read_json(path)
-    except (OSError, ValueError) as error:
-        raise Utils.UserError(f"{path} cannot be read as an evaluation history ({error}).") from None
-    if not (isinstance(history, dict) and isinstance(history.get("evaluations"), list)):
-        raise Utils.UserError(f"{path} is not an evaluation history: Evaluate.py --history writes an object with "
-                              f"a list of evaluations; give a new file's name instead.")
-    return history
-
-
-def add_to_history(path, metrics, model_dir=None):
-    """Put metrics into the history file at path: as the floor (a second real set: model_dir None),
-    or as the evaluation of model_dir's checkpoint, in place of an earlier one of the same step."""
-    path = Path(path)
-    history = read_history(path) if path.exists() else {"floor": None, "evaluations": []}
-    if model_dir is None:
-        history["floor"] = metrics
-    else:
-        state = checkpoint_state(model_dir)
-        entry = {"step": state.global_step, "epochs_done": state.epochs_done, "batches_done": state.batches_done,
-                 "images": state.images, **metrics}
-        others = [old for old in history["evaluations"] if old["step"] != state.global_step]
-        history["evaluations"] = sorted(others + [entry], key=lambda old: old["step"])
-    Files.write_json(history, path)
+import Checkpoint
+import Metrics
+from Files import FACES_FOLDER
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
-    parser.add_argument("--raw-g", action="store_true",
-                        help="measure G.safetensors even where the averaged G_ema.safetensors is there")
-    parser.add_argument("--real", default="DataSet/faces", help="real faces to compare with (ideally held out)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Utils.HelpFormatter)
+    Checkpoint.add_generator_flags(parser)
+    parser.add_argument("--real", default=FACES_FOLDER, help="real faces to compare with (ideally held out)")
     parser.add_argument("--train", help="the faces the model was trained on, for the nearest-neighbour test "
                                         "(default: --real)")
     parser.add_argument("--real-b", help="compare this second real folder with --real instead of a generator")
-    parser.add_argument("--n", type=int, default=1000, help=f"faces on each side, at least {FEWEST_FACES}")
-    parser.add_argument("--seed", type=int, default=0, help="seed of noise, patches, projections and pairs, 0 or more")
+    parser.add_argument("--n", type=Metrics.face_count, default=1000,
+                        help=f"faces on each side, at least {Metrics.FEWEST_FACES}")
+    parser.add_argument("--seed", type=Utils.seed_number, default=0,
+                        help="seed of noise, patches, projections and pairs")
     parser.add_argument("--output", default="Eval", help="folder for metrics.json and nearest.png")
     parser.add_argument("--history", help="also add the metrics to this JSON file, under the checkpoint's step "
                                           "(with --real-b: as the floor), for Figures.py's curve")
-    args = parser.parse_args(argv)
-    if args.n < FEWEST_FACES:
-        parser.error(f"--n must be at least {FEWEST_FACES}, not {args.n}: MS-SSIM compares pairs of different faces")
-    if args.seed < 0:
-        parser.error(f"--seed must be at least 0, not {args.seed}")
-    return args
-
-
-def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=False):
-    """Evaluate the generator of model_dir (G_ema where it is there, unless raw_g: see
-    Utils.generator_file), or with real_b a second folder of real faces, against n faces of the
-    folder real; write metrics.json and nearest.png to output and return the metrics. train: the
-    training faces' folder, for the nearest-neighbour test (None: real)."""
-    output = Files.writable_folder(output, "--output")  # before minutes of reading and measuring faces
-    rng = np.random.default_rng(seed)
-    real_faces = pick(load_faces(real), n, rng, real)
-    train_faces = load_faces(train) if train else real_faces
-    if real_b:
-        candidates, source = pick(load_faces(real_b), n, rng, real_b), real_b
-    else:
-        Utils.choose_device("auto")
-        generator = Utils.load_generator(model_dir, raw_g)
-        candidates = Utils.generate(generator, Utils.random_noise(rng, n))
-        source = str(Utils.generator_file(model_dir, raw_g))
-    metrics, shown, neighbours = evaluate(candidates, real_faces, train_faces, seed)
-    metrics.update(candidates=source, real=str(real), train=str(train or real), seed=seed)
-    Files.write_json(metrics, output / "metrics.json")
-    Utils.save_png(nearest_picture(shown, neighbours), output / "nearest.png")
-    return metrics
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.history:  # its mistakes before minutes of measuring
         if Path(args.history).exists():
-            read_history(args.history)
+            Metrics.read_history(args.history)
         if not args.real_b:
-            checkpoint_state(args.model_dir)
-    metrics = measure_model(args.model_dir, args.real, args.train, args.n, args.seed, args.output, args.real_b,
-                            args.raw_g)
-    print(format_table(metrics))
+            Metrics.checkpoint_state(args.model_dir)
+    metrics = Metrics.measure_model(args.model_dir, args.real, args.train, args.n, args.seed, args.output,
+                                    args.real_b, args.raw_g)
+    print(Metrics.format_table(metrics))
     if args.history:
-        add_to_history(args.history, metrics, None if args.real_b else args.model_dir)
-
-
-def nearest_picture(shown, neighbours, pairs_per_row=8):
-    """Each face beside its nearest training face, 8 pairs a row (the last row filled with black)."""
-    rows = -(-len(shown) // pairs_per_row)
-    tiles = np.zeros((rows * pairs_per_row * 2, *shown.shape[1:]), np.uint8)
-    tiles[:2 * len(shown)] = np.stack([shown, neighbours], axis=1).reshape(-1, *shown.shape[1:])
-    return Utils.tile_images(tiles, rows, pairs_per_row * 2)
-
-
-def format_table(metrics):
-    rows = [("SWD x1e3, 96 px", "swd_96px"), ("SWD x1e3, 48 px", "swd_48px"), ("SWD x1e3, 24 px", "swd_24px"),
-            ("SWD x1e3, 12 px", "swd_12px"), ("SWD x1e3, mean", "swd_mean"),
-            ("MS-SSIM within candidates", "ms_ssim_candidates"), ("MS-SSIM within real", "ms_ssim_real"),
-            ("median nearest-train distance, candidates", "nearest_median_candidates"),
-            ("median nearest-train distance, real", "nearest_median_real"),
-            ("spread, candidates", "spread_candidates"), ("spread, real", "spread_real")]
-    width = max(len(label) for label, _ in rows)
-    lines = [f"{metrics['candidates']} against {metrics['real']}, n = {metrics['n']}"]
-    lines += [f"{label:<{width}}  {metrics[key]:10.4f}" for label, key in rows]
-    return "\n".join(lines)
+        Metrics.add_to_history(args.history, metrics, None if args.real_b else args.model_dir)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@
 - loss.png: the loss curve of the whole training run, from Model/state.json;
 - progress.gif: the fixed-noise grids that Train.py wrote during training (--progress: its
   --output folder), at most 16 frames evenly spaced, at half size;
-- nearest.png and metrics.json: Evaluate.py's memorisation picture and metrics (--train, --real);
-- evaluations.png: SWD and MS-SSIM of every checkpoint of the training run that Evaluate.py
+- nearest.png and metrics.json: Metrics.py's memorisation picture and metrics (--train, --real);
+- evaluations.png: SWD and MS-SSIM of every checkpoint of the training run that Metrics.py
   --history recorded in the model folder's evaluations.json, beside the real faces' (if the file is there).
 
 Every picture is drawn by G_ema.safetensors where the model folder has it (Train.py --ema), else by
@@ -23,87 +23,23 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import rgb_to_hsv
 
-import Evaluate
+import Checkpoint
+import Drawing
 import Files
+import Metrics
 from Checkpoint import STATE_FILE, ModelFolder
-from Net import IMAGE_SIZE, Z_DIM
-from Run import interpolation_strips
+from Drawing import STRIP_STEPS, interpolation_strips
+from Files import FACES_FOLDER, UserError
 
-STRIP_STEPS = 20    # 0.05, 0.10, ..., 1.00, as the original's strips
 STRIP_ROWS = 3      # base vectors shown per strip picture
-MEASURE_BASES = 16  # base vectors averaged over when measuring a dimension
-AVATARS = 64        # avatars.png's 8x8, drawn first
-HISTORY_FILE = "evaluations.json"  # in the model folder: Evaluate.py --history of its training run
-
-
-def hair_mask(size=IMAGE_SIZE):
-    """Where the hair usually is in the crops: the top 30% of the picture (fringe and crown) and
-    the outer eighth on each side down to two thirds of the height (hair falling beside the face)."""
-    mask = np.zeros((size, size), bool)
-    mask[:int(size * 0.3)] = True
-    side = size // 8
-    mask[:int(size * 2 / 3), :side] = True
-    mask[:int(size * 2 / 3), -side:] = True
-    return mask
-
-
-def hair_colour(images, mask):
-    """Mean brightness (HSV value, 0..1) and mean chroma of the hair region: a 2-vector whose angle
-    is the hue and whose length is how colourful the hair is (grey hair has no reliable hue)."""
-    hsv = rgb_to_hsv(images[:, mask].astype(np.float32) / 255)  # [N, pixels, 3]
-    angle = 2 * np.pi * hsv[..., 0]
-    weight = hsv[..., 1] * hsv[..., 2]
-    chroma = np.stack([(weight * np.cos(angle)).mean(1), (weight * np.sin(angle)).mean(1)], axis=1)
-    return hsv[..., 2].mean(1), chroma
-
-
-def measuring_rng(seed):
-    """The random numbers measure_hair starts from in `Figures.py --seed seed`: those after the
-    noise of avatars.png. Studio.py measures from here too, so that it names the dimensions the
-    README's pictures show."""
-    rng = np.random.default_rng(seed)
-    Utils.random_noise(rng, AVATARS)
-    return rng
-
-
-def dimension_ends(generator, base):
-    """Images [72, 2, bases, 96, 96, 3]: each base vector with each dimension set to the strips'
-    first value, 0.05, and to their last, 1.00."""
-    noise = np.repeat(base[None], 2 * Z_DIM, axis=0)  # [72 * 2, bases, 72]: each dimension at both ends
-    for dim in range(Z_DIM):
-        noise[2 * dim, :, dim], noise[2 * dim + 1, :, dim] = 1 / STRIP_STEPS, 1.0
-    images = Utils.generate(generator, noise.reshape(-1, Z_DIM))
-    return images.reshape(Z_DIM, 2, len(base), *images.shape[1:])
-
-
-def measure_hair(generator, rng, bases=MEASURE_BASES):
-    """For each of the 72 dimensions, how much the hair's brightness and hue change between the
-    value 0.05 and 1.00, averaged over `bases` random base vectors (see hair_changes)."""
-    return hair_changes(dimension_ends(generator, Utils.random_noise(rng, bases)))
-
-
-def hair_changes(ends):
-    """The hair's brightness and hue change of each dimension, from dimension_ends' images. The
-    hue change is the angle between the two ends' mean chroma, weighted by the smaller chroma, so
-    that a dimension scores only when it turns one clear colour into another."""
-    bases = ends.shape[2]
-    brightness, chroma = hair_colour(ends.reshape(-1, *ends.shape[3:]), hair_mask())
-    brightness, chroma = brightness.reshape(Z_DIM, 2, bases), chroma.reshape(Z_DIM, 2, bases, 2)
-    shade = np.abs(brightness[:, 1] - brightness[:, 0]).mean(1)
-    start, end = chroma[:, 0], chroma[:, 1]
-    cosine = (start * end).sum(-1) / np.maximum(np.linalg.norm(start, axis=-1) * np.linalg.norm(end, axis=-1), 1e-8)
-    angle = np.degrees(np.arccos(np.clip(cosine, -1, 1)))
-    strength = np.minimum(np.linalg.norm(start, axis=-1), np.linalg.norm(end, axis=-1))
-    hue = (angle * strength).mean(1)
-    return shade, hue
+HISTORY_FILE = "evaluations.json"  # in the model folder: Metrics.py --history of its training run
 
 
 def strip_picture(generator, base, dim):
     """One strip of dimension dim per base vector, one row each."""
     noise = np.concatenate([interpolation_strips(vector, [dim], STRIP_STEPS) for vector in base])
-    return Utils.tile_images(Utils.generate(generator, noise), len(base), STRIP_STEPS)
+    return Utils.tile_images(Drawing.generate(generator, noise), len(base), STRIP_STEPS)
 
 
 def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
@@ -114,16 +50,15 @@ def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
 
     frames = sorted(Path(grids_folder).glob("epoch_*_batch_*.png"))
     if not frames:
-        raise Utils.UserError(f"{grids_folder} holds no training grids (epoch_XXXX_batch_XXXX.png); pass "
-                              f"Train.py's --output folder as --progress, or leave --progress out.")
+        raise UserError(f"{grids_folder} holds no training grids (epoch_XXXX_batch_XXXX.png); pass "
+                        f"Train.py's --output folder as --progress, or leave --progress out.")
     chosen = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))]
     images = []
     for frame in chosen:
         image = Image.open(frame).convert("RGB")
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-        images.append(image.quantize(colors=255, method=Image.Quantize.MEDIANCUT))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0, optimize=True)
+        images.append(np.asarray(image))
+    Files.write_bytes(path, Utils.gif_bytes(images, frame_ms))
     return len(images)
 
 
@@ -131,10 +66,7 @@ def save_evaluation_curve(history, shipped_step, path, changes=()):
     """SWD and MS-SSIM at every evaluated checkpoint, with the real-vs-real floor and the goals
     (SWD at most 2x the floor, MS-SSIM at most 1.1x the real faces'), the shipped step marked,
     and each change of recipe or data when continuing (state.json's changes) labelled."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = Utils.pyplot()
     evaluations, floor = history["evaluations"], history.get("floor")
     figure, (swd_axes, ssim_axes) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     for axes, key, label, reference, goal in [
@@ -159,8 +91,7 @@ def save_evaluation_curve(history, shipped_step, path, changes=()):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
     figure.tight_layout()
-    Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
+    Utils.save_figure(figure, path)
 
 
 def change_label(change):
@@ -172,32 +103,22 @@ def change_label(change):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors) "
-                                                             "and state.json")
-    parser.add_argument("--raw-g", action="store_true",
-                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
-    parser.add_argument("--train", default="DataSet/faces", help="the training faces, for nearest.png")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Utils.HelpFormatter)
+    Checkpoint.add_generator_flags(parser)
+    parser.add_argument("--train", default=FACES_FOLDER, help="the training faces, for nearest.png")
     parser.add_argument("--real", help="held-out real faces for the metrics (default: --train)")
-    parser.add_argument("--n", type=int, default=500, help="faces on each side of the metrics")
+    parser.add_argument("--n", type=Metrics.face_count, default=500, help="faces on each side of the metrics")
     parser.add_argument("--progress", help="Train.py's --output folder, for progress.gif (default: no GIF)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every picture's noise")
+    parser.add_argument("--seed", type=Utils.seed_number, default=0, help="seed of every picture's noise")
     parser.add_argument("--output", default="Res", help="folder for the pictures")
     return parser.parse_args(argv)
-
-
-def hair_dimensions(shade, hue):
-    """The dimension that most changes the hair's shade, and another that most changes its colour."""
-    shade_dim = int(shade.argmax())
-    return shade_dim, int(np.where(np.arange(Z_DIM) == shade_dim, -np.inf, hue).argmax())
 
 
 def hair_strips(generator, rng, output):
     """hair_shade.png and hair_colour.png, each of the dimension that changes it most; returns
     the measured changes and the two dimensions."""
-    shade, hue = measure_hair(generator, rng)
-    shade_dim, colour_dim = hair_dimensions(shade, hue)
+    shade, hue = Drawing.measure_hair(generator, rng)
+    shade_dim, colour_dim = Drawing.hair_dimensions(shade, hue)
     base = Utils.random_noise(rng, STRIP_ROWS)
     Utils.save_png(strip_picture(generator, base, shade_dim), output / "hair_shade.png")
     Utils.save_png(strip_picture(generator, base, colour_dim), output / "hair_colour.png")
@@ -208,27 +129,27 @@ def main(argv=None):
     args = parse_args(argv)
     output = Path(args.output)
     if not (Path(args.model_dir) / STATE_FILE).exists():
-        raise Utils.UserError(f"{Path(args.model_dir) / STATE_FILE} does not exist: the loss curve needs "
-                              f"the state.json that Train.py writes beside the weights.")
+        raise UserError(f"{Path(args.model_dir) / STATE_FILE} does not exist: the loss curve needs "
+                        f"the state.json that Train.py writes beside the weights.")
     state = ModelFolder(args.model_dir).read_state()
     Utils.choose_device("auto")
-    generator = Utils.load_generator_for_inference(args.model_dir, args.raw_g)
+    generator = Drawing.load_generator_for_inference(args.model_dir, args.raw_g)
     rng = np.random.default_rng(args.seed)
 
-    Utils.save_png(Utils.tile_images(Utils.generate(generator, Utils.random_noise(rng, AVATARS)), 8, 8),
+    Utils.save_png(Utils.tile_images(Drawing.generate(generator, Utils.random_noise(rng, Drawing.AVATARS)), 8, 8),
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
     frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
     history_file = Path(args.model_dir) / HISTORY_FILE
     if history_file.exists():
-        save_evaluation_curve(Evaluate.read_history(history_file), state.global_step, output / "evaluations.png",
+        save_evaluation_curve(Metrics.read_history(history_file), state.global_step, output / "evaluations.png",
                               state.changes)
-    metrics = Evaluate.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
-                                     raw_g=args.raw_g)
-    print(Evaluate.format_table(metrics))
+    metrics = Metrics.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
+                                    raw_g=args.raw_g)
+    print(Metrics.format_table(metrics))
 
-    Files.write_json({"generator": str(Utils.generator_file(args.model_dir, args.raw_g)), "seed": args.seed,
+    Files.write_json({"generator": str(Checkpoint.generator_file(args.model_dir, args.raw_g)), "seed": args.seed,
                       "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
                       "hair_brightness_change": [round(float(v), 4) for v in shade],
                       "hair_hue_change_degrees": [round(float(v), 2) for v in hue],

@@ -3,6 +3,7 @@ writes, JSON, checking that a folder can be written before any work goes into it
 an image file the way a viewer shows it."""
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -111,11 +112,12 @@ def writable_folder(folder, flag):
             os.unlink(probe)
     except OSError as error:
         raise UserError(f"{flag} {folder} cannot be written ({error.strerror or error}); "
-                          f"free some space, fix its permissions or name another folder.") from None
+                        f"free some space, fix its permissions or name another folder.") from None
     return folder
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+FACES_FOLDER = "DataSet/faces"  # where CutImage.py puts its crops, and where every script reads faces by default
 # Pillow raises SyntaxError for some files that are not what their header says.
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # EXIF orientation -> the turn that shows the picture upright (ImageOps.exif_transpose's table).
@@ -195,3 +197,27 @@ def on_white(colour, alpha, full):
         rgb = np.rint((colour.astype(np.float32) / full * opacity + 1 - opacity) * 255)
     rgb = rgb.astype(np.uint8, copy=False)
     return np.ascontiguousarray(np.broadcast_to(rgb, colour.shape[:2] + (3,)))
+
+
+def mark_used(path):
+    """Set path's modification time to now: the cache keeps what was used last (keep_most_recent)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a cache this process may not write keeps its order; the entry is still usable
+
+
+def keep_most_recent(paths, keep):
+    """Remove all but the `keep` most recently used (modified) of paths, folders or files. Two
+    processes pruning the same cache at once do no harm."""
+    def last_used(path):
+        try:
+            return path.stat().st_mtime
+        except OSError:  # just removed by another process
+            return 0.0
+
+    for path in sorted(paths, key=last_used, reverse=True)[keep:]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ a function of (seed, epoch), so a resumed run sees the same batches as an uninte
 under several GPUs each process takes its own share of every epoch.
 """
 import os
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,10 +18,8 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from Files import IMAGE_EXTENSIONS, decode_image
+from Files import FACES_FOLDER, IMAGE_EXTENSIONS, decode_image
 from Net import IMAGE_SIZE
-
-DEFAULT_FOLDER = "DataSet/faces"
 
 
 class DataSetError(Exception):
@@ -71,7 +68,7 @@ class FaceDataset(paddle.io.Dataset):
     flip:   mirror each image left-right with probability 1/2 (a function of seed, epoch and index).
     """
 
-    def __init__(self, folder=DEFAULT_FOLDER, limit=None, flip=False, seed=0):
+    def __init__(self, folder=FACES_FOLDER, limit=None, flip=False, seed=0):
         folder = check_folder(folder)
         paths = find_images(folder)
         if limit is not None:
@@ -187,8 +184,3 @@ class DeviceLoader:
             # As to_model_range, to the bit: a true division (Paddle 2.6 turns `tensor / 127.5`
             # into a multiplication by 1 / 127.5, which rounds differently).
             yield paddle.divide(paddle.transpose(faces, [0, 3, 1, 2]), paddle.full([1], 127.5)) - 1.0
-
-
-if __name__ == "__main__":  # python Reader.py [folder]: check a data folder
-    faces = FaceDataset(sys.argv[1] if len(sys.argv) > 1 else DEFAULT_FOLDER)
-    print(f"{len(faces)} faces, {len(faces.skipped)} unreadable files skipped")

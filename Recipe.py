@@ -7,7 +7,6 @@ noise, through D (label "real"). Train.py runs the steps: the command line, the 
 checkpoints and the loop.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
-from Utils import UserError
 
 import argparse
 import contextlib
@@ -22,6 +21,7 @@ import paddle.nn.functional as F
 
 import Augment
 import Net
+from Files import UserError
 from Net import Z_DIM, Generator
 
 REAL, FAKE = 1, 0
@@ -220,17 +220,9 @@ def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE
         d_fake = d_loss(judge(fake), FAKE, loss)
     optimizer_step(opt_d, d_fake, scalers.get("D"))
 
-    # 2. D on the real batch, labelled "real"; with R1 in float32, since its second derivative
-    # is where half precision would lose the most.
-    if r1:
-        penalty, logits = r1_penalty(judge, D, real)
-        d_real = d_loss(logits, REAL, loss)
-        optimizer_step(opt_d, d_real + r1 / 2 * penalty, scalers.get("D"))
-    else:
-        with autocast():
-            logits = judge(real)
-            d_real = d_loss(logits, REAL, loss)
-        optimizer_step(opt_d, d_real, scalers.get("D"))
+    # 2. D on the real batch, labelled "real" (with the R1 penalty on its lazy steps).
+    objective, d_real, logits = real_phase_loss(judge, D, real, loss, r1, autocast)
+    optimizer_step(opt_d, objective, scalers.get("D"))
     real_sign = paddle.sign(realness(logits.detach()).astype("float32")).mean()
 
     # 3. G, --g-steps times on fresh noise, through D, which learns nothing here.
@@ -244,6 +236,20 @@ def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE
                 ema.update()
     opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps
     return StepResult(d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps, real_sign)
+
+
+def real_phase_loss(judge, D, real, loss, r1, autocast):
+    """Phase 2's loss: D's on the real batch, plus r1 / 2 times the R1 penalty where r1 is not 0.
+    The penalty's pass runs in float32, since its second derivative is where half precision would
+    lose the most. Returns the loss to step on, D's loss alone, and D's logits."""
+    if r1:
+        penalty, logits = r1_penalty(judge, D, real)
+        d_real = d_loss(logits, REAL, loss)
+        return d_real + r1 / 2 * penalty, d_real, logits
+    with autocast():
+        logits = judge(real)
+        d_real = d_loss(logits, REAL, loss)
+    return d_real, d_real, logits
 
 
 def r1_weight(hp, step):

@@ -29,6 +29,8 @@ import secrets
 
 import numpy as np
 
+import Checkpoint
+import Drawing
 import Files
 from Net import Z_DIM
 
@@ -62,9 +64,8 @@ single_count = Utils.whole_number(0, Utils.MAX_COUNT, f"a whole number from 0 to
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    Utils.add_generator_flags(parser)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Utils.HelpFormatter)
+    Checkpoint.add_generator_flags(parser)
     parser.add_argument("--output", default="Generate", help="folder for the pictures")
     parser.add_argument("--seed", type=Utils.seed_number,
                         help="seed of the noise, 0 to 2**63 - 1; the same seed gives the same pictures "
@@ -83,21 +84,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def interpolation_strips(base, dims, steps):
-    """Noise [len(dims) * steps, 72]: for each dimension, `steps` copies of base with that value
-    set to 1/steps ... 1."""
-    values = np.arange(1, steps + 1, dtype=np.float32) / steps
-    noise = np.repeat(base[None, :], len(dims) * steps, axis=0)
-    for row, dim in enumerate(dims):
-        noise[row * steps:(row + 1) * steps, dim] = values
-    return noise
-
-
 def main(argv=None):
     args = parse_args(argv)
     Utils.choose_device(args.device)
     output = Files.writable_folder(args.output, "--output")  # before the generator is loaded and exported
-    load = Utils.load_generator if args.dygraph else Utils.load_generator_for_inference
+    load = Checkpoint.load_generator if args.dygraph else Drawing.load_generator_for_inference
     generator = load(args.model_dir, args.raw_g)
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     rng = np.random.default_rng(seed)
@@ -107,19 +98,19 @@ def main(argv=None):
     rows, cols = args.grid
     print(f"Seed {seed}: wrote {output / 'avatars.png'} ({rows}x{cols}), {output / 'strips.png'} "
           f"({len(args.dims)} strips of {args.steps})" + (f" and {args.count} single avatars" if args.count else "")
-          + f" with {Utils.drawn_with(args.model_dir, args.raw_g)}.")
+          + f" with {Checkpoint.drawn_with(args.model_dir, args.raw_g)}.")
 
 
 def draw_grid(generator, rng, grid, output):
     """avatars.png: a grid of random faces, row by row."""
     rows, cols = grid
-    avatars = Utils.generate(generator, Utils.random_noise(rng, rows * cols))
+    avatars = Drawing.generate(generator, Utils.random_noise(rng, rows * cols))
     Utils.save_png(Utils.tile_images(avatars, rows, cols), output / "avatars.png")
 
 
 def draw_strips(generator, base, dims, steps, output):
     """strips.png, one row per dimension, and each row as strips/dim_XX.png."""
-    strips = Utils.generate(generator, interpolation_strips(base, dims, steps))
+    strips = Drawing.generate(generator, Drawing.interpolation_strips(base, dims, steps))
     Utils.save_png(Utils.tile_images(strips, len(dims), steps), output / "strips.png")
     for row, dim in enumerate(dims):
         strip = strips[row * steps:(row + 1) * steps]
@@ -130,7 +121,7 @@ def draw_singles(generator, noise, output, batch=64):
     """avatar_0000.png ...: one face per noise vector, drawn a batch at a time so that memory does
     not grow with --count."""
     for start in range(0, len(noise), batch):
-        for number, avatar in enumerate(Utils.generate(generator, noise[start:start + batch]), start):
+        for number, avatar in enumerate(Drawing.generate(generator, noise[start:start + batch]), start):
             Utils.save_png(avatar, output / f"avatar_{number:04d}.png")
 
 

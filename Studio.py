@@ -18,7 +18,7 @@ each dimension changes is measured once per weights file, as Figures.py measures
 beside the exported generator. The page is served on 127.0.0.1 alone, without share links or
 Gradio's analytics; seeds are 0 to 2**63 - 1, as every script's --seed.
 
-The drawing is plain functions (avatar_grid, redraw, morph_strip, gif_bytes) that the tests call
+The drawing is plain functions (avatar_grid, redraw, morph_strip) that the tests call
 without a browser; Handlers and page() only connect them to Gradio.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
@@ -36,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-import Figures
+import Checkpoint
+import Drawing
 import Files
+from Files import UserError
 from Net import Z_DIM
 
 GRID_ROWS, GRID_COLUMNS = 2, 8
@@ -77,7 +79,7 @@ def seed_noise(seed, count):
 def avatar_grid(generator, seed, count=GRID_ROWS * GRID_COLUMNS):
     """A seed's avatars: their noise [count, 72] and faces, uint8 [count, 96, 96, 3]."""
     noise = seed_noise(seed, within_limits(count, Utils.MAX_GRID_SIDE ** 2, "a grid"))
-    return noise, Utils.generate(generator, noise)
+    return noise, Drawing.generate(generator, noise)
 
 
 def enlarge(picture, scale=VIEW_SCALE):
@@ -94,7 +96,7 @@ def slider_vector(values, order):
 
 def redraw(generator, vector):
     """One face, uint8 [96, 96, 3]: what a slider move draws."""
-    return Utils.generate(generator, np.asarray(vector, np.float32)[None])[0]
+    return Drawing.generate(generator, np.asarray(vector, np.float32)[None])[0]
 
 
 def morph_noise(start, end, steps=MORPH_STEPS):
@@ -108,7 +110,7 @@ def morph_noise(start, end, steps=MORPH_STEPS):
 def morph_strip(generator, start, end, steps=MORPH_STEPS):
     """The morph's faces, uint8 [steps, 96, 96, 3]."""
     steps = within_limits(steps, Utils.MAX_STEPS, "a morph")
-    return Utils.generate(generator, morph_noise(np.asarray(start), np.asarray(end), steps))
+    return Drawing.generate(generator, morph_noise(np.asarray(start), np.asarray(end), steps))
 
 
 def png_bytes(picture):
@@ -116,16 +118,6 @@ def png_bytes(picture):
 
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def gif_bytes(frames, frame_ms=GIF_FRAME_MS):
-    """An endless animated GIF of uint8 frames [N, H, W, 3], each with a palette of its own colours."""
-    from PIL import Image
-
-    images = [Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MEDIANCUT) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
     return buffer.getvalue()
 
 
@@ -156,23 +148,23 @@ def measure_dimensions(generator, seed=0):
     Figures.py measures the hair on (so the studio names the dimensions of the README's
     pictures): the mean absolute pixel change in grey levels, the hair's brightness change
     (0 to 1) and its hue change (degrees, weighted by how colourful the hair is)."""
-    base = Utils.random_noise(Figures.measuring_rng(seed), Figures.MEASURE_BASES)
-    ends = Figures.dimension_ends(generator, base)
+    base = Utils.random_noise(Drawing.measuring_rng(seed), Drawing.MEASURE_BASES)
+    ends = Drawing.dimension_ends(generator, base)
     change = np.abs(ends[:, 1].astype(np.float32) - ends[:, 0]).mean(axis=(1, 2, 3, 4))
-    shade, hue = Figures.hair_changes(ends)
+    shade, hue = Drawing.hair_changes(ends)
     return {"change": change.tolist(), "hair_shade": shade.tolist(), "hair_hue": hue.tolist()}
 
 
 def cached_measurements(generator, weights):
     """measure_dimensions of the weights file, measured once and then read from the cache."""
-    path = Utils.inference_cache() / f"{MEASUREMENT}-{Utils.file_digest(weights)}.json"
+    path = Drawing.inference_cache() / f"{MEASUREMENT}-{Drawing.file_digest(weights)}.json"
     if path.exists():
-        Utils.mark_used(path)
+        Files.mark_used(path)
         return Files.read_json(path)
     print("Measuring what each of the 72 latent dimensions changes (once per weights file)...", flush=True)
     measured = measure_dimensions(generator)
     Files.write_json(measured, path)
-    Utils.keep_most_recent(list(path.parent.glob("studio-*.json")), CACHED_MEASUREMENTS)
+    Files.keep_most_recent(list(path.parent.glob("studio-*.json")), CACHED_MEASUREMENTS)
     return measured
 
 
@@ -181,7 +173,7 @@ def dimensions_by_change(measured):
     the hair's shade or colour for the dimension that changes each most (as Figures.py chooses
     them), else only how much it changes the picture."""
     change, shade, hue = (np.asarray(measured[key]) for key in ("change", "hair_shade", "hair_hue"))
-    shade_dim, colour_dim = Figures.hair_dimensions(shade, hue)
+    shade_dim, colour_dim = Drawing.hair_dimensions(shade, hue)
     picture = {dim: f"the picture by {change[dim]:.1f} grey levels" for dim in range(Z_DIM)}
     label = {dim: f"z{dim}: changes {picture[dim]}" for dim in range(Z_DIM)}
     label[shade_dim] = f"z{shade_dim}: hair shade (its brightness by {shade[shade_dim]:.3f} of 1; {picture[shade_dim]})"
@@ -203,10 +195,10 @@ class Downloads:
     def save(self, stem, suffix, data):
         path = self.folder / f"{stem}-{hashlib.sha256(data).hexdigest()[:12]}{suffix}"
         if path.exists():
-            Utils.mark_used(path)
+            Files.mark_used(path)
         else:
             Files.write_bytes(path, data)
-            Utils.keep_most_recent(list(self.folder.glob("[!.]*")), self.keep)  # not another's file being written
+            Files.keep_most_recent(list(self.folder.glob("[!.]*")), self.keep)  # not another's file being written
         return str(path)
 
 
@@ -250,7 +242,7 @@ class Handlers:
         faces = morph_strip(self.generator, start, end)
         strip = Utils.tile_images(faces, 1, len(faces))
         return (strip, self.downloads.save("morph", ".png", png_bytes(strip)),
-                self.downloads.save("morph", ".gif", gif_bytes(faces)))
+                self.downloads.save("morph", ".gif", Utils.gif_bytes(faces, GIF_FRAME_MS)))
 
 
 def seed_or_error(text):
@@ -268,11 +260,6 @@ def page(generator, dimensions, downloads, drawn_with):
     import gradio as gr
 
     draw = Handlers(generator, [dim.index for dim in dimensions], downloads)
-
-    def pick(noise, event: gr.SelectData):  # a click on the grid: that face, in the editor
-        vector = noise[event.index]
-        return (vector, *draw.edit(vector), gr.Tabs(selected="editor"))
-
     with gr.Blocks(title="Avatar Studio", analytics_enabled=False,
                    delete_cache=(FILES_KEPT_SECONDS // 24, FILES_KEPT_SECONDS)) as app:
         gr.Markdown(f"# Avatar Studio\nPick an avatar, edit it, morph two. Drawn by {drawn_with}.")
@@ -284,28 +271,60 @@ def page(generator, dimensions, downloads, drawn_with):
             with gr.Tab("Morph", id="morph"):
                 ends, morphed = morph_tab()
         shown = [face, large, download]
-        editor = [*sliders, *shown]
-        starts = [end.vector for end in ends]
-
-        gr.on([draw_button.click, seed.submit], draw.faces_of_seed, seed, [grid_noise, grid])
-        new_seed.click(lambda: str(secrets.randbelow(2**31)), None, seed) \
-            .then(draw.faces_of_seed, seed, [grid_noise, grid])
-        grid.select(pick, grid_noise, [chosen, *editor, tabs])
-        gr.on([slider.input for slider in sliders], draw.slid, sliders, shown, trigger_mode="always_last",
-              show_progress="hidden")
-        randomise.click(draw.random_face, None, editor)
-        reset.click(draw.edit, chosen, editor)
-        for end in ends:
-            gr.on([end.take_seed.click, end.seed.submit], draw.end_of_seed, end.seed, [end.vector, end.face]) \
-                .then(draw.morph, starts, morphed)
-            end.take_face.click(draw.end_face, face, [end.vector, end.face]).then(draw.morph, starts, morphed)
-
-        app.load(draw.faces_of_seed, seed, [grid_noise, grid]) \
-            .then(lambda noise: (noise[0], *draw.edit(noise[0])), grid_noise, [chosen, *editor]) \
-            .then(draw.end_of_seed, ends[0].seed, [ends[0].vector, ends[0].face]) \
-            .then(draw.end_of_seed, ends[1].seed, [ends[1].vector, ends[1].face]) \
-            .then(draw.morph, starts, morphed)
+        editor = [*sliders, *shown]  # what Handlers.edit returns, in its order
+        wire_avatars(draw, seed, draw_button, new_seed, grid, grid_noise, [chosen, *editor, tabs])
+        wire_editor(draw, chosen, sliders, shown, randomise, reset)
+        wire_morph(draw, ends, face, morphed)
+        wire_page_load(app, draw, seed, grid, grid_noise, [chosen, *editor], ends, morphed)
     return app
+
+
+def wire_avatars(draw, seed, draw_button, new_seed, grid, grid_noise, picked):
+    """The Avatars tab's events: a seed's grid drawn, a new seed, and a click on a face that opens
+    it in the editor (picked: the chosen noise, the editor's components and the tabs)."""
+    import gradio as gr
+
+    def pick(noise, event: gr.SelectData):
+        vector = noise[event.index]
+        return (vector, *draw.edit(vector), gr.Tabs(selected="editor"))
+
+    gr.on([draw_button.click, seed.submit], draw.faces_of_seed, seed, [grid_noise, grid])
+    new_seed.click(lambda: str(secrets.randbelow(2**31)), None, seed) \
+        .then(draw.faces_of_seed, seed, [grid_noise, grid])
+    grid.select(pick, grid_noise, picked)
+
+
+def wire_editor(draw, chosen, sliders, shown, randomise, reset):
+    """The Editor tab's events: a slider redraws the face; Randomise and Reset move every slider."""
+    import gradio as gr
+
+    editor = [*sliders, *shown]
+    gr.on([slider.input for slider in sliders], draw.slid, sliders, shown, trigger_mode="always_last",
+          show_progress="hidden")
+    randomise.click(draw.random_face, None, editor)
+    reset.click(draw.edit, chosen, editor)
+
+
+def wire_morph(draw, ends, face, morphed):
+    """The Morph tab's events: an end taken from a seed or from the editor's face redraws the morph."""
+    import gradio as gr
+
+    starts = [end.vector for end in ends]
+    for end in ends:
+        gr.on([end.take_seed.click, end.seed.submit], draw.end_of_seed, end.seed, [end.vector, end.face]) \
+            .then(draw.morph, starts, morphed)
+        end.take_face.click(draw.end_face, face, [end.vector, end.face]).then(draw.morph, starts, morphed)
+
+
+def wire_page_load(app, draw, seed, grid, grid_noise, edited, ends, morphed):
+    """What an opened page shows at once: the seed's grid, its first face in the editor (edited:
+    the chosen noise and the editor's components) and the morph between the two ends' seeds."""
+    starts = [end.vector for end in ends]
+    app.load(draw.faces_of_seed, seed, [grid_noise, grid]) \
+        .then(lambda noise: (noise[0], *draw.edit(noise[0])), grid_noise, edited) \
+        .then(draw.end_of_seed, ends[0].seed, [ends[0].vector, ends[0].face]) \
+        .then(draw.end_of_seed, ends[1].seed, [ends[1].vector, ends[1].face]) \
+        .then(draw.morph, starts, morphed)
 
 
 def avatars_tab():
@@ -386,8 +405,8 @@ def error_page(message):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    Utils.add_generator_flags(parser)
+                                     formatter_class=Utils.HelpFormatter)
+    Checkpoint.add_generator_flags(parser)
     parser.add_argument("--port", type=int, default=7860, help="port of the page on 127.0.0.1")
     parser.add_argument("--time-redraws", type=int, metavar="N",
                         help="time N redraws as a slider move makes them, print the median and exit")
@@ -405,8 +424,8 @@ def import_gradio():
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise Utils.UserError("the studio needs Gradio, which requirements.txt leaves out to keep the first "
-                              "install small: run `pip install -r requirements-studio.txt` first.") from None
+        raise UserError("the studio needs Gradio, which requirements.txt leaves out to keep the first "
+                        "install small: run `pip install -r requirements-studio.txt` first.") from None
 
 
 def serve(app, port):
@@ -420,7 +439,7 @@ def serve(app, port):
                    mcp_server=False, quiet=True, prevent_thread_lock=True, footer_links=[],
                    theme=gr.themes.Default(), css=CSS)
     except OSError:
-        raise Utils.UserError(f"port {port} of 127.0.0.1 is taken; stop what uses it, or pass another --port.") \
+        raise UserError(f"port {port} of 127.0.0.1 is taken; stop what uses it, or pass another --port.") \
             from None
     print(f"Avatar Studio: http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
     signal.signal(signal.SIGTERM, stop)  # a service manager's stop, handled as Ctrl-C, not by Paddle's crash report
@@ -435,21 +454,22 @@ def main(argv=None):
     args = parse_args(argv)
     Utils.choose_device("cpu")  # one face at a time: the exported CPU generator answers fastest
     if args.time_redraws:
-        generator = Utils.load_generator_for_inference(args.model_dir, args.raw_g)
+        generator = Drawing.load_generator_for_inference(args.model_dir, args.raw_g)
         median = time_redraws(generator, args.time_redraws)
         print(f"A redraw took {median * 1000:.1f} ms (median of {args.time_redraws}).")
         return
     import_gradio()
     try:
-        generator = Utils.load_generator_for_inference(args.model_dir, args.raw_g)
-    except Utils.UserError as error:
+        generator = Drawing.load_generator_for_inference(args.model_dir, args.raw_g)
+    except UserError as error:
         print(f"error: {error} The page says so too.", flush=True)
         serve(error_page(str(error)), args.port)
         return
-    weights = Utils.generator_file(args.model_dir, args.raw_g)
+    weights = Checkpoint.generator_file(args.model_dir, args.raw_g)
     dimensions = dimensions_by_change(cached_measurements(generator, weights))
     with tempfile.TemporaryDirectory(prefix="avatar-studio-") as folder:
-        serve(page(generator, dimensions, Downloads(folder), Utils.drawn_with(args.model_dir, args.raw_g)), args.port)
+        drawn_with = Checkpoint.drawn_with(args.model_dir, args.raw_g)
+        serve(page(generator, dimensions, Downloads(folder), drawn_with), args.port)
 
 
 if __name__ == "__main__":

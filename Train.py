@@ -22,7 +22,6 @@ Every step draws its randomness (noise, dropout, augmentation) from a seed deriv
 one that never stopped.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
-from Utils import UserError
 
 import argparse
 import contextlib
@@ -34,16 +33,18 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import paddle
 from tqdm import tqdm
 
+import Drawing
 import Files
 import Recipe
 from Checkpoint import LOCK_FILE, FolderBusy, ModelFolder, RunState
+from Files import UserError
 from Net import Discriminator, Generator, init_dcgan_weights
 from Reader import DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
 from Recipe import BRIEF, HYPER_PARAMETERS, MixedPrecision, MovingAverage, non_negative_int, positive_int, trained_with
@@ -65,8 +66,8 @@ def add_hyper_parameters(parser):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="DataSet/faces", help="folder of face images, searched recursively "
-                                                                "(default %(default)s)")
+    parser.add_argument("--data", default=Files.FACES_FOLDER,
+                        help="folder of face images, searched recursively (default %(default)s)")
     parser.add_argument("--epochs", type=positive_int, default=300, help="train until this many epochs are done "
                                                                          "(default %(default)s)")
     add_hyper_parameters(parser)
@@ -81,10 +82,22 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to train "
                                                                                          "(default %(default)s)")
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data loader worker processes "
-                                                                     "(default %(default)s)")
+                        "(default %(default)s)")
     parser.add_argument("--sample-every", type=non_negative_int, default=50,
                         help="write a sample grid every this many batches; 0: only at epoch ends (default %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N images of --data (default: all)")
+    add_run_flags(parser)
+    args = parser.parse_args(argv)
+    if args.brief:
+        for name, value in BRIEF.items():
+            if getattr(args, name) is None:
+                setattr(args, name, value)
+    return args
+
+
+def add_run_flags(parser):
+    """The flags of this run alone, none of them a hyper-parameter: its log, where it starts, and
+    how it uses a GPU."""
     parser.add_argument("--visualdl", action="store_true",
                         help="also log losses, spread, learning rates, images per second and the sample grids "
                              "for VisualDL, in <--output>/visualdl (pip install visualdl; then "
@@ -99,12 +112,6 @@ def parse_args(argv=None):
     parser.add_argument("--cache-device", action="store_true",
                         help="hold the whole data set on the training device as uint8 and cut batches there "
                              "(for fast GPUs; 50,000 faces take 1.4 GB)")
-    args = parser.parse_args(argv)
-    if args.brief:
-        for name, value in BRIEF.items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
-    return args
 
 
 def step_seed(seed, rank, step):
@@ -117,17 +124,14 @@ def step_seed(seed, rank, step):
 def draw_sample_grid(G, fixed_noise):
     """An 8x8 grid of what G makes of the fixed noise, and the samples' spread."""
     G.eval()
-    samples = Utils.generate(G, fixed_noise)
+    samples = Drawing.generate(G, fixed_noise)
     G.train()
     return Utils.sample_spread(samples), Utils.tile_images(samples, GRID_SIDE, GRID_SIDE)
 
 
 def save_sample_grid(grid, path, title):
     """The grid as a PNG, titled like the original's."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = Utils.pyplot()
     height, width, _ = grid.shape
     title_height = 40
     # One figure pixel per image pixel, so the tiles are not resampled.
@@ -136,10 +140,7 @@ def save_sample_grid(grid, path, title):
     axes.imshow(grid, interpolation="nearest")
     axes.axis("off")
     figure.text(0.5, 1 - title_height / 2 / (height + title_height), title, ha="center", va="center", fontsize=12)
-    try:
-        Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    finally:
-        plt.close(figure)
+    Utils.save_figure(figure, path)
 
 
 def picture(write, what):
@@ -168,20 +169,22 @@ class VisualDLLog:
     def __exit__(self, *exc):
         self.writer.close()
 
-    def step(self, session, losses):
-        state, procs = session.state, session.procs
+    def step(self, step, losses, learning_rates, images_per_second):
+        """One step's losses (d_fake, d_real, g), the learning rates (G's, D's) and the real images
+        trained on per second of training step, by all processes together."""
         d_fake, d_real, g = losses
-        # Real images trained on per second of training step, by all processes together.
-        speed = state.hyper_parameters["batch_size"] * procs.world_size / session.step_seconds[-1]
         scalars = {"loss/D": d_fake + d_real, "loss/D_fake": d_fake, "loss/D_real": d_real, "loss/G": g,
-                   "learning_rate/G": session.opt_g.get_lr(), "learning_rate/D": session.opt_d.get_lr(),
-                   "speed/images_per_second": speed}
+                   "learning_rate/G": learning_rates[0], "learning_rate/D": learning_rates[1],
+                   "speed/images_per_second": images_per_second}
         for tag, value in scalars.items():
-            self.writer.add_scalar(tag, value, state.global_step)
+            self.writer.add_scalar(tag, value, step)
 
     def sample(self, step, spread, grid):
         self.writer.add_scalar("samples/spread", spread, step)
         self.writer.add_image("samples/fixed_noise", grid, step)
+
+    def overfitting(self, step, r_t):
+        self.writer.add_scalar("diagnostics/r_t", r_t, step)
 
 
 def check_visualdl(args):
@@ -359,27 +362,27 @@ def agree_on_start(args, procs):
     return folder, state, decided["hp"], decided["fresh_d"], decided["run"]
 
 
-def load_checkpoint(session, saved, fresh_d=False):
-    """Rank 0 loads the checkpoint in its model folder. Every other rank loads the same files,
-    sent by rank 0 into a temporary folder of its own, so that on several machines the model
-    folder need only be on rank 0's. fresh_d: leave D and its Adam state as built. Returns
-    whether Adam's state was there."""
-    procs, networks, optimizers = session.procs, session.networks, session.optimizers
+def load_checkpoint(folder, procs, nets, saved, fresh_d=False):
+    """Rank 0 loads the checkpoint in its model folder into nets. Every other rank loads the same
+    files, sent by rank 0 into a temporary folder of its own, so that on several machines the model
+    folder need only be on rank 0's. fresh_d: leave D and its Adam state as built. Returns whether
+    Adam's state was there."""
+    weights, optimizers = nets.weights, nets.optimizers
     if fresh_d:
-        del networks["D"], optimizers["D"]
+        del weights["D"], optimizers["D"]
     ema_saved = trained_with(saved)["ema"]
-    if session.ema and not ema_saved:  # --ema turned on for this checkpoint: G_ema starts as the loaded G
-        del networks["G_ema"]
-    files = procs.from_writer(session.folder.checkpoint_bytes() if procs.writer and procs.world_size > 1 else None)
+    if nets.ema and not ema_saved:  # --ema turned on for this checkpoint: G_ema starts as the loaded G
+        del weights["G_ema"]
+    files = procs.from_writer(folder.checkpoint_bytes() if procs.writer and procs.world_size > 1 else None)
     if procs.writer:
-        with_adam = session.folder.load(networks, optimizers, saved, session.scalers)
+        with_adam = folder.load(weights, optimizers, saved, nets.scalers)
     else:
         with tempfile.TemporaryDirectory(prefix="checkpoint-from-rank-0-") as copy:
             for name, data in files.items():
                 (Path(copy) / name).write_bytes(data)
-            with_adam = ModelFolder(copy).load(networks, optimizers, saved, session.scalers)
-    if session.ema and not ema_saved:
-        session.ema.start_from(session.G)
+            with_adam = ModelFolder(copy).load(weights, optimizers, saved, nets.scalers)
+    if nets.ema and not ema_saved:
+        nets.ema.start_from(nets.G)
     return with_adam
 
 
@@ -397,33 +400,19 @@ def load_faces(args, hp, procs):
 
 
 @dataclass
-class Session:
-    """Everything one training run works with."""
-    args: argparse.Namespace
-    procs: ProcessGroup
-    folder: ModelFolder
-    state: RunState
-    dataset: FaceDataset
-    loader: object
+class Networks:
+    """What the steps train and a checkpoint holds: G and D with their Adam optimizers, and where
+    those flags are on, --ema's G_ema and --amp's loss scalers."""
     G: Generator
     D: Discriminator
     opt_g: paddle.optimizer.Optimizer
     opt_d: paddle.optimizer.Optimizer
-    amp: object
-    fixed_noise: np.ndarray
-    ema: MovingAverage = None  # --ema's G_ema and its updates; None without --ema
-    last_saved: str = None  # where the folder's newest checkpoint of this run stands, e.g. "step 8 (...)"
-    step_seconds: list = None  # this run's steps, data loading and pictures left out
-    train_G: object = None  # the networks the steps run through (DataParallel wrappers under several processes)
-    train_D: object = None
-    stop: object = None  # the StopRequest of the loop
-    visualdl: VisualDLLog = None  # --visualdl's log on rank 0; None elsewhere and without the flag
-    run_record: dict = None  # this run's entry in state.stretches: its machine and CPU time
-    cpu_started: float = 0.0  # time.process_time() when this run began
+    ema: MovingAverage | None
+    amp: MixedPrecision | None
 
     @property
-    def networks(self):
-        """What a checkpoint holds the weights of: G_ema is saved and loaded with G and D, as one unit."""
+    def weights(self):
+        """Whose weights a checkpoint holds: G_ema is saved and loaded with G and D, as one unit."""
         return {"G": self.G, "D": self.D, **({"G_ema": self.ema.G_ema} if self.ema else {})}
 
     @property
@@ -435,7 +424,7 @@ class Session:
         return self.amp.scalers if self.amp else {}
 
 
-def build_networks(hp, device, world_size):
+def build_networks(hp, device, world_size, amp=False):
     Utils.seed_everything(hp["seed"])
     G, D = Generator(), Discriminator(input_norm=hp["d_input_bn"], norm=hp["d_norm"], mbstd=hp["mbstd"])
     if hp["init"] == "dcgan":
@@ -452,7 +441,29 @@ def build_networks(hp, device, world_size):
         G, D = (paddle.nn.SyncBatchNorm.convert_sync_batchnorm(network) for network in (G, D))
     opt_g = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=G.parameters())
     opt_d = paddle.optimizer.Adam(hp["d_lr"] or hp["lr"], beta1=hp["beta1"], parameters=D.parameters())
-    return G, D, opt_g, opt_d
+    return Networks(G, D, opt_g, opt_d, ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
+                    amp=MixedPrecision() if amp else None)
+
+
+@dataclass
+class Session:
+    """Everything one training run works with, built whole by set_up."""
+    args: argparse.Namespace
+    procs: ProcessGroup
+    folder: ModelFolder
+    state: RunState
+    dataset: FaceDataset
+    loader: object
+    nets: Networks
+    train_G: paddle.nn.Layer  # the networks the steps run through: DataParallel wrappers under several
+    train_D: paddle.nn.Layer  # processes, which average the gradients; checkpoints and samples use nets'
+    fixed_noise: np.ndarray  # the noise of every sample grid
+    run_record: dict  # this run's entry in state.stretches: its machine and CPU time
+    cpu_started: float  # time.process_time() when this run began
+    stop: StopRequest  # Ctrl-C and SIGTERM, within the loop
+    visualdl: VisualDLLog | None  # --visualdl's log on rank 0, while there is training to do; else None
+    last_saved: str | None  # where the folder's newest checkpoint of this run stands, e.g. "step 8 (...)"
+    step_seconds: list = field(default_factory=list)  # this run's steps, data loading and pictures left out
 
 
 @contextlib.contextmanager
@@ -486,7 +497,7 @@ def agree_on_space(session):
     problem = None
     if session.procs.writer:
         try:
-            session.folder.check_space(session.networks, session.optimizers, session.state)
+            session.folder.check_space(session.nets.weights, session.nets.optimizers, session.state)
         except UserError as error:
             problem = str(error)
     problem = session.procs.from_writer(problem)
@@ -503,53 +514,76 @@ def set_up(args):
 def build_session(args):
     cpu_started = time.process_time()
     procs = ProcessGroup()
-    device = Utils.choose_device(args.device)
-    if args.amp and device != "gpu":
-        raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
-                        "so train on CPU without --amp.")
+    device = choose_device(args)
     try:
         check_folder(args.data)  # before any folder is made
     except DataSetError as error:
         raise UserError(str(error)) from None
     folder, saved, hp, fresh_d, run = agree_on_start(args, procs)
     dataset, loader = load_faces(args, hp, procs)
-    G, D, opt_g, opt_d = build_networks(hp, device, procs.world_size)
-    state = saved or RunState(hyper_parameters=hp)
-    session = Session(args, procs, folder, state, dataset, loader, G, D, opt_g, opt_d,
-                      amp=MixedPrecision() if args.amp else None, step_seconds=[], cpu_started=cpu_started,
-                      ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
-                      fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2))
+    nets = build_networks(hp, device, procs.world_size, args.amp)
     if saved:
-        with_adam = load_checkpoint(session, saved, fresh_d)
-        session.last_saved = saved.where()
-        print_once(session, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
-                            f"done (step {saved.global_step})"
-                            + ("." if with_adam else "; no usable optimizer state there, so Adam starts afresh."))
-    state.run, state.hyper_parameters = run, hp  # after loading, which checks the files' stamps
-    if saved and saved.data and (saved.data, saved.images) != (str(args.data), len(dataset)):
-        state.changes.append({"step": state.global_step, "data": str(args.data), "images": len(dataset)})
-        print_once(session, f"Continuing on {len(dataset)} faces in {args.data} "
-                            f"(until now {saved.images} in {saved.data}).")
-    state.data, state.images, state.steps_per_epoch = str(args.data), len(dataset), len(loader.batch_sampler)
-    # What this stretch of training costs, kept beside the earlier ones: a model's CPU-hours add up.
-    session.run_record = {"from_step": state.global_step, "to_step": state.global_step,
-                       "machine": Utils.machine_name(device), "processes": procs.world_size,
-                       "threads": Utils.cpu_threads(), "cpu_seconds": 0.0}
-    state.stretches.append(session.run_record)
-    state.versions = {"paddle": paddle.__version__, "numpy": np.__version__, "python": platform.python_version()}
-    precision = f", {session.amp.dtype} mixed precision" if session.amp else ""
-    print_once(session, f"Training on {device} ({procs.world_size} process(es){precision}), {len(dataset)} faces, "
-                        f"{state.steps_per_epoch} batches of {hp['batch_size']} per epoch, seed {hp['seed']}.")
-    if dataset.skipped:
-        print_once(session, f"Skipped {len(dataset.skipped)} unreadable files.")
-    if state.epochs_done < args.epochs:
+        resume(folder, procs, nets, saved, fresh_d)
+    state = saved or RunState(hyper_parameters=hp)
+    record_run(args, state, hp, run, dataset, loader, procs, device)
+    to_train = state.epochs_done < args.epochs
+    train_G, train_D = (paddle.DataParallel(nets.G), paddle.DataParallel(nets.D)) if procs.world_size > 1 \
+        else (nets.G, nets.D)
+    logging = args.visualdl and procs.writer and to_train
+    visualdl = VisualDLLog(Path(args.output) / "visualdl" / run) if logging else None
+    session = Session(args, procs, folder, state, dataset, loader, nets, train_G, train_D,
+                      fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2),
+                      run_record=state.stretches[-1], cpu_started=cpu_started, stop=StopRequest(), visualdl=visualdl,
+                      last_saved=saved.where() if saved else None)
+    say_what_trains(session, device)
+    if to_train:
         agree_on_space(session)
     return session
 
 
-def print_once(session, message):
+def choose_device(args):
+    device = Utils.choose_device(args.device)
+    if args.amp and device != "gpu":
+        raise UserError("--amp (mixed precision) is for GPUs; Paddle's CPU kernels gain nothing from it, "
+                        "so train on CPU without --amp.")
+    return device
+
+
+def resume(folder, procs, nets, saved, fresh_d):
+    with_adam = load_checkpoint(folder, procs, nets, saved, fresh_d)
+    print_once(procs, f"Resuming from {folder.path}: {saved.epochs_done} epochs and {saved.batches_done} batches "
+                      f"done (step {saved.global_step})"
+                      + ("." if with_adam else "; no usable optimizer state there, so Adam starts afresh."))
+
+
+def record_run(args, state, hp, run, dataset, loader, procs, device):
+    """Write into state what this run trains with: its id and hyper-parameters (after loading,
+    which checks the files' stamps), its data (a change of data recorded), and a new stretch,
+    which counts what this run costs beside the earlier ones: a model's CPU-hours add up."""
+    if state.data and (state.data, state.images) != (str(args.data), len(dataset)):
+        state.changes.append({"step": state.global_step, "data": str(args.data), "images": len(dataset)})
+        print_once(procs, f"Continuing on {len(dataset)} faces in {args.data} "
+                          f"(until now {state.images} in {state.data}).")
+    state.run, state.hyper_parameters = run, hp
+    state.data, state.images, state.steps_per_epoch = str(args.data), len(dataset), len(loader.batch_sampler)
+    state.stretches.append({"from_step": state.global_step, "to_step": state.global_step,
+                            "machine": Utils.machine_name(device), "processes": procs.world_size,
+                            "threads": Utils.cpu_threads(), "cpu_seconds": 0.0})
+    state.versions = {"paddle": paddle.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def say_what_trains(session, device):
+    state, hp, procs, amp = session.state, session.state.hyper_parameters, session.procs, session.nets.amp
+    precision = f", {amp.dtype} mixed precision" if amp else ""
+    print_once(procs, f"Training on {device} ({procs.world_size} process(es){precision}), {state.images} faces, "
+                      f"{state.steps_per_epoch} batches of {hp['batch_size']} per epoch, seed {hp['seed']}.")
+    if session.dataset.skipped:
+        print_once(procs, f"Skipped {len(session.dataset.skipped)} unreadable files.")
+
+
+def print_once(procs, message):
     """Print message on rank 0 alone, so that several processes say it once."""
-    if session.procs.writer:
+    if procs.writer:
         print(message)
 
 
@@ -558,11 +592,12 @@ def print_once(session, message):
 def checkpoint(session, started):
     session.state.wall_seconds = round(time.time() - started, 1)
     session.run_record.update(to_step=session.state.global_step,
-                           cpu_seconds=round(time.process_time() - session.cpu_started, 1))
+                              cpu_seconds=round(time.process_time() - session.cpu_started, 1))
+    nets = session.nets
     if session.procs.writer:
-        if session.ema:
-            session.ema.fit_batch_norm_statistics(session.state.hyper_parameters["seed"])
-        session.folder.save(session.networks, session.optimizers, session.state, session.scalers)
+        if nets.ema:
+            nets.ema.fit_batch_norm_statistics(session.state.hyper_parameters["seed"])
+        session.folder.save(nets.weights, nets.optimizers, session.state, nets.scalers)
     session.last_saved = session.state.where()
     session.procs.wait_for_all()  # nobody leaves before rank 0's checkpoint is on disk
 
@@ -571,7 +606,7 @@ def sample(session, epoch):
     """Draw the sample grid of the fixed noise, record its spread, and return the function that
     writes it to --output: at an epoch's end it is written after the checkpoint."""
     state, losses = session.state, session.state.losses
-    spread, grid = draw_sample_grid(session.G, session.fixed_noise)
+    spread, grid = draw_sample_grid(session.nets.G, session.fixed_noise)
     title = (f"Epoch {epoch}  Batch {state.batches_done}  D loss {losses['d_fake'][-1] + losses['d_real'][-1]:.4f}  "
              f"G loss {losses['g'][-1]:.4f}  spread {spread:.1f}")
     path = Path(session.args.output) / f"epoch_{epoch:04d}_batch_{state.batches_done:04d}.png"
@@ -597,12 +632,12 @@ def divergence_message(session, losses, epoch):
 def run_step(session, real, epoch):
     """One batch: the update, then the decisions every process takes together. Returns the
     losses and whether to stop after this step."""
-    state, hp, procs = session.state, session.state.hyper_parameters, session.procs
+    state, hp, procs, nets = session.state, session.state.hyper_parameters, session.procs, session.nets
     paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
     started = time.perf_counter()
-    result = Recipe.train_step(session.train_G, session.train_D, session.opt_g, session.opt_d, real, hp["g_steps"],
-                        amp=session.amp, augment=hp["augment"], ema=session.ema, loss=hp["loss"],
-                        r1=Recipe.r1_weight(hp, state.global_step))
+    result = Recipe.train_step(session.train_G, session.train_D, nets.opt_g, nets.opt_d, real, hp["g_steps"],
+                               amp=nets.amp, augment=hp["augment"], ema=nets.ema, loss=hp["loss"],
+                               r1=Recipe.r1_weight(hp, state.global_step))
     *losses, real_sign = [float(value) for value in result]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)
@@ -628,7 +663,7 @@ def run_epoch(session, epoch):
         for real in progress:
             losses, stop = run_step(session, real, epoch)
             if session.visualdl:
-                session.visualdl.step(session, losses)
+                log_step(session, losses)
             progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
             every = args.sample_every and state.batches_done % args.sample_every == 0
             last = state.batches_done == state.steps_per_epoch
@@ -653,52 +688,59 @@ def measure_overfitting(session, epoch):
         return
     r_t = round(float(np.mean(signs)), 4)
     state.overfitting.append({"epoch": epoch, "step": state.global_step, "r_t": r_t})
-    print_once(session, f"Epoch {epoch}: D's overfitting signal r_t = {r_t:.3f} (the mean sign of its "
+    print_once(session.procs, f"Epoch {epoch}: D's overfitting signal r_t = {r_t:.3f} (the mean sign of its "
                         f"real-minus-generated logit on the real batches, from -1 to 1: near 0 D cannot tell them "
                         f"from generated faces, near 1 it is sure of each).")
     if session.visualdl:
-        session.visualdl.writer.add_scalar("diagnostics/r_t", r_t, state.global_step)
+        session.visualdl.overfitting(state.global_step, r_t)
+
+
+def log_step(session, losses):
+    """The step just taken, into --visualdl's log."""
+    nets, procs = session.nets, session.procs
+    images_per_second = session.state.hyper_parameters["batch_size"] * procs.world_size / session.step_seconds[-1]
+    session.visualdl.step(session.state.global_step, losses, (nets.opt_g.get_lr(), nets.opt_d.get_lr()),
+                          images_per_second)
+
+
+STOPPED = 130  # the exit status of a run stopped by Ctrl-C or SIGTERM, as a shell reports Ctrl-C
 
 
 def train(args):
+    """Train until --epochs are done or a signal asks to stop. Returns the exit status: 0 when
+    every epoch asked for is done (or already was), STOPPED when stopped after a checkpoint."""
     check_visualdl(args)
     session = set_up(args)
     state, folder = session.state, session.folder.path
     if state.epochs_done >= args.epochs:
-        print_once(session, f"{folder} already holds {state.epochs_done} epochs (--epochs {args.epochs}); "
-                            f"nothing to do.")
-        return state
-    # Under several processes the steps run through DataParallel wrappers, which average the
-    # gradients; checkpoints and samples use the plain networks.
-    several = session.procs.world_size > 1
-    session.train_G, session.train_D = ((paddle.DataParallel(session.G), paddle.DataParallel(session.D)) if several
-                                        else (session.G, session.D))
-    if args.visualdl and session.procs.writer:
-        session.visualdl = VisualDLLog(Path(args.output) / "visualdl" / state.run)
+        print_once(session.procs, f"{folder} already holds {state.epochs_done} epochs (--epochs {args.epochs}); "
+                                  f"nothing to do.")
+        return 0
     started = time.time() - state.wall_seconds
-    with StopRequest() as session.stop, session.visualdl or contextlib.nullcontext():
+    with session.stop, session.visualdl or contextlib.nullcontext():
         while state.epochs_done < args.epochs:
             finished, write_grid = run_epoch(session, state.epochs_done + 1)
             checkpoint(session, started)  # first: a picture that fails must not cost the checkpoint
             if write_grid:
                 write_grid()
             if not finished:
-                print_once(session, f"Stopped in epoch {state.epochs_done + 1} after batch {state.batches_done}; "
-                                    f"checkpoint saved to {folder}. Run the same command to continue.")
+                print_once(session.procs, f"Stopped in epoch {state.epochs_done + 1} after batch "
+                                          f"{state.batches_done}; checkpoint saved to {folder}. Run the same "
+                                          f"command to continue.")
                 session.procs.wait_for_all()  # the launcher ends every process once one has left
-                sys.exit(130)
+                return STOPPED
             if session.procs.writer:
                 loss_curve = Path(args.output) / "loss.png"
                 picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve),
                         f"The loss curve {loss_curve}")
-    print_once(session, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, samples in "
-                        f"{args.output}. A training step took {np.median(session.step_seconds):.2f} s "
-                        f"(median of this run's {len(session.step_seconds)}).")
-    return state
+    print_once(session.procs, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, "
+                              f"samples in {args.output}. A training step took {np.median(session.step_seconds):.2f} s "
+                              f"(median of this run's {len(session.step_seconds)}).")
+    return 0
 
 
 def main(argv=None):
-    train(parse_args(argv))
+    return train(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""What the scripts share: the process's CPU set-up, device choice, seeding, noise, image grids,
-weight files, fast generation and the one-sentence error a user sees instead of a traceback.
+"""What the scripts share about the process: its CPU set-up, the device, seeding and noise, the
+flag types and limits of what users may ask for, pictures (grids, PNGs, GIFs, plots), and the
+one-sentence error a user sees instead of a traceback (run_main).
 
 Importing this module sets up the process for Paddle's CPU kernels (`set_up_cpu`). Paddle's
 libraries read those settings once, when they load, so every script imports Utils before
@@ -8,15 +9,12 @@ keeps `import Utils` first, and `ruff check` in CI fails if it moves.
 """
 import argparse
 import ctypes
-import hashlib
+import io
 import os
 import platform
 import random
-import shutil
 import sys
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -83,18 +81,10 @@ set_up_cpu()
 
 import numpy as np  # noqa: E402  (the settings above must be in place before Paddle loads)
 import paddle  # noqa: E402
-from safetensors import SafetensorError, safe_open  # noqa: E402
-from safetensors.numpy import save_file  # noqa: E402
 
 import Files  # noqa: E402
-from Files import UserError  # noqa: E402,F401  (the scripts raise it as Utils.UserError)
-from Net import IMAGE_SIZE, Z_DIM, Generator  # noqa: E402
-
-GENERATOR_FILE = "G.safetensors"
-AVERAGED_GENERATOR_FILE = "G_ema.safetensors"  # Train.py --ema's moving average of G
-EXPORT_TOLERANCE = 1e-4  # largest pixel difference (on [-1, 1]) allowed between the two engines
-CACHED_EXPORTS = 4  # exported generators the inference cache keeps, the most recently used (about 9 MB each)
-ABANDONED_EXPORT_SECONDS = 3600  # a half-written export this old was left by a killed process
+from Files import UserError  # noqa: E402
+from Net import Z_DIM  # noqa: E402
 
 
 def _use_all_cores():
@@ -108,12 +98,14 @@ _use_all_cores()
 
 
 def run_main(main):
-    """Run a script's main(); a UserError ends the program with its message and exit status 2."""
+    """Run a script's main() and exit with the status it returns (None: 0); a UserError ends the
+    program with its message and exit status 2."""
     try:
-        main()
+        status = main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(status or 0)
 
 
 # ---------------------------------------------------------------------------------------- device
@@ -180,6 +172,16 @@ def argument_type(kind, accept, wanted):
     return parse
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that says each default once: argparse's "(default: X)" only where the help does not
+    say the default itself, and never for a flag that is off or empty unless given."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def whole_number(least, most, wanted):
     """An argparse type: text -> an int from least to most, else refused as argument_type says."""
     return argument_type(int, lambda value: least <= value <= most, wanted)
@@ -221,12 +223,20 @@ def save_png(picture, path):
     Files.atomic_write(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
 
 
+def gif_bytes(frames, frame_ms):
+    """An endless animated GIF of uint8 frames [N, H, W, 3], each with a palette of its own colours."""
+    from PIL import Image
+
+    images = [Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MEDIANCUT) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,
+                   optimize=True)
+    return buffer.getvalue()
+
+
 def save_loss_curve(losses, steps_per_epoch, path):
     """The D and G losses of every batch (faint) and their moving average, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     d_loss = np.add(losses["d_fake"], losses["d_real"])
     g_loss = np.asarray(losses["g"])
     steps = np.arange(1, len(g_loss) + 1)
@@ -241,230 +251,20 @@ def save_loss_curve(losses, steps_per_epoch, path):
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
+    save_figure(figure, path)
 
 
-# ----------------------------------------------------------------------------------- checkpoints
-
-def save_weights(layer, path, metadata=None):
-    """Weights and BatchNorm statistics of a layer as safetensors: plain arrays, no pickle, readable
-    by any Paddle version (and by numpy alone)."""
-    arrays = {name: np.ascontiguousarray(value.numpy()) for name, value in layer.state_dict().items()}
-    meta = {key: str(value) for key, value in (metadata or {}).items()}
-    Files.atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+def pyplot():
+    """matplotlib.pyplot, drawing into files alone (no window, no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
-def load_weights(layer, path):
-    """Load a safetensors file written by save_weights into layer, checking every name and shape.
-    Returns the file's metadata (Train.py stamps each file with its checkpoint's step)."""
-    path = Path(path)
+def save_figure(figure, path):
+    """A matplotlib figure as a PNG at path, written atomically; the figure is closed either way."""
     try:
-        with safe_open(str(path), "np") as weights:
-            metadata = weights.metadata() or {}
-            arrays = {name: weights.get_tensor(name) for name in weights.keys()}
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; train a model with `python Train.py` first "
-                        f"or point --model-dir at a folder that holds {path.name}.") from None
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{path} is not a readable safetensors file ({error}): it is damaged or was never "
-                        f"one. Put back a good copy of it, or use another --model-dir.") from None
-    expected = layer.state_dict()
-    wrong = sorted(set(expected) ^ set(arrays))
-    wrong += [name for name in expected if name in arrays and list(arrays[name].shape) != list(expected[name].shape)]
-    if wrong:
-        raise UserError(f"{path} holds weights of another network (first mismatch: {wrong[0]}); "
-                        f"it was not written by this version of Net.py, so train a new model.")
-    layer.set_state_dict({name: paddle.to_tensor(array) for name, array in arrays.items()})
-    return metadata
-
-
-def generator_file(model_dir, raw_g=False):
-    """The weights the scripts draw with: G_ema.safetensors where model_dir has it (the moving
-    average of G's weights that Train.py --ema keeps, free of the swings of G's latest update),
-    else G.safetensors; with raw_g, G.safetensors, the trained G itself, in any case."""
-    averaged = Path(model_dir) / AVERAGED_GENERATOR_FILE
-    return averaged if averaged.exists() and not raw_g else Path(model_dir) / GENERATOR_FILE
-
-
-def load_generator(model_dir, raw_g=False):
-    """The generator of model_dir (see generator_file), in evaluation mode (BatchNorm uses its
-    running statistics)."""
-    path = generator_file(model_dir, raw_g)
-    if raw_g and not path.exists() and (Path(model_dir) / AVERAGED_GENERATOR_FILE).exists():
-        raise UserError(f"{path} does not exist, so --raw-g has nothing to draw with; leave --raw-g out to draw "
-                        f"with {AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
-    generator = Generator()
-    load_weights(generator, path)
-    generator.eval()
-    return generator
-
-
-def add_generator_flags(parser):
-    """--model-dir and --raw-g, which say the weights that draw: Run.py's, and Studio.py's too."""
-    parser.add_argument("--model-dir", default="Model", help="folder holding G.safetensors (and G_ema.safetensors)")
-    parser.add_argument("--raw-g", action="store_true",
-                        help="draw with G.safetensors even where the averaged G_ema.safetensors is there")
-
-
-def drawn_with(model_dir, raw_g):
-    """Which weights draw the pictures, in words: G_ema's are not the trained G's, and a user
-    comparing folders needs to know which they saw. It points to --raw-g only where the folder
-    has the G.safetensors that --raw-g draws with."""
-    path = generator_file(model_dir, raw_g)
-    if path.name != AVERAGED_GENERATOR_FILE:
-        return f"{path}, the trained generator"
-    if (Path(model_dir) / GENERATOR_FILE).exists():
-        return f"{path}, the averaged generator (--raw-g draws with {GENERATOR_FILE})"
-    return f"{path}, the averaged generator"
-
-
-# ---------------------------------------------------------------------------- fast generation
-
-class ExportedGenerator:
-    """A generator exported with paddle.jit.save and run by paddle.inference with oneDNN.
-
-    On CPU this draws more than twice the images/s of the dynamic graph (benchmarks/README.md):
-    Paddle's dynamic graph computes convolutions as im2col + GEMM, while the inference engine runs
-    them, with their bias, BatchNorm and activation fused, as oneDNN primitives. Call it with a
-    numpy noise batch [N, 72]; it returns images [N, 3, 96, 96].
-
-    Every call runs on one thread of its own, whichever thread makes it: Paddle keeps oneDNN's
-    primitives and reordered weights per calling thread (tens of MB each), so a server drawing on
-    each of its many worker threads held a copy per thread, and a predictor must not run on two
-    threads at once."""
-
-    def __init__(self, prefix):
-        from paddle import inference
-
-        program = Path(f"{prefix}.json")  # Paddle 3 saves its new program format; Paddle 2 a .pdmodel
-        config = inference.Config(str(program if program.exists() else Path(f"{prefix}.pdmodel")),
-                                  f"{prefix}.pdiparams")
-        config.disable_gpu()
-        config.enable_mkldnn()
-        config.set_cpu_math_library_num_threads(cpu_threads())
-        config.disable_glog_info()
-        self.predictor = inference.create_predictor(config)
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="exported-generator")
-
-    def __call__(self, noise):
-        return self.thread.submit(self._run, noise).result()
-
-    def _run(self, noise):
-        self.input.reshape(list(noise.shape))
-        self.input.copy_from_cpu(np.ascontiguousarray(noise, dtype=np.float32))
-        self.predictor.run()
-        return self.output.copy_to_cpu()
-
-
-def file_digest(path):
-    """The first 16 hex digits of a file's sha256: what the caches of a weights file are named by."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def inference_cache():
-    """Where exported generators are kept: $XDG_CACHE_HOME (or ~/.cache)/avatar-generator, outside
-    the model folder, which may be read-only or shared."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avatar-generator"
-
-
-def mark_used(path):
-    """Set path's modification time to now: the cache keeps what was used last (keep_most_recent)."""
-    try:
-        os.utime(path)
-    except OSError:
-        pass  # a cache this process may not write keeps its order; the entry is still usable
-
-
-def keep_most_recent(paths, keep):
-    """Remove all but the `keep` most recently used (modified) of paths, folders or files. Two
-    processes pruning the same cache at once do no harm."""
-    def last_used(path):
-        try:
-            return path.stat().st_mtime
-        except OSError:  # just removed by another process
-            return 0.0
-
-    for path in sorted(paths, key=last_used, reverse=True)[keep:]:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def prune_exports(keep=CACHED_EXPORTS):
-    """Keep the inference cache small: remove all but the `keep` most recently used exported
-    generators, and the half-written exports that killed processes left over an hour ago."""
-    cache = inference_cache()
-    keep_most_recent([path for path in cache.glob("[!.]*-paddle*") if path.is_dir()], keep)
-    for staging in cache.glob(".*.tmp*"):
-        try:
-            abandoned = time.time() - staging.stat().st_mtime > ABANDONED_EXPORT_SECONDS
-        except OSError:  # its export just finished, or another process removed it
-            continue
-        if abandoned:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def export_generator(generator, folder):
-    """Save generator (in evaluation mode) as an inference model in folder, then check that the
-    inference engine draws what the dynamic graph draws; write nothing if it does not. The folder
-    appears whole or not at all, so two processes exporting at once do no harm."""
-    from paddle.static import InputSpec
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        noise_spec = InputSpec([None, Z_DIM], "float32", "noise")
-        paddle.jit.save(generator, str(staging / "generator"), input_spec=[noise_spec])
-        noise = random_noise(np.random.default_rng(0), 4)
-        with paddle.no_grad():
-            expected = generator(paddle.to_tensor(noise)).numpy()
-        difference = float(np.abs(ExportedGenerator(staging / "generator")(noise) - expected).max())
-        if not difference <= EXPORT_TOLERANCE:
-            raise ValueError(f"the exported generator differs from the dynamic graph by {difference:.2g}")
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process got there first; its export is as good as this one
-            pass
+        Files.atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder / "generator"
-
-
-def load_generator_for_inference(model_dir, raw_g=False):
-    """The fastest generator for this machine: on CPU, load_generator's generator exported once
-    to the inference cache (keyed by the sha256 of the weights file it loads and Paddle's version,
-    the CACHED_EXPORTS most recently used kept) and run by oneDNN; on a GPU, or if exporting fails
-    for any reason, the dynamic graph."""
-    generator = load_generator(model_dir, raw_g)  # checks the file and says what is wrong, in one sentence
-    if paddle.device.get_device() != "cpu":
-        return generator
-    try:
-        folder = inference_cache() / f"{file_digest(generator_file(model_dir, raw_g))}-paddle{paddle.__version__}"
-        prefix = folder / "generator"
-        if Path(f"{prefix}.pdiparams").exists():
-            mark_used(folder)
-        else:
-            prefix = export_generator(generator, folder)
-            prune_exports()
-        return ExportedGenerator(prefix)
-    except Exception as error:  # noqa: BLE001  any failure only costs speed
-        warnings.warn(f"the fast CPU generator is unavailable ({type(error).__name__}: {error}); "
-                      f"using the dynamic graph, which draws the same pictures more slowly.", stacklevel=2)
-        return generator
-
-
-@paddle.no_grad()
-def generate(generator, noise, batch_size=64):
-    """uint8 images [N, 96, 96, 3] for a numpy noise array [N, 72], in batches. generator is a
-    Generator layer or an ExportedGenerator."""
-    def draw(batch):
-        return generator(batch) if isinstance(generator, ExportedGenerator) else generator(paddle.to_tensor(batch))
-
-    pictures = [to_uint8_images(draw(noise[start:start + batch_size])) for start in range(0, len(noise), batch_size)]
-    return np.concatenate(pictures) if pictures else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        pyplot().close(figure)

@@ -24,14 +24,15 @@ _REPOSITORY = _Path(__file__).resolve().parent
 
 
 def _project():
-    """The project's Utils, Net and Checkpoint, imported from this repository."""
+    """The project's Net, Checkpoint and UserError, imported from this repository."""
     if str(_REPOSITORY) not in _sys.path:
         _sys.path.insert(0, str(_REPOSITORY))
-    import Utils  # first, as in every script: it sets up the CPU for Paddle
+    import Utils  # noqa: F401  first, as in every script: it sets up the CPU for Paddle
 
     import Checkpoint
     import Net
-    return Utils, Net, Checkpoint
+    from Files import UserError
+    return Net, Checkpoint, UserError
 
 
 def generator(model_dir=None, raw_g=False):
@@ -39,14 +40,14 @@ def generator(model_dir=None, raw_g=False):
     averaged G_ema.safetensors where the folder has it (Train.py --ema), else G.safetensors;
     raw_g=True takes G.safetensors in any case. It turns noise [N, 72], uniform in [0, 1), into
     faces [N, 3, 96, 96] in [-1, 1]."""
-    Utils, Net, _ = _project()
-    folder = _folder(Utils, model_dir)
-    path = Utils.generator_file(folder, raw_g)
-    if raw_g and not path.exists() and (folder / Utils.AVERAGED_GENERATOR_FILE).exists():
-        raise Utils.UserError(f"{path} does not exist, so raw_g=True has nothing to load; leave raw_g out to load "
-                              f"{Utils.AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
-    _check_readable(Utils, path)
-    return _loaded(Utils, Net.Generator(), path)
+    Net, Checkpoint, UserError = _project()
+    folder = _folder(UserError, model_dir)
+    path = Checkpoint.generator_file(folder, raw_g)
+    if raw_g and not path.exists() and (folder / Checkpoint.AVERAGED_GENERATOR_FILE).exists():
+        raise UserError(f"{path} does not exist, so raw_g=True has nothing to load; leave raw_g out to load "
+                        f"{Checkpoint.AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
+    _check_readable(UserError, path)
+    return _loaded(Checkpoint, Net.Generator(), path)
 
 
 def discriminator(model_dir=None):
@@ -54,58 +55,58 @@ def discriminator(model_dir=None):
     as it was trained (its normalisation, BatchNorm on its input or not, and the minibatch standard
     deviation feature, as state.json records): faces [N, 3, 96, 96] in [-1, 1] to logits [N, 2],
     index 1 meaning real."""
-    Utils, Net, Checkpoint = _project()
-    folder = _folder(Utils, model_dir)
+    Net, Checkpoint, UserError = _project()
+    folder = _folder(UserError, model_dir)
     path = folder / Checkpoint.weights_file("D")
-    _check_readable(Utils, path)
+    _check_readable(UserError, path)
     try:
         state = Checkpoint.ModelFolder(folder).read_state()
-    except Utils.UserError as error:
-        raise _state_error(Utils, error, folder / Checkpoint.STATE_FILE, path) from None
+    except UserError as error:
+        raise _state_error(UserError, error, folder / Checkpoint.STATE_FILE, path) from None
     # A checkpoint from before a flag existed was trained as the original: BatchNorm everywhere.
     trained = state.hyper_parameters if state else {}
     network = Net.Discriminator(input_norm=trained.get("d_input_bn", True), norm=trained.get("d_norm", "batch"),
                                 mbstd=trained.get("mbstd", False))
-    return _loaded(Utils, network, path)
+    return _loaded(Checkpoint, network, path)
 
 
-def _folder(Utils, model_dir):
+def _folder(UserError, model_dir):
     folder = _Path(model_dir or _REPOSITORY / "Model")
     if not folder.is_dir():
-        raise Utils.UserError(f"model_dir={str(folder)!r} is not a folder; pass model_dir= the folder Train.py saved "
-                              f"a model into.")
+        raise UserError(f"model_dir={str(folder)!r} is not a folder; pass model_dir= the folder Train.py saved "
+                        f"a model into.")
     return folder
 
 
-def _check_readable(Utils, path):
-    """Refuse a missing or unreadable weights file in a caller's terms, before Utils.load_weights
+def _check_readable(UserError, path):
+    """Refuse a missing or unreadable weights file in a caller's terms, before Checkpoint.load_weights
     would in a script user's."""
     from safetensors import SafetensorError, safe_open
 
     if not path.exists():
-        raise Utils.UserError(f"{path} does not exist; pass model_dir= a folder that holds {path.name}, such as "
-                              f"one Train.py saved a model into.")
+        raise UserError(f"{path} does not exist; pass model_dir= a folder that holds {path.name}, such as "
+                        f"one Train.py saved a model into.")
     try:
         with safe_open(str(path), "np") as weights:
             weights.keys()
     except (SafetensorError, OSError, ValueError) as error:
-        raise Utils.UserError(f"{path} is not a readable safetensors file ({error}): it is damaged or was never one; "
-                              f"put back a good copy of it, or pass model_dir= another folder.") from None
+        raise UserError(f"{path} is not a readable safetensors file ({error}): it is damaged or was never one; "
+                        f"put back a good copy of it, or pass model_dir= another folder.") from None
 
 
-def _loaded(Utils, network, path):
+def _loaded(Checkpoint, network, path):
     """network with the weights of path (checked by _check_readable), in evaluation mode."""
-    Utils.load_weights(network, path)  # what is left to refuse, weights of another network, says so in plain words
+    Checkpoint.load_weights(network, path)  # what is left to refuse, weights of another network, says so in plain words
     network.eval()
     return network
 
 
-def _state_error(Utils, error, state_path, weights_path):
+def _state_error(UserError, error, state_path, weights_path):
     """Checkpoint's refusal of a damaged state.json, said to a Python caller: its advice is for
     Train.py's user (--fresh, --model-dir), and it calls the weights intact without reading them.
     Its other refusals (a state.json of a newer version) stand as they are."""
     found = _re.search(r" cannot be used: (.*?)\. The weights beside it", str(error), _re.S)
     if not found:
         return error
-    return Utils.UserError(f"{state_path} cannot be used ({found[1]}), so how {weights_path.name} was built is "
-                           f"unknown: put back the state.json saved with it, or pass model_dir= another folder.")
+    return UserError(f"{state_path} cannot be used ({found[1]}), so how {weights_path.name} was built is "
+                     f"unknown: put back the state.json saved with it, or pass model_dir= another folder.")

@@ -35,7 +35,7 @@ import requests
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import IMAGE_EXTENSIONS, decode_image, read_json_lines, write_bytes  # noqa: E402
+from Files import FACES_FOLDER, IMAGE_EXTENSIONS, decode_image, read_json_lines, write_bytes  # noqa: E402
 
 # Upstream tells users to fetch the raw file from master; the digest pins the known version.
 CASCADE_URL = os.environ.get(
@@ -353,9 +353,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", default="DataSet/raw",
                         help="folder of illustrations, searched recursively (default DataSet/raw)")
-    parser.add_argument("--dst", default="DataSet/faces",
-                        help="folder for the face crops, neither --src nor inside it (default "
-                             "DataSet/faces)")
+    parser.add_argument("--dst", default=FACES_FOLDER,
+                        help=f"folder for the face crops, neither --src nor inside it (default {FACES_FOLDER})")
     parser.add_argument("--size", type=int, default=96,
                         help="side of the saved square crops, pixels (default 96)")
     parser.add_argument("--min-size", type=int, default=96,

@@ -9,7 +9,7 @@ Measured in one run, all with the same thread count (default 2):
 2. the same for benchmarks/torch_dcgan.py (same networks, same schedule), its steps interleaved
    with Paddle's so that machine drift cancels in the ratio;
 3. generator inference at batch 64: Paddle's dynamic graph, the path Run.py uses, and PyTorch;
-4. Reader.py's loader throughput on ../shared/data/faces against what the training step consumes;
+4. Reader.py's loader throughput on --data (DataSet/faces) against what the training step consumes;
 5. achieved GFLOP/s of the training step (FLOPs counted from the layer shapes) against the best
    single matrix multiply measured in the same run;
 6. Run.py's cold start: wall time from process start to its first PNG on disk.
@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "faces"
+sys.path.insert(0, str(ROOT))
+from Files import FACES_FOLDER  # noqa: E402  (no Paddle: the parent process only starts the workers)
+
 # An idle OpenMP runtime keeps its threads spinning for up to 200 ms (Intel's KMP_BLOCKTIME) after
 # its last parallel region; the other framework waits this long before it starts, so that it
 # gets both cores to itself.
@@ -42,14 +44,17 @@ NOT_INSTALLED = "not installed"
 # ------------------------------------------------------------------------------------ the workers
 
 class PaddleWorker:
-    """The project's own code, timed: Recipe.train_step, Utils.generate, Reader's loader."""
+    """The project's own code, timed: Recipe.train_step, Drawing.generate, Reader's loader."""
 
     def __init__(self, threads):
         sys.path.insert(0, str(ROOT))
         import Utils  # first: sets the CPU environment before Paddle loads
 
         import paddle
-        self.paddle, self.Utils = paddle, Utils
+
+        import Checkpoint
+        import Drawing
+        self.paddle, self.Utils, self.Checkpoint, self.Drawing = paddle, Utils, Checkpoint, Drawing
         paddle.base.core.set_num_threads(threads)
         paddle.set_device("cpu")
 
@@ -77,20 +82,20 @@ class PaddleWorker:
         return {"seconds": time.perf_counter() - started, "losses": losses}
 
     def generate(self, batch, repeats, path):
-        """Images/s of a random generator at one batch, through Utils.generate: "dygraph" is the
+        """Images/s of a random generator at one batch, through Drawing.generate: "dygraph" is the
         plain eval-mode layer, "run" the generator Run.py loads (an exported inference model
         where that works)."""
         import numpy as np
-        Utils, paddle = self.Utils, self.paddle
+        Utils, paddle, Checkpoint, Drawing = self.Utils, self.paddle, self.Checkpoint, self.Drawing
         model_dir = Path(tempfile.mkdtemp(prefix="bench-model-"))
         paddle.seed(0)
         from Net import Generator
-        Utils.save_weights(Generator(), model_dir / Utils.GENERATOR_FILE)
-        generator = (Utils.load_generator(model_dir) if path == "dygraph"
-                     else getattr(Utils, "load_generator_for_inference", Utils.load_generator)(model_dir))
+        Checkpoint.save_weights(Generator(), model_dir / Checkpoint.GENERATOR_FILE)
+        generator = (Checkpoint.load_generator(model_dir) if path == "dygraph"
+                     else Drawing.load_generator_for_inference(model_dir))
         noise = Utils.random_noise(np.random.default_rng(0), batch)
         # the warm-up call of timings pays for first-call allocations and oneDNN primitives
-        seconds = timings(lambda: Utils.generate(generator, noise, batch_size=batch), repeats)
+        seconds = timings(lambda: Drawing.generate(generator, noise, batch_size=batch), repeats)
         shutil.rmtree(model_dir, ignore_errors=True)
         return {"seconds": seconds, "engine": type(generator).__name__}
 
@@ -168,7 +173,7 @@ class PaddleWorker:
     def save_generator(self, model_dir):
         from Net import Generator
         self.paddle.seed(0)
-        self.Utils.save_weights(Generator(), Path(model_dir) / self.Utils.GENERATOR_FILE)
+        self.Checkpoint.save_weights(Generator(), Path(model_dir) / self.Checkpoint.GENERATOR_FILE)
         return {}
 
 
@@ -203,7 +208,7 @@ class TorchWorker:
         generator = self.dcgan.Generator().eval()
         noise = torch.rand(batch, 72)
 
-        def run():  # the same work as Utils.generate: forward pass, then uint8 NHWC pixels
+        def run():  # the same work as Drawing.generate: forward pass, then uint8 NHWC pixels
             with torch.inference_mode():
                 images = generator(noise)
             return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -338,74 +343,102 @@ def fmt(value, digits=1):
 
 
 def measure(args):
+    """Every measurement of the table, from one Paddle and one PyTorch worker process."""
     threads = args.threads
     paddle, torch = Worker("paddle", threads), Worker("torch", threads)
     if paddle.error:
         raise SystemExit(f"the Paddle worker did not start: {paddle.error}")
     results = {"threads": threads, "cpu_count": os.cpu_count(), "paddle": paddle("info"),
-               "torch": torch("info") or NOT_INSTALLED, "training": {}, "generation": {}}
+               "torch": torch("info") or NOT_INSTALLED}
     try:
-        for batch in args.batches:
-            seconds, losses = interleaved_training(paddle, torch, batch, args.steps,
-                                                   {"g_steps": args.g_steps, "d_input_bn": args.d_input_bn})
-            paddle_rate = batch / seconds["paddle"]
-            torch_rate = batch / seconds["torch"] if seconds["torch"] else None
-            results["training"][batch] = {"paddle_images_per_second": paddle_rate,
-                                          "torch_images_per_second": torch_rate,
-                                          "paddle_seconds_per_step": seconds["paddle"],
-                                          "torch_seconds_per_step": seconds["torch"],
-                                          "ratio": ratio(paddle_rate, torch_rate),
-                                          "paddle_losses": losses["paddle"], "torch_losses": losses["torch"]}
-
-        generation = results["generation"]
-        for name, worker, path in (("paddle_dygraph", paddle, "dygraph"), ("paddle_run_py", paddle, "run"),
-                                   ("torch", torch, None)):
-            answer = worker("generate", batch=args.gen_batch, repeats=args.gen_repeats, path=path)
-            generation[name] = (None if answer is None else
-                                {"images_per_second": args.gen_batch / statistics.median(answer["seconds"]),
-                                 "engine": answer["engine"]})
-            time.sleep(SETTLE_SECONDS)
-        torch_gen = generation["torch"]["images_per_second"] if generation["torch"] else None
-        for name in ("paddle_dygraph", "paddle_run_py"):
-            generation[name]["ratio"] = ratio(generation[name]["images_per_second"], torch_gen)
-
-        flops = paddle("flops")
-        # Per real image: one no-grad G pass makes the fakes; each D update is a forward and a
-        # backward (weights and inputs, about twice the forward); each G update is a G forward, a
-        # D forward, D's backward to its input only (D is frozen) and G's full backward.
-        per_image = (1 + 3 * args.g_steps) * flops["G"] + (6 + 2 * args.g_steps) * flops["D"]
-        best_matmul = max(answer["gflops"] for worker in (paddle, torch) for size in args.matmul_sizes
-                          if (answer := worker("matmul", size=size, repeats=args.matmul_repeats)) is not None)
-        results["flops"] = {"generator_forward_gflop": flops["G"] / 1e9,
-                            "discriminator_forward_gflop": flops["D"] / 1e9,
-                            "training_gflop_per_real_image": per_image / 1e9, "best_matmul_gflops": best_matmul,
-                            "training_gflops": {batch: {
-                                "paddle": row["paddle_images_per_second"] * per_image / 1e9,
-                                "torch": row["torch_images_per_second"] * per_image / 1e9
-                                if row["torch_images_per_second"] else None}
-                                for batch, row in results["training"].items()}}
-
-        if args.data.is_dir():
-            reader = paddle("reader", data=str(args.data), limit=args.reader_limit, batch=args.reader_batch)
-            consumed = max(row["paddle_images_per_second"] for row in results["training"].values())
-            reader["training_images_per_second"] = consumed
-            reader["ratio"] = reader["loader_images_per_second"] / consumed
-            results["reader"] = reader
-        else:
-            results["reader"] = f"{args.data} is absent"
-
-        scratch = Path(tempfile.mkdtemp(prefix="bench-run-"))
-        try:
-            paddle("save_generator", model_dir=str(scratch / "Model"))
-            results["run_cold_start_seconds"] = {
-                "first_run": cold_start(scratch / "Model", scratch / "out1", scratch / "cache"),
-                "cached": cold_start(scratch / "Model", scratch / "out2", scratch / "cache")}
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+        results["training"] = training_speeds(paddle, torch, args)
+        results["generation"] = generation_speeds(paddle, torch, args)
+        results["flops"] = flop_rates(paddle, torch, args, results["training"])
+        results["reader"] = reader_speed(paddle, args, results["training"])
+        results["run_cold_start_seconds"] = run_py_cold_starts(paddle)
     finally:
         paddle.close()
         torch.close()
     return results
+
+
+def training_speeds(paddle, torch, args):
+    """Per batch size: both frameworks' training steps, in real images per second and seconds per
+    step, their ratio, and each one's last losses."""
+    rows = {}
+    for batch in args.batches:
+        seconds, losses = interleaved_training(paddle, torch, batch, args.steps,
+                                               {"g_steps": args.g_steps, "d_input_bn": args.d_input_bn})
+        paddle_rate = batch / seconds["paddle"]
+        torch_rate = batch / seconds["torch"] if seconds["torch"] else None
+        rows[batch] = {"paddle_images_per_second": paddle_rate,
+                       "torch_images_per_second": torch_rate,
+                       "paddle_seconds_per_step": seconds["paddle"],
+                       "torch_seconds_per_step": seconds["torch"],
+                       "ratio": ratio(paddle_rate, torch_rate),
+                       "paddle_losses": losses["paddle"], "torch_losses": losses["torch"]}
+    return rows
+
+
+def generation_speeds(paddle, torch, args):
+    """Generator inference in images per second: Paddle's dynamic graph, the path Run.py uses, and
+    PyTorch; each Paddle path also as a ratio to PyTorch."""
+    generation = {}
+    for name, worker, path in (("paddle_dygraph", paddle, "dygraph"), ("paddle_run_py", paddle, "run"),
+                               ("torch", torch, None)):
+        answer = worker("generate", batch=args.gen_batch, repeats=args.gen_repeats, path=path)
+        generation[name] = (None if answer is None else
+                            {"images_per_second": args.gen_batch / statistics.median(answer["seconds"]),
+                             "engine": answer["engine"]})
+        time.sleep(SETTLE_SECONDS)
+    torch_gen = generation["torch"]["images_per_second"] if generation["torch"] else None
+    for name in ("paddle_dygraph", "paddle_run_py"):
+        generation[name]["ratio"] = ratio(generation[name]["images_per_second"], torch_gen)
+    return generation
+
+
+def flop_rates(paddle, torch, args, training):
+    """The networks' GFLOP per forward and per real image trained, the best matmul GFLOP/s of
+    either framework, and the GFLOP/s each training row reached."""
+    flops = paddle("flops")
+    # Per real image: one no-grad G pass makes the fakes; each D update is a forward and a
+    # backward (weights and inputs, about twice the forward); each G update is a G forward, a
+    # D forward, D's backward to its input only (D is frozen) and G's full backward.
+    per_image = (1 + 3 * args.g_steps) * flops["G"] + (6 + 2 * args.g_steps) * flops["D"]
+    best_matmul = max(answer["gflops"] for worker in (paddle, torch) for size in args.matmul_sizes
+                      if (answer := worker("matmul", size=size, repeats=args.matmul_repeats)) is not None)
+    return {"generator_forward_gflop": flops["G"] / 1e9,
+            "discriminator_forward_gflop": flops["D"] / 1e9,
+            "training_gflop_per_real_image": per_image / 1e9, "best_matmul_gflops": best_matmul,
+            "training_gflops": {batch: {
+                "paddle": row["paddle_images_per_second"] * per_image / 1e9,
+                "torch": row["torch_images_per_second"] * per_image / 1e9
+                if row["torch_images_per_second"] else None}
+                for batch, row in training.items()}}
+
+
+def reader_speed(paddle, args, training):
+    """Reader.py's loader in images per second, against the fastest training row's appetite; or
+    why it was not measured."""
+    if not args.data.is_dir():
+        return f"{args.data} is absent"
+    reader = paddle("reader", data=str(args.data), limit=args.reader_limit, batch=args.reader_batch)
+    consumed = max(row["paddle_images_per_second"] for row in training.values())
+    reader["training_images_per_second"] = consumed
+    reader["ratio"] = reader["loader_images_per_second"] / consumed
+    return reader
+
+
+def run_py_cold_starts(paddle):
+    """Seconds from launching Run.py to its first PNG, with an empty export cache and a filled one,
+    for a generator the Paddle worker saves."""
+    scratch = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    try:
+        paddle("save_generator", model_dir=str(scratch / "Model"))
+        return {"first_run": cold_start(scratch / "Model", scratch / "out1", scratch / "cache"),
+                "cached": cold_start(scratch / "Model", scratch / "out2", scratch / "cache")}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def table(results):
@@ -450,28 +483,32 @@ def sizes(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2, help="threads of each framework")
-    parser.add_argument("--batches", type=sizes, default=[16, 64, 100], help="training batch sizes, comma-separated")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default = " (default %(default)s)"
+    parser.add_argument("--threads", type=int, default=2, help="threads of each framework" + default)
+    parser.add_argument("--batches", type=sizes, default=[16, 64, 100],
+                        help="training batch sizes, comma-separated (default 16,64,100)")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per framework and batch size "
-                                                              "(after one warm-up step); the median is reported")
-    parser.add_argument("--gen-batch", type=int, default=64, help="generation batch size")
-    parser.add_argument("--gen-repeats", type=int, default=5, help="timed generation batches per path")
-    parser.add_argument("--matmul-sizes", type=sizes, default=[1024, 2048], help="square matmul sizes tried")
-    parser.add_argument("--matmul-repeats", type=int, default=5, help="timed matmuls per size")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="face folder for the Reader measurement")
-    parser.add_argument("--reader-limit", type=int, help="decode only the first N faces")
-    parser.add_argument("--reader-batch", type=int, default=64, help="loader batch size")
+                        "(after one warm-up step); the median is reported" + default)
+    parser.add_argument("--gen-batch", type=int, default=64, help="generation batch size" + default)
+    parser.add_argument("--gen-repeats", type=int, default=5, help="timed generation batches per path" + default)
+    parser.add_argument("--matmul-sizes", type=sizes, default=[1024, 2048],
+                        help="square matmul sizes tried (default 1024,2048)")
+    parser.add_argument("--matmul-repeats", type=int, default=5, help="timed matmuls per size" + default)
+    parser.add_argument("--data", type=Path, default=ROOT / FACES_FOLDER,
+                        help=f"face folder for the Reader measurement (default {FACES_FOLDER})")
+    parser.add_argument("--reader-limit", type=int, help="decode only the first N faces (default: all)")
+    parser.add_argument("--reader-batch", type=int, default=64, help="loader batch size" + default)
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json",
-                        help="where to write the results")
-    parser.add_argument("--g-steps", type=int, default=2,
-                        help="G updates per batch in the training rows: 2 as the brief, 1 as the shipped recipe")
+                        help="where to write the results (default benchmarks/results.json)")
+    parser.add_argument("--g-steps", type=int, default=2, help="G updates per batch in the training rows: 2 as "
+                        "the brief, 1 as the shipped recipe" + default)
     parser.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction, default=True,
-                        help="BatchNorm on D's input in the training rows (the shipped recipe: --no-d-input-bn)")
+                        help="BatchNorm on D's input in the training rows (default: on; the shipped recipe: "
+                             "--no-d-input-bn)")
     parser.add_argument("--layers", action="store_true",
                         help="only the per-layer table: each convolution forward and backward, both frameworks")
-    parser.add_argument("--layer-batch", type=int, default=64, help="batch of the per-layer table")
+    parser.add_argument("--layer-batch", type=int, default=64, help="batch of the per-layer table" + default)
     parser.add_argument("--worker", choices=["paddle", "torch"], help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

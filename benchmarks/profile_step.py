@@ -1,11 +1,12 @@
 """Which operators Train.py's training step spends its time in, by paddle.profiler.
 
-    python benchmarks/profile_step.py [batch]     # default 64; prints Paddle's operator summary
+    python benchmarks/profile_step.py [--batch 64]     # prints Paddle's operator summary
 
 One warm-up step, then one profiled step of Recipe.train_step (D on fakes, D on reals, 2 G steps)
 on random images, with the project's CPU settings (Utils). The summary lists forward operators as
 "<op> dygraph" and their backward passes as "Global_<Op>GradNode".
 """
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,9 @@ from Net import Discriminator, Generator  # noqa: E402
 
 
 def main():
-    batch = int(sys.argv[1]) if len(sys.argv) > 1 else 64
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64, help="real images per step (default 64)")
+    batch = parser.parse_args().batch
     paddle.seed(0)
     G, D = Generator(), Discriminator()
     opt_g = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=G.parameters())

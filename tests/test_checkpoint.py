@@ -1,7 +1,5 @@
 """Nothing lost, ever: a checkpoint is one unit whatever kills its save, one Train.py writes a model
 folder at a time, state is never guessed, and every mistake ends in one true sentence."""
-from Utils import UserError
-
 import json
 import os
 import signal
@@ -22,6 +20,7 @@ import Recipe
 import Train
 from Checkpoint import ModelFolder, RunState
 from conftest import ROOT, run_script
+from Files import UserError
 from test_train import train_args
 
 # A save of two small layers in a process that kills itself with SIGKILL at its N-th fsync or
@@ -220,7 +219,7 @@ def test_a_state_json_with_wrong_values_is_one_sentence(trained, faces_dir, tmp_
 
 
 @pytest.mark.parametrize("content", [b"", b"\x80\x04truncated", b"not a pickle at all"], ids=["empty", "truncated",
-                                                                                             "foreign"])
+                                                                                              "foreign"])
 def test_a_damaged_adam_file_is_one_sentence_that_keeps_the_weights(trained, faces_dir, tmp_path, content):
     model, args = copy_of_trained(trained, faces_dir, tmp_path)
     (model / "D.pdopt").write_bytes(content)
@@ -330,7 +329,7 @@ def test_a_model_folder_without_room_for_a_checkpoint_is_refused_before_the_firs
 
 
 def test_a_disk_that_fills_during_an_epoch_ends_in_one_sentence_with_the_space_needed(faces_dir, tmp_path,
-                                                                                     monkeypatch):
+                                                                                      monkeypatch):
     """safetensors reports a full disk as a SafetensorError, not an OSError: it must end the same way."""
     # A checkpoint takes about 67 MB: 200 MB hold two, until another 100 MB are taken during the epoch.
     with tmpfs(tmp_path / "small", "size=200m") as small:
@@ -353,7 +352,7 @@ def test_a_disk_that_fills_during_an_epoch_ends_in_one_sentence_with_the_space_n
 
 
 def test_a_sample_grid_or_loss_curve_that_cannot_be_written_is_a_warning_and_the_checkpoint_is_kept(faces_dir,
-                                                                                                   tmp_path):
+                                                                                                    tmp_path):
     with tmpfs(tmp_path / "tiny", "size=16k") as tiny:
         result = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1", "--sample-every", "1",
                                                     "--output", str(tiny)))
@@ -381,7 +380,7 @@ def test_state_json_fields_this_version_does_not_know_are_kept_on_the_next_save(
                                                                r"\(state.json format 3; this one reads up to 2\): "
                                                                r"update it \(git pull\)"),
     (lambda state: state["hyper_parameters"].update(warp=2), r"trained with hyper-parameters this version of "
-                                                              r"Train.py does not know \(warp\)")])
+     r"Train.py does not know \(warp\)")])
 def test_a_newer_format_or_an_unknown_hyper_parameter_is_refused_in_one_sentence(trained, faces_dir, tmp_path, change,
                                                                                  words):
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)

@@ -115,7 +115,7 @@ def test_negatives_give_no_face(tmp_path):
 
 @needs_shared
 def test_grayscale_and_rgba_sources_work_and_a_corrupt_one_is_skipped(mixed_sources, tmp_path,
-                                                                       capsys):
+                                                                      capsys):
     dst = tmp_path / "faces"
     counts = cut(mixed_sources, dst, "--min-size", "24", "--workers", "2")
     assert (counts["read"], counts["faces"], counts["not an image"], counts["unreadable"]) == (3, 6, 1, 0)
@@ -260,7 +260,7 @@ def test_offline_cascade_download_ends_in_one_sentence(tmp_path, monkeypatch, ca
                                           (CASCADE.with_name("lbpcascade_frontalface_opencv.xml"), False)],
                          ids=["the known file", "another file"])
 def test_the_downloaded_cascade_is_kept_only_with_the_known_sha256(tmp_path, monkeypatch, capsys,
-                                                                  served, good):
+                                                                   served, good):
     dest = tmp_path / "model" / "lbpcascade_animeface.xml"
     dest.parent.mkdir()
     (tmp_path / "src").mkdir()
@@ -278,7 +278,7 @@ def test_the_downloaded_cascade_is_kept_only_with_the_known_sha256(tmp_path, mon
 
 @pytest.mark.parametrize("kind", ["text", "empty", "jpeg", "xml"])
 def test_a_cascade_file_that_is_no_cascade_ends_in_one_sentence_and_exit_status_2(tmp_path, capfd,
-                                                                                 kind):
+                                                                                  kind):
     cascade = tmp_path / "cascade.xml"
     texts = {"text": "not a cascade\n", "empty": "",
              "xml": '<?xml version="1.0"?>\n<opencv_storage></opencv_storage>\n'}
@@ -331,7 +331,7 @@ def reading_denied_to_root():
 
 @needs_shared
 def test_a_file_that_may_not_be_read_is_reported_apart_from_one_that_does_not_decode(mixed_sources,
-                                                                                   tmp_path):
+                                                                                     tmp_path):
     secret = mixed_sources / "secret.jpg"
     shutil.copy(ILLUSTRATIONS / "pdmera_test.jpg", secret)
     secret.chmod(0)

@@ -89,7 +89,7 @@ KINDS = {  # kind: (writer, the four quadrants as a viewer shows them)
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_kind_of_image_decodes_as_a_viewer_shows_it_in_the_reader_and_the_cropper(tmp_path,
-                                                                                      kind):
+                                                                                       kind):
     write, expected = KINDS[kind]
     path = tmp_path / "picture.png"
     write(path)

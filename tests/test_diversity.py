@@ -146,7 +146,7 @@ def test_r1_differentiates_the_real_d_twice_through_augmentation_and_restores_it
     opt_g, opt_d = (paddle.optimizer.Adam(1e-4, parameters=net.parameters()) for net in (G, D))
     fast = [layer for layer in D.sublayers() if getattr(layer, "one_gemm", False)]
     result = Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([4, 3, 96, 96]) * 2 - 1, g_steps=1,
-                              augment="color,translation,cutout", loss="hinge", r1=10.0)
+                               augment="color,translation,cutout", loss="hinge", r1=10.0)
     assert all(np.isfinite(float(value)) for value in result)
     assert fast and all(layer.one_gemm for layer in fast)
     with twice_differentiable(D):
@@ -162,10 +162,10 @@ def test_r1_is_lazy_every_r1_every_steps_and_scaled_to_match():
 def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
     settled, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--lr", "1e-4", "--d-lr", "4e-4"]),
                                                None)
-    _, _, opt_g, opt_d = Train.build_networks(settled, "cpu", 1)
-    assert (opt_g.get_lr(), opt_d.get_lr()) == (1e-4, 4e-4)
+    nets = Train.build_networks(settled, "cpu", 1)
+    assert (nets.opt_g.get_lr(), nets.opt_d.get_lr()) == (1e-4, 4e-4)
     default, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--lr", "1e-4"]), None)
-    assert Train.build_networks(default, "cpu", 1)[3].get_lr() == 1e-4
+    assert Train.build_networks(default, "cpu", 1).opt_d.get_lr() == 1e-4
 
 
 # ---------------------------------------------------------------------------------- training runs
@@ -204,7 +204,7 @@ def copy_of(trained, tmp_path):
                                            (("--mbstd",), "--mbstd changed the form of D"),
                                            (("--fresh-d",), "--fresh-d")])
 def test_a_new_form_of_d_or_fresh_d_continues_g_and_starts_d_afresh_and_says_so(trained, faces_dir, tmp_path, capsys,
-                                                                                  flags, reason):
+                                                                                flags, reason):
     copy_of(trained, tmp_path)
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", *flags))
     out = capsys.readouterr().out
@@ -214,8 +214,8 @@ def test_a_new_form_of_d_or_fresh_d_continues_g_and_starts_d_afresh_and_says_so(
     assert {"step": 2, "fresh_d": reason} in state["changes"] and state["global_step"] == 4
     fresh, _ = Train.settle_hyper_parameters(Train.parse_args(train_args(faces_dir, tmp_path, "--seed", "5", *flags)),
                                              None)
-    assert set(load_file(str(tmp_path / "Model" / "D.safetensors"))) == set(Train.build_networks(fresh, "cpu", 1)[1]
-                                                                             .state_dict())
+    fresh_d = Train.build_networks(fresh, "cpu", 1).D
+    assert set(load_file(str(tmp_path / "Model" / "D.safetensors"))) == set(fresh_d.state_dict())
 
 
 def test_the_loss_r1_and_d_lr_may_change_when_continuing_and_are_recorded(trained, faces_dir, tmp_path, capsys):

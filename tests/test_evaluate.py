@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import Evaluate
 import Files
+import Metrics
 from Checkpoint import RunState
 from conftest import SHARED_DATA, run_script
 
@@ -33,52 +33,52 @@ def noise_like(images, seed=1):
 
 def test_the_pyramid_has_levels_96_48_24_12_and_adds_back_up_to_the_image(faces):
     images = faces[:2].astype(np.float32) / 255
-    pyramid = Evaluate.laplacian_pyramid(images)
+    pyramid = Metrics.laplacian_pyramid(images)
     assert [level.shape[1] for level in pyramid] == [96, 48, 24, 12]
     rebuilt = pyramid[-1]
     for band in reversed(pyramid[:-1]):
-        rebuilt = Evaluate._upsample(rebuilt) + band
+        rebuilt = Metrics._upsample(rebuilt) + band
     np.testing.assert_allclose(rebuilt, images, atol=1e-5)
 
 
 def test_swd_orders_identical_below_blurred_below_noise(faces):
     a, b = faces[:24], faces[24:]
-    same = Evaluate.swd(a, a, seed=0)["swd_mean"]
-    other_real = Evaluate.swd(a, b, seed=0)["swd_mean"]
-    blur = Evaluate.swd(a, blurred(a), seed=0)
-    noise = Evaluate.swd(a, noise_like(a), seed=0)["swd_mean"]
+    same = Metrics.swd(a, a, seed=0)["swd_mean"]
+    other_real = Metrics.swd(a, b, seed=0)["swd_mean"]
+    blur = Metrics.swd(a, blurred(a), seed=0)
+    noise = Metrics.swd(a, noise_like(a), seed=0)["swd_mean"]
     assert same < other_real < blur["swd_mean"] < noise
     assert blur["swd_96px"] > blur["swd_12px"]  # blurring removes fine detail, not the coarse picture
 
 
 def test_swd_is_deterministic_for_a_seed_and_needs_equal_sizes(faces):
-    assert Evaluate.swd(faces[:8], faces[8:16], seed=3) == Evaluate.swd(faces[:8], faces[8:16], seed=3)
-    assert Evaluate.swd(faces[:8], faces[8:16], seed=3) != Evaluate.swd(faces[:8], faces[8:16], seed=4)
+    assert Metrics.swd(faces[:8], faces[8:16], seed=3) == Metrics.swd(faces[:8], faces[8:16], seed=3)
+    assert Metrics.swd(faces[:8], faces[8:16], seed=3) != Metrics.swd(faces[:8], faces[8:16], seed=4)
     with pytest.raises(ValueError, match="equal size"):
-        Evaluate.swd(faces[:8], faces[:9])
+        Metrics.swd(faces[:8], faces[:9])
 
 
 def test_ms_ssim_is_one_for_identical_images_and_low_for_noise(faces):
-    np.testing.assert_allclose(Evaluate.ms_ssim(faces[:4], faces[:4]), 1.0, atol=1e-9)
+    np.testing.assert_allclose(Metrics.ms_ssim(faces[:4], faces[:4]), 1.0, atol=1e-9)
     noise = noise_like(faces[:4])
-    assert np.all(Evaluate.ms_ssim(noise, noise_like(faces[:4], seed=2)) < 0.15)
-    pair = Evaluate.ms_ssim(faces[:4], faces[4:8])
-    np.testing.assert_allclose(pair, Evaluate.ms_ssim(faces[4:8], faces[:4]))
+    assert np.all(Metrics.ms_ssim(noise, noise_like(faces[:4], seed=2)) < 0.15)
+    pair = Metrics.ms_ssim(faces[:4], faces[4:8])
+    np.testing.assert_allclose(pair, Metrics.ms_ssim(faces[4:8], faces[:4]))
     assert np.all((pair >= 0) & (pair < 1))  # 0 where a scale is anti-correlated (clipped, as in TF)
 
 
 def test_a_collapsed_set_scores_diversity_one_and_real_faces_far_less(faces):
     collapsed = np.repeat(faces[:1], 16, axis=0)
-    assert Evaluate.diversity(collapsed, 20) == pytest.approx(1.0)
-    assert Evaluate.diversity(faces, 40) < 0.6
-    assert Evaluate.diversity(noise_like(faces), 40) < Evaluate.diversity(faces, 40)
+    assert Metrics.diversity(collapsed, 20) == pytest.approx(1.0)
+    assert Metrics.diversity(faces, 40) < 0.6
+    assert Metrics.diversity(noise_like(faces), 40) < Metrics.diversity(faces, 40)
 
 
 def test_nearest_finds_a_copy_and_skip_identical_finds_the_next(faces):
     pool = faces[:20]
-    index, distance = Evaluate.nearest(faces[[3, 7]], pool)
+    index, distance = Metrics.nearest(faces[[3, 7]], pool)
     assert index.tolist() == [3, 7] and np.allclose(distance, 0)
-    index, distance = Evaluate.nearest(faces[[3]], pool, skip_identical=True)
+    index, distance = Metrics.nearest(faces[[3]], pool, skip_identical=True)
     assert index[0] != 3 and distance[0] > 1
 
 
@@ -117,13 +117,13 @@ def test_two_faces_a_side_are_the_fewest_and_fewer_are_refused_in_one_sentence(f
     for n in (1, 0, -1):
         message = refused(run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", n,
                                      "--output", tmp_path / str(n), check=False))
-        assert f"--n must be at least 2, not {n}" in message and "pairs" in message
+        assert f"argument --n: '{n}' is not a whole number of at least 2" in message and "pairs" in message
 
 
 def test_a_negative_seed_is_refused_in_one_sentence(faces_dir, tmp_path):
     message = refused(run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 2,
                                  "--seed", -1, "--output", tmp_path, check=False))
-    assert "--seed must be at least 0, not -1" in message
+    assert "argument --seed: '-1' is not a whole number from 0 to 2**63 - 1" in message
 
 
 def test_an_output_that_is_a_file_is_refused_before_any_face_is_read(tmp_path):
@@ -151,10 +151,10 @@ def fake_checkpoint(folder, step):
 
 def test_history_keeps_one_evaluation_per_step_in_step_order_and_the_floor_apart(tmp_path):
     history = tmp_path / "evaluations.json"
-    Evaluate.add_to_history(history, {"swd_mean": 50.0}, fake_checkpoint(tmp_path / "late", 25))
-    Evaluate.add_to_history(history, {"swd_mean": 90.0}, fake_checkpoint(tmp_path / "early", 10))
-    Evaluate.add_to_history(history, {"swd_mean": 40.0}, fake_checkpoint(tmp_path / "late", 25))  # measured again
-    Evaluate.add_to_history(history, {"swd_mean": 14.0})
+    Metrics.add_to_history(history, {"swd_mean": 50.0}, fake_checkpoint(tmp_path / "late", 25))
+    Metrics.add_to_history(history, {"swd_mean": 90.0}, fake_checkpoint(tmp_path / "early", 10))
+    Metrics.add_to_history(history, {"swd_mean": 40.0}, fake_checkpoint(tmp_path / "late", 25))  # measured again
+    Metrics.add_to_history(history, {"swd_mean": 14.0})
     saved = json.loads(history.read_text())
     assert saved["floor"] == {"swd_mean": 14.0}
     assert saved["evaluations"] == [

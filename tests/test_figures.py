@@ -6,6 +6,7 @@ import numpy as np
 import paddle
 from PIL import Image
 
+import Drawing
 import Figures
 from conftest import run_script
 
@@ -13,19 +14,19 @@ from conftest import run_script
 def hair_pictures(rgb):
     """Pictures whose hair region is one colour (RGB in 0..255) and whose face is mid grey."""
     images = np.full((len(rgb), 96, 96, 3), 128, np.uint8)
-    images[:, Figures.hair_mask()] = np.asarray(rgb, np.uint8)[:, None, :]
+    images[:, Drawing.hair_mask()] = np.asarray(rgb, np.uint8)[:, None, :]
     return images
 
 
 def test_hair_mask_is_the_top_and_the_sides_not_the_face():
-    mask = Figures.hair_mask()
+    mask = Drawing.hair_mask()
     assert mask[:28].all() and mask[30:60, :12].all() and mask[30:60, -12:].all()
     assert not mask[40:, 20:76].any() and not mask[70:].any()
 
 
 def test_hair_colour_measures_brightness_and_hue_and_sees_no_hue_in_grey():
-    brightness, chroma = Figures.hair_colour(hair_pictures([[255, 0, 0], [0, 0, 255], [100, 100, 100]]),
-                                             Figures.hair_mask())
+    brightness, chroma = Drawing.hair_colour(hair_pictures([[255, 0, 0], [0, 0, 255], [100, 100, 100]]),
+                                             Drawing.hair_mask())
     assert np.allclose(brightness, [1.0, 1.0, 100 / 255], atol=1e-4)
     red, blue, grey = chroma
     assert np.linalg.norm(red) > 0.99 and np.linalg.norm(blue) > 0.99 and np.linalg.norm(grey) < 1e-6
@@ -40,13 +41,13 @@ class HairGenerator(paddle.nn.Layer):
     def forward(self, z):
         shade, colour = 0.2 + 0.8 * z[:, 5:6], z[:, 9:10]
         rgb = paddle.concat([1 - colour, paddle.zeros_like(colour), colour], axis=1) * shade  # [N, 3] in 0..1
-        mask = paddle.to_tensor(Figures.hair_mask().astype("float32"))
+        mask = paddle.to_tensor(Drawing.hair_mask().astype("float32"))
         hair = rgb[:, :, None, None] * mask + 0.5 * (1 - mask)
         return hair * 2 - 1
 
 
 def test_measure_hair_finds_the_shade_and_the_colour_dimensions():
-    shade, hue = Figures.measure_hair(HairGenerator(), np.random.default_rng(0), bases=4)
+    shade, hue = Drawing.measure_hair(HairGenerator(), np.random.default_rng(0), bases=4)
     assert shade.shape == hue.shape == (72,)
     assert shade.argmax() == 5 and 0.38 < shade[5] <= 0.76 + 1e-6  # 0.8 * 0.95 times the brighter channel
     assert hue.argmax() == 9 and hue[9] > 30

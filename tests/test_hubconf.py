@@ -9,7 +9,9 @@ import paddle
 import pytest
 from safetensors.numpy import load_file, save_file
 
+import Checkpoint
 from conftest import ROOT
+from Files import UserError
 
 MODEL = ROOT / "Model"
 
@@ -30,13 +32,13 @@ def test_paddle_hub_lists_the_generator_and_the_discriminator_and_nothing_else()
 def test_the_generator_is_the_shipped_one_ready_to_draw(on_cpu):
     G = hub("generator")
     assert not G.training  # BatchNorm uses its running statistics
-    shipped = load_file(str(Utils.generator_file(MODEL)))  # G_ema.safetensors where the model has it
+    shipped = load_file(str(Checkpoint.generator_file(MODEL)))  # G_ema.safetensors where the model has it
     assert all(np.array_equal(value, shipped[name]) for name, value in weights(G).items())
     noise = paddle.to_tensor(Utils.random_noise(np.random.default_rng(0), 4))
     with paddle.no_grad():
         images = G(noise).numpy()
     assert images.shape == (4, 3, 96, 96) and -1 <= images.min() and images.max() <= 1
-    assert np.array_equal(images, Utils.load_generator(MODEL)(noise).numpy())
+    assert np.array_equal(images, Checkpoint.load_generator(MODEL)(noise).numpy())
 
 
 def test_the_generator_is_the_averaged_one_where_the_folder_has_it(on_cpu, tmp_path):
@@ -44,7 +46,7 @@ def test_the_generator_is_the_averaged_one_where_the_folder_has_it(on_cpu, tmp_p
     averaged = {name: value * 0.5 for name, value in load_file(str(MODEL / "G.safetensors")).items()}
     save_file(averaged, str(tmp_path / "G_ema.safetensors"))
     assert all(np.array_equal(value, averaged[name]) for name, value in weights(hub("generator",
-                                                                                 model_dir=tmp_path)).items())
+                                                                                    model_dir=tmp_path)).items())
     raw = weights(hub("generator", model_dir=tmp_path, raw_g=True))
     assert all(np.array_equal(value, averaged[name] * 2) for name, value in raw.items())
 
@@ -60,19 +62,19 @@ def test_the_discriminator_is_built_and_loaded_as_it_was_trained(on_cpu):
 
 
 def test_a_folder_without_weights_is_one_sentence_in_python_terms(on_cpu, tmp_path):
-    with pytest.raises(Utils.UserError, match=r"G\.safetensors does not exist; pass model_dir= a folder") as error:
+    with pytest.raises(UserError, match=r"G\.safetensors does not exist; pass model_dir= a folder") as error:
         hub("generator", model_dir=tmp_path)
     assert "--" not in str(error.value)
-    with pytest.raises(Utils.UserError, match=r"D\.safetensors does not exist; pass model_dir= a folder") as error:
+    with pytest.raises(UserError, match=r"D\.safetensors does not exist; pass model_dir= a folder") as error:
         hub("discriminator", model_dir=tmp_path)
     assert "--" not in str(error.value)
-    with pytest.raises(Utils.UserError, match=r"^model_dir='.*nowhere' is not a folder; pass model_dir= "):
+    with pytest.raises(UserError, match=r"^model_dir='.*nowhere' is not a folder; pass model_dir= "):
         hub("generator", model_dir=tmp_path / "nowhere")
 
 
 def test_raw_g_without_g_points_to_the_averaged_generator_in_python_terms(on_cpu, tmp_path):
     shutil.copy(MODEL / "G_ema.safetensors", tmp_path / "G_ema.safetensors")
-    with pytest.raises(Utils.UserError) as error:
+    with pytest.raises(UserError) as error:
         hub("generator", model_dir=tmp_path, raw_g=True)
     assert str(error.value) == (f"{tmp_path / 'G.safetensors'} does not exist, so raw_g=True has nothing to load; "
                                 f"leave raw_g out to load G_ema.safetensors, the averaged generator beside it.")
@@ -82,14 +84,14 @@ def test_raw_g_without_g_points_to_the_averaged_generator_in_python_terms(on_cpu
 def test_a_damaged_state_and_discriminator_are_each_refused_without_calling_anything_intact(on_cpu, tmp_path):
     (tmp_path / "state.json").write_text("{not json")
     (tmp_path / "D.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(Utils.UserError) as error:
+    with pytest.raises(UserError) as error:
         hub("discriminator", model_dir=tmp_path)
     message = str(error.value)
     assert message.startswith(f"{tmp_path / 'D.safetensors'} is not a readable safetensors file (")
     assert message.endswith("put back a good copy of it, or pass model_dir= another folder.")
 
     shutil.copy(MODEL / "D.safetensors", tmp_path / "D.safetensors")
-    with pytest.raises(Utils.UserError) as error:
+    with pytest.raises(UserError) as error:
         hub("discriminator", model_dir=tmp_path)
     message = str(error.value)
     assert message.startswith(f"{tmp_path / 'state.json'} cannot be used (it is not valid JSON (")

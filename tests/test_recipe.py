@@ -3,7 +3,6 @@ resumed with the checkpoint; DiffAugment runs in every D pass; both are recorded
 on by default, changeable when continuing, and off under --brief; Run.py, Evaluate.py and Figures.py draw with
 G_ema when it is there and with G under --raw-g."""
 import Utils
-from Utils import UserError
 
 import json
 import subprocess
@@ -15,12 +14,15 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import Augment
-import Evaluate
+import Checkpoint
+import Drawing
 import Figures
+import Metrics
 import Recipe
 import Run
 import Train
 from Checkpoint import ModelFolder
+from Files import UserError
 from Net import Discriminator, Generator
 from test_checkpoint import small_networks
 from test_train import saved_state, train_args
@@ -131,7 +133,7 @@ def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly
     settled, changed = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1"]), None)
     assert settled == {name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()} | {"seed": 1}
     assert (settled["batch_size"], settled["g_steps"], settled["init"], settled["d_input_bn"]) == (32, 1, "dcgan",
-                                                                                                    False)
+                                                                                                   False)
     assert changed == {}
     brief, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--seed", "1"]), None)
     assert brief == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
@@ -153,14 +155,14 @@ def old_checkpoint(trained, tmp_path):
 
 
 def test_a_checkpoint_from_before_ema_and_augment_continues_with_todays_defaults_recorded(trained, faces_dir,
-                                                                                         tmp_path, capsys):
+                                                                                          tmp_path, capsys):
     old_checkpoint(trained, tmp_path)
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
     assert "Continuing with --ema 0.998 (until now 0.0), --augment color,translation,cutout (until now none) " \
            "from step 2: G_ema starts as a copy of G." in capsys.readouterr().out
     state = saved_state(tmp_path)
     assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"]) == (0.998,
-                                                                                      "color,translation,cutout")
+                                                                                        "color,translation,cutout")
     assert state["changes"] == [{"step": 2, "ema": 0.998, "augment": "color,translation,cutout"}]
     assert state["global_step"] == 4 and (tmp_path / "Model" / "G_ema.safetensors").exists()
 
@@ -174,7 +176,7 @@ def test_brief_flags_continue_a_checkpoint_from_before_ema_and_augment_with_both
 
 
 def test_ema_and_augment_turned_on_when_continuing_start_g_ema_from_g_and_are_recorded(trained, faces_dir, tmp_path,
-                                                                                      monkeypatch, capsys):
+                                                                                       monkeypatch, capsys):
     old_checkpoint(trained, tmp_path)
     loaded = load_file(str(tmp_path / "Model" / "G.safetensors"))
     monkeypatch.setattr(Recipe.MovingAverage, "update", lambda self: None)  # G_ema stays where it started
@@ -235,7 +237,7 @@ def test_a_checkpoint_without_g_ema_removes_the_g_ema_of_the_one_it_replaces(tmp
     ModelFolder(tmp_path).save(networks, optimizers, state)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["D.pdopt", "D.safetensors", "G.pdopt",
                                                                 "G.safetensors", "state.json"]
-    assert Utils.generator_file(tmp_path) == tmp_path / "G.safetensors"
+    assert Checkpoint.generator_file(tmp_path) == tmp_path / "G.safetensors"
 
 
 def test_a_missing_g_ema_is_refused_in_one_sentence(tmp_path):
@@ -264,17 +266,17 @@ def test_run_py_draws_with_g_ema_and_says_so_and_with_g_under_raw_g(ema_model, t
 def test_the_exported_g_ema_draws_what_the_dynamic_g_ema_draws(ema_model, tmp_path, monkeypatch, on_cpu):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     noise = Utils.random_noise(np.random.default_rng(0), 4)
-    fast = Utils.load_generator_for_inference(ema_model)
-    assert isinstance(fast, Utils.ExportedGenerator)
+    fast = Drawing.load_generator_for_inference(ema_model)
+    assert isinstance(fast, Drawing.ExportedGenerator)
     with paddle.no_grad():
-        expected = Utils.load_generator(ema_model)(paddle.to_tensor(noise)).numpy()
-        raw = Utils.load_generator(ema_model, raw_g=True)(paddle.to_tensor(noise)).numpy()
+        expected = Checkpoint.load_generator(ema_model)(paddle.to_tensor(noise)).numpy()
+        raw = Checkpoint.load_generator(ema_model, raw_g=True)(paddle.to_tensor(noise)).numpy()
     assert np.abs(fast(noise) - expected).max() < 1e-4 < np.abs(raw - expected).max()
 
 
 def test_evaluate_measures_g_ema_and_g_under_raw_g(ema_model, faces_dir, tmp_path):
-    averaged = Evaluate.measure_model(ema_model, faces_dir, None, 4, 0, tmp_path / "ema")
-    trained = Evaluate.measure_model(ema_model, faces_dir, None, 4, 0, tmp_path / "raw", raw_g=True)
+    averaged = Metrics.measure_model(ema_model, faces_dir, None, 4, 0, tmp_path / "ema")
+    trained = Metrics.measure_model(ema_model, faces_dir, None, 4, 0, tmp_path / "raw", raw_g=True)
     assert averaged["candidates"] == str(ema_model / "G_ema.safetensors")
     assert trained["candidates"] == str(ema_model / "G.safetensors")
     assert averaged["swd_mean"] != trained["swd_mean"]

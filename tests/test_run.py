@@ -12,8 +12,11 @@ import paddle
 import pytest
 from PIL import Image
 
+import Checkpoint
+import Drawing
 import Run
 from conftest import run_script
+from Files import UserError
 from Net import Discriminator
 
 
@@ -80,7 +83,7 @@ def test_the_exported_generator_and_the_dynamic_graph_give_the_same_pixels(drawn
 
 def test_strip_noise_sets_one_value_from_0_05_to_1_on_one_base_vector():
     base = np.full(72, 0.5, np.float32)
-    noise = Run.interpolation_strips(base, [3, 17], 20)
+    noise = Drawing.interpolation_strips(base, [3, 17], 20)
     assert noise.shape == (40, 72)
     np.testing.assert_allclose(noise[:20, 3], np.arange(1, 21) * 0.05, atol=1e-6)
     np.testing.assert_allclose(noise[20:, 17], np.arange(1, 21) * 0.05, atol=1e-6)
@@ -125,7 +128,7 @@ def test_single_avatars_are_drawn_a_batch_at_a_time(monkeypatch, tmp_path):
         batches.append(len(noise))
         return np.zeros((len(noise), 96, 96, 3), np.uint8)
 
-    monkeypatch.setattr(Utils, "generate", generate)
+    monkeypatch.setattr(Drawing, "generate", generate)
     Run.draw_singles(None, np.zeros((150, 72), np.float32), tmp_path)
     assert batches == [64, 64, 22]  # memory does not grow with --count
     assert sorted(path.name for path in tmp_path.iterdir())[::149] == ["avatar_0000.png", "avatar_0149.png"]
@@ -139,28 +142,28 @@ def test_without_a_generator_the_user_is_told_to_train_one(tmp_path):
 
 def test_a_corrupt_generator_file_is_reported_in_one_sentence(tmp_path):
     (tmp_path / "G.safetensors").write_bytes(b"\x00" * 100)
-    with pytest.raises(Utils.UserError, match="is not a readable safetensors file"):
+    with pytest.raises(UserError, match="is not a readable safetensors file"):
         Run.main(["--model-dir", str(tmp_path)])
 
 
 def test_weights_of_another_network_are_refused(tmp_path):
-    Utils.save_weights(Discriminator(), tmp_path / "G.safetensors")
-    with pytest.raises(Utils.UserError, match="weights of another network"):
+    Checkpoint.save_weights(Discriminator(), tmp_path / "G.safetensors")
+    with pytest.raises(UserError, match="weights of another network"):
         Run.main(["--model-dir", str(tmp_path)])
 
 
 def test_the_exported_cpu_generator_draws_what_the_dynamic_graph_draws(trained, tmp_path, monkeypatch, on_cpu):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     model = trained[0] / "Model"
-    fast = Utils.load_generator_for_inference(model)
-    assert isinstance(fast, Utils.ExportedGenerator)
+    fast = Drawing.load_generator_for_inference(model)
+    assert isinstance(fast, Drawing.ExportedGenerator)
     assert len(list((tmp_path / "avatar-generator").iterdir())) == 1  # one export, keyed by the weights
     noise = Utils.random_noise(np.random.default_rng(0), 10)
-    plain = Utils.load_generator(model)
+    plain = Checkpoint.load_generator(model)
     with paddle.no_grad():
         expected = plain(paddle.to_tensor(noise)).numpy()
     assert np.abs(fast(noise) - expected).max() < 1e-4
-    assert isinstance(Utils.load_generator_for_inference(model), Utils.ExportedGenerator)  # from the cache
+    assert isinstance(Drawing.load_generator_for_inference(model), Drawing.ExportedGenerator)  # from the cache
 
 
 def make_exports(cache, count, hours_ago):
@@ -187,14 +190,14 @@ def test_the_export_cache_keeps_only_the_most_recently_used_exports(trained, tmp
     os.utime(abandoned, (two_hours_ago, two_hours_ago))  # a killed export's leftover; the other is being written
 
     model = trained[0] / "Model"
-    assert isinstance(Utils.load_generator_for_inference(model), Utils.ExportedGenerator)
-    exported = cache / f"{Utils.file_digest(Utils.generator_file(model))}-paddle{paddle.__version__}"
+    assert isinstance(Drawing.load_generator_for_inference(model), Drawing.ExportedGenerator)
+    exported = cache / f"{Drawing.file_digest(Checkpoint.generator_file(model))}-paddle{paddle.__version__}"
     kept = sorted(path for path in cache.iterdir() if not path.name.startswith("."))
-    assert Utils.CACHED_EXPORTS == 4 and kept == sorted([exported, *old[-3:]])
+    assert Drawing.CACHED_EXPORTS == 4 and kept == sorted([exported, *old[-3:]])
     assert busy.exists() and not abandoned.exists()
 
     os.utime(exported, (two_hours_ago, two_hours_ago))
-    Utils.load_generator_for_inference(model)  # from the cache: used again, so the most recent
+    Drawing.load_generator_for_inference(model)  # from the cache: used again, so the most recent
     assert exported.stat().st_mtime > old[-1].stat().st_mtime
 
 
@@ -204,11 +207,11 @@ def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained
     def broken(*args, **kwargs):
         raise RuntimeError("no oneDNN here")
 
-    monkeypatch.setattr(Utils, "export_generator", broken)
+    monkeypatch.setattr(Drawing, "export_generator", broken)
     with pytest.warns(UserWarning, match="no oneDNN here.*dynamic graph"):
-        generator = Utils.load_generator_for_inference(trained[0] / "Model")
-    assert not isinstance(generator, Utils.ExportedGenerator)
-    assert Utils.generate(generator, Utils.random_noise(np.random.default_rng(0), 2)).shape == (2, 96, 96, 3)
+        generator = Drawing.load_generator_for_inference(trained[0] / "Model")
+    assert not isinstance(generator, Drawing.ExportedGenerator)
+    assert Drawing.generate(generator, Utils.random_noise(np.random.default_rng(0), 2)).shape == (2, 96, 96, 3)
 
 
 @pytest.mark.skipif(CUDA_VISIBLE, reason="--device auto takes the GPU here, which draws with the dynamic graph")
@@ -300,7 +303,7 @@ def read_only_folder(tmp_path):
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_the_generator_is_exported(trained, tmp_path,
-                                                                                        read_only_folder):
+                                                                                      read_only_folder):
     result = run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", read_only_folder / "avatars",
                         check=False, env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
     message = refused(result)

@@ -202,14 +202,15 @@ def test_gpus_train_deterministically_with_batch_norm_over_all_of_them(monkeypat
     flags = {}
     monkeypatch.setattr(paddle, "set_flags", flags.update)
     hp = {**{name: p.default for name, p in Recipe.HYPER_PARAMETERS.items()}, "seed": 1}
-    G, D, _, _ = Train.build_networks(hp, "gpu", world_size=2)
+    nets = Train.build_networks(hp, "gpu", world_size=2)
+    G, D = nets.G, nets.D
     assert flags == {"FLAGS_cudnn_deterministic": True}
     norms = [layer for network in (G, D) for layer in network.sublayers() if "BatchNorm" in type(layer).__name__]
     assert norms and all(isinstance(layer, paddle.nn.SyncBatchNorm) for layer in norms)
     assert set(G.state_dict()) == set(Generator().state_dict())  # checkpoints keep their names
     assert set(D.state_dict()) == set(Discriminator(input_norm=hp["d_input_bn"]).state_dict())
     flags.clear()
-    G, D, _, _ = Train.build_networks(hp, "cpu", world_size=2)
+    G = Train.build_networks(hp, "cpu", world_size=2).G
     assert flags == {} and not any(isinstance(layer, paddle.nn.SyncBatchNorm) for layer in G.sublayers())
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import Checkpoint
+import Drawing
 import Recipe
 import Train
 from Checkpoint import RunState
@@ -62,8 +64,8 @@ def test_run_py_with_its_defaults_draws_from_the_shipped_generator(tmp_path):
 
 
 def test_the_shipped_generator_draws_different_faces_for_different_noise():
-    generator = Utils.load_generator(MODEL)
-    samples = Utils.generate(generator, Utils.random_noise(np.random.default_rng(0), 64))
+    generator = Checkpoint.load_generator(MODEL)
+    samples = Drawing.generate(generator, Utils.random_noise(np.random.default_rng(0), 64))
     assert Utils.sample_spread(samples) > 20  # a collapsed generator scores near 0, real faces about 65
 
 

@@ -24,8 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import Drawing
 import Studio
 from conftest import ROOT, require, run_script
+from Files import UserError
 from test_figures import HairGenerator
 
 MODEL = ROOT / "Model"
@@ -34,7 +36,7 @@ MODEL = ROOT / "Model"
 @pytest.fixture(scope="module")
 def generator():
     Utils.choose_device("cpu")
-    return Utils.load_generator_for_inference(MODEL)
+    return Drawing.load_generator_for_inference(MODEL)
 
 
 def decode(data):
@@ -81,7 +83,7 @@ def test_a_morph_goes_in_20_equal_steps_from_one_face_to_the_other(generator):
 
 def test_the_gif_holds_every_frame_and_loops():
     frames = np.stack([np.full((96, 96, 3), 10 * number, np.uint8) for number in range(20)])
-    with Image.open(io.BytesIO(Studio.gif_bytes(frames))) as gif:
+    with Image.open(io.BytesIO(Utils.gif_bytes(frames, Studio.GIF_FRAME_MS))) as gif:
         assert (gif.format, gif.size, gif.n_frames, gif.info["loop"]) == ("GIF", (96, 96), 20, 0)
         assert gif.info["duration"] == Studio.GIF_FRAME_MS
         gif.seek(7)
@@ -180,7 +182,7 @@ def test_the_measurement_cache_keeps_only_the_most_recently_used_files(tmp_path,
             Studio.cached_measurements(None, first)  # the first weights file, used again every time
     kept = list((tmp_path / "cache" / "avatar-generator").glob("studio-*.json"))
     assert len(kept) == Studio.CACHED_MEASUREMENTS == 16
-    assert f"studio-v1-{Utils.file_digest(first)}.json" in [path.name for path in kept]
+    assert f"studio-v1-{Drawing.file_digest(first)}.json" in [path.name for path in kept]
 
 
 def test_downloads_are_named_by_their_content(tmp_path):
@@ -205,7 +207,7 @@ def test_a_slider_move_redraws_in_well_under_a_second(generator):
 
 def test_without_gradio_the_studio_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "gradio", None)  # what an import of a missing package raises
-    with pytest.raises(Utils.UserError, match=r"pip install -r requirements-studio\.txt"):
+    with pytest.raises(UserError, match=r"pip install -r requirements-studio\.txt"):
         Studio.main(["--model-dir", str(MODEL)])
 
 

@@ -1,7 +1,6 @@
 """Train.py: the schedule runs, checkpoints are complete and atomic, resuming is exact, mistakes
 end in one sentence."""
 import Utils
-from Utils import UserError
 
 import json
 import os
@@ -14,9 +13,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+import Checkpoint
 import Recipe
 import Train
 from conftest import ROOT, run_script
+from Files import UserError
 from Net import Generator
 
 CHECKPOINT_FILES = {"G.safetensors", "D.safetensors", "G.pdopt", "D.pdopt", "state.json"}
@@ -68,7 +69,7 @@ def test_weights_hold_batch_norm_statistics_and_load_without_pickle(trained):
     arrays = load_file(str(trained[0] / "Model" / "G.safetensors"))
     assert "residual.bn1._mean" in arrays and "residual.bn1._variance" in arrays
     assert not np.allclose(arrays["residual.bn1._mean"], 0)  # updated by training
-    Utils.load_weights(Generator(), trained[0] / "Model" / "G.safetensors")
+    Checkpoint.load_weights(Generator(), trained[0] / "Model" / "G.safetensors")
 
 
 def test_two_epochs_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_path, capsys):
@@ -128,7 +129,7 @@ def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadabl
     monkeypatch.undo()
     # The interrupted save left only its .incoming/ folder, which the next run discards; no stray temporary files.
     assert {path.name: path.read_bytes() for path in model.iterdir() if path.name != ".incoming"} == before
-    Utils.load_weights(Generator(), model / "G.safetensors")
+    Checkpoint.load_weights(Generator(), model / "G.safetensors")
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces_dir, tmp_path, monkeypatch):

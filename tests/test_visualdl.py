@@ -1,7 +1,5 @@
 """Train.py --visualdl: what it logs, read back with VisualDL's own LogReader; without VisualDL
 installed, one sentence before any work."""
-from Utils import UserError
-
 import importlib.util
 import io
 import sys
@@ -13,6 +11,7 @@ from PIL import Image
 import Recipe
 import Train
 from conftest import require
+from Files import UserError
 from test_train import saved_state, train_args
 
 

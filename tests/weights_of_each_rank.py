@@ -20,7 +20,7 @@ Train.set_up = lambda args: sessions.append(set_up(args)) or sessions[-1]
 def main():
     args = Train.parse_args(sys.argv[1:])
     Train.train(args)
-    networks = {"G": sessions[0].G, "D": sessions[0].D}
+    networks = {"G": sessions[0].nets.G, "D": sessions[0].nets.D}
     np.savez(Path(args.output) / f"rank{paddle.distributed.get_rank()}.npz",
              **{f"{name}.{key}": value.numpy() for name, network in networks.items()
                 for key, value in network.state_dict().items()})

@@ -23,15 +23,24 @@ def test_mkl_is_pointed_at_avx2_on_amd_processors_only():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings are Linux only")
 def test_freed_tensor_memory_is_reused_without_page_faults():
-    # Ten 38 MB tensors, each freed before the next: with glibc's defaults each is a fresh mmap
-    # whose pages fault in again (about 9,200 faults apiece); kept in the heap, the memory is
-    # reused (0 faults in most runs, one tensor's worth in a few).
+    # Twenty 38 MB tensors, each freed before the next. With glibc's defaults each is a fresh mmap
+    # whose pages all fault in again; kept in the heap, the block is reused without a fault.
+    # Not always at once: when a small block lands just above a freed tensor, glibc 2.36's
+    # posix_memalign (Paddle aligns CPU tensors to 4 KB) cannot fit the next tensor into the free
+    # chunk of the same size, and the heap grows by a tensor of fresh pages. Where the small
+    # blocks land differs from run to run, more so on a busy machine, and has grown the heap for
+    # up to five tensors in a row before the block stayed put; so the test counts the faults of
+    # the best tensor, which a lost setting leaves at a whole tensor's pages.
     code = """import resource, Utils, paddle
 x = paddle.ones([64, 64, 48, 48]); del x
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     x = paddle.ones([64, 64, 48, 48]); del x
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)"""
-    kept, = fresh_python(code)
-    glibc_default, = fresh_python(code, MALLOC_MMAP_MAX_="65536")  # a user's own setting wins
-    assert int(kept) < 25_000 < 60_000 < int(glibc_default)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)"""
+    tensor_pages = 64 * 64 * 48 * 48 * 4 // os.sysconf("SC_PAGE_SIZE")
+    kept = [int(count) for count in fresh_python(code)]
+    glibc_default = [int(count) for count in fresh_python(code, MALLOC_MMAP_MAX_="65536")]  # a user's own setting wins
+    assert min(glibc_default) >= tensor_pages  # every tensor faults all its pages in
+    assert min(kept) < tensor_pages // 100

@@ -12,10 +12,13 @@ Images are [N, 3, H, W] in [-1, 1], the range the original's constants were chos
 random number comes from Paddle's generator, which Train.py seeds from (seed, rank, step), so a
 resumed run draws the same augmentations as one that never stopped.
 """
+import contextlib
+
 import paddle
 import paddle.nn.functional as F
 
 NONE = "none"
+_by_matrices = False  # translation's form: see twice_differentiable
 
 
 def brightness(x):
@@ -43,8 +46,26 @@ def translation(x, ratio=1 / 8):
     padded = F.pad(x, [1, 1, 1, 1])  # index 0 and size + 1 of each side are the zeros a shift uncovers
     rows = _shifted_indices(count, height, int(height * ratio + 0.5)).reshape([count, 1, height, 1])
     cols = _shifted_indices(count, width, int(width * ratio + 0.5)).reshape([count, 1, 1, width])
+    if _by_matrices:  # row i of an image takes row rows[i] of padded: a one-hot matrix product
+        x = F.one_hot(rows.reshape([count, 1, height]), height + 2) @ padded
+        return x @ F.one_hot(cols.reshape([count, 1, width]), width + 2).transpose([0, 1, 3, 2])
     x = paddle.take_along_axis(padded, rows.expand([count, channels, height, width + 2]), axis=2)
     return paddle.take_along_axis(x, cols.expand([count, channels, height, width]), axis=3)
+
+
+@contextlib.contextmanager
+def twice_differentiable():
+    """Within this block translation shifts by products with one-hot matrices instead of
+    take_along_axis, whose gradient Paddle 2.6 cannot differentiate again (Paddle 3 can): the R1
+    penalty differentiates D's gradient through DiffAugment. Both forms give the same pixels, bit
+    for bit (each output pixel is one input pixel times 1 plus zeros); the products cost more, so
+    only the penalty's pass takes them."""
+    global _by_matrices
+    _by_matrices = True
+    try:
+        yield
+    finally:
+        _by_matrices = False
 
 
 def cutout(x, ratio=1 / 2):

@@ -1,6 +1,6 @@
 """Drawing with a trained generator: the fast CPU generator (exported once, cached, run by oneDNN),
 `generate` for faces in batches, interpolation strips, and the hair measures that name the latent
-dimensions. Run.py, Figures.py, Evaluate.py, Studio.py and Train.py's sample grids draw through it.
+dimensions. Run.py, Figures.py, Metrics.py, Studio.py and Train.py's sample grids draw through it.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 

@@ -147,7 +147,7 @@ def r1_penalty(judge, D, real):
     walls. Returns D's logits on the real batch too, so the caller's loss reuses them."""
     real = real.detach()
     real.stop_gradient = False
-    with Net.twice_differentiable(D):
+    with Net.twice_differentiable(D), Augment.twice_differentiable():
         logits = judge(real)
         gradient, = paddle.grad(realness(logits).sum(), real, create_graph=True)
     return gradient.square().sum(axis=[1, 2, 3]).mean(), logits

@@ -118,6 +118,23 @@ def test_translation_moves_each_image_whole_by_up_to_12_pixels_and_fills_with_ze
     assert np.abs(shifts).max() == 12 and shifts.min() < 0 < shifts.max()
 
 
+def test_translation_for_a_second_derivative_moves_the_same_pixels_and_differentiates_twice():
+    x = faces()
+    with Augment.twice_differentiable():
+        by_matrices = transformed(Augment.translation, x)
+    assert np.array_equal(by_matrices, transformed(Augment.translation, x))  # bit for bit
+    # R1's pattern: the gradient of a function of the translated images, differentiated again.
+    x.stop_gradient = False
+    with Augment.twice_differentiable():
+        paddle.seed(1)
+        gradient, = paddle.grad((Augment.translation(x) ** 3).sum(), x, create_graph=True)
+    second, = paddle.grad(gradient.sum(), x)
+    paddle.seed(1)
+    kept, = paddle.grad(Augment.translation(x).sum(), x)  # 1 where a pixel stays in the picture, else 0
+    assert 0.5 < kept.numpy().mean() < 1
+    assert np.allclose(second.numpy(), 6 * x.numpy() * kept.numpy(), atol=1e-5)
+
+
 def test_cutout_zeroes_one_square_of_up_to_48_pixels_a_side_and_keeps_the_rest():
     x = faces().numpy()
     y = transformed(Augment.cutout, paddle.to_tensor(x))

@@ -58,7 +58,7 @@ class HyperParameter:
 
 # A checkpoint written before a hyper-parameter existed trained with its brief value (the
 # original had no --ema and no --augment), and continues with the default of a changeable one.
-# README.md, "Making the recipe learn on a CPU", gives the measurements behind each default that
+# docs/recipe.md, "Making the recipe learn on a CPU", gives the measurements behind each default that
 # differs from the brief.
 HYPER_PARAMETERS = {
     "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
@@ -80,7 +80,7 @@ HYPER_PARAMETERS = {
                               augment_policy, changeable=True),
     "seed": HyperParameter(None, None, "seed of noise, dropout and data order (default: drawn at random, then kept)",
                            Utils.seed_number),
-    # The diversity round (README.md, "Making the recipe learn on a CPU"): D's form, loss and penalty.
+    # The diversity round (docs/recipe.md, "The diversity round"): D's form, loss, penalty and speed.
     "loss": HyperParameter("bce", "bce", "the GAN loss: bce, the original's cross entropy of D's two logits, or "
                                          "hinge, on D's real-minus-generated logit difference; may change when "
                                          "continuing a checkpoint", choices=("bce", "hinge"), changeable=True),
@@ -96,10 +96,10 @@ HYPER_PARAMETERS = {
     "r1_every": HyperParameter(16, 16, "apply the R1 penalty every this many steps, scaled up to match (lazy "
                                        "regularisation); may change when continuing a checkpoint", positive_int,
                                changeable=True),
-    "flip": HyperParameter(False, False, "mirror training faces left-right at random; may change when continuing "
-                                         "a checkpoint", changeable=True),
-    "d_lr": HyperParameter(None, None, "Adam learning rate of D alone (default: --lr); may change when continuing a "
-                                       "checkpoint", learning_rate, changeable=True),
+    "flip": HyperParameter(True, False, "mirror training faces left-right at random; may change when continuing "
+                                        "a checkpoint", changeable=True),
+    "d_lr": HyperParameter(4e-4, None, "Adam learning rate of D alone (under --brief: --lr's); may change when "
+                                       "continuing a checkpoint", learning_rate, changeable=True),
 }
 BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
@@ -270,7 +270,7 @@ class MovingAverage:
 
     Its BatchNorm running statistics are not averaged: before G_ema is saved they are measured
     anew on G_ema's own activations (fit_batch_norm_statistics). G's statistics, copied instead,
-    describe another network's activations, and measured worse (README.md, "Making the recipe
+    describe another network's activations, and measured worse (docs/recipe.md, "Making the recipe
     learn on a CPU")."""
 
     STATISTICS_BATCHES = 8  # batches of noise the statistics are averaged over (40 measured the same)

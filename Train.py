@@ -92,6 +92,8 @@ def parse_args(argv=None):
         for name, value in BRIEF.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
+        if args.d_lr is None:
+            args.d_lr = args.lr  # the original trained D at G's rate
     return args
 
 
@@ -440,6 +442,7 @@ def build_networks(hp, device, world_size, amp=False):
         # Paddle has this on GPUs only; CPU processes normalise their own shares.
         G, D = (paddle.nn.SyncBatchNorm.convert_sync_batchnorm(network) for network in (G, D))
     opt_g = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=G.parameters())
+    # None: D at G's rate, as checkpoints written before --d-lr had a default of its own record it
     opt_d = paddle.optimizer.Adam(hp["d_lr"] or hp["lr"], beta1=hp["beta1"], parameters=D.parameters())
     return Networks(G, D, opt_g, opt_d, ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
                     amp=MixedPrecision() if amp else None)

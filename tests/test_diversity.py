@@ -12,6 +12,7 @@ from safetensors.numpy import load_file
 
 import Recipe
 import Train
+from Checkpoint import RunState
 from Net import Discriminator, Generator, init_dcgan_weights, minibatch_std, twice_differentiable
 from test_train import saved_state, train_args
 
@@ -165,7 +166,20 @@ def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
     nets = Train.build_networks(settled, "cpu", 1)
     assert (nets.opt_g.get_lr(), nets.opt_d.get_lr()) == (1e-4, 4e-4)
     default, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--lr", "1e-4"]), None)
-    assert Train.build_networks(default, "cpu", 1).opt_d.get_lr() == 1e-4
+    assert Train.build_networks(default, "cpu", 1).opt_d.get_lr() == 4e-4  # the diversity round's winner
+    brief, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--brief"]), None)
+    assert Train.build_networks(brief, "cpu", 1).opt_d.get_lr() == 2e-4  # the original's one rate
+
+
+def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_and_keeps_gs_rate():
+    """The shipped model's case: its state.json predates --flip and --d-lr, and it trains G at 1e-4."""
+    shipped = RunState(hyper_parameters={**Recipe.BRIEF, "lr": 1e-4, "seed": 1})
+    for name in ("loss", "d_norm", "mbstd", "r1", "r1_every", "flip", "d_lr"):
+        del shipped.hyper_parameters[name]
+    settled, changed = Train.settle_hyper_parameters(Train.parse_args([]), shipped)
+    assert changed == {"flip": True, "d_lr": 4e-4}  # recorded in state.json's changes
+    assert (settled["lr"], settled["d_lr"], settled["flip"], settled["loss"], settled["d_norm"]) == (
+        1e-4, 4e-4, True, "bce", "batch")
 
 
 # ---------------------------------------------------------------------------------- training runs
@@ -224,6 +238,6 @@ def test_the_loss_r1_and_d_lr_may_change_when_continuing_and_are_recorded(traine
                           "--d-lr", "1e-4"))
     out = capsys.readouterr().out
     assert "Continuing with --loss hinge (until now bce), --r1 1.0 (until now 0.0), --d-lr 0.0001 (until now " \
-           "None) from step 2." in out
+           "0.0004) from step 2." in out
     assert "D starts afresh" not in out
     assert saved_state(tmp_path)["changes"] == [{"step": 2, "loss": "hinge", "r1": 1.0, "d_lr": 1e-4}]

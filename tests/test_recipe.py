@@ -138,9 +138,11 @@ def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly
     brief, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--seed", "1"]), None)
     assert brief == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
                      "ema": 0.0, "augment": "none", "seed": 1, "loss": "bce", "d_norm": "batch", "mbstd": False,
-                     "r1": 0.0, "r1_every": 16, "flip": False, "d_lr": None}
+                     "r1": 0.0, "r1_every": 16, "flip": False, "d_lr": 2e-4}
     mixed, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--batch-size", "64", "--seed", "1"]), None)
     assert mixed == brief | {"batch_size": 64}  # a flag beside --brief still counts
+    slower, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--lr", "1e-4", "--seed", "1"]), None)
+    assert slower["d_lr"] == 1e-4  # D keeps G's rate, as the original's did
 
 
 def old_checkpoint(trained, tmp_path):
@@ -210,11 +212,12 @@ def test_a_lower_lr_when_continuing_is_what_adam_steps_with_and_is_recorded(trai
     rates, step = [], Recipe.train_step
     monkeypatch.setattr(Recipe, "train_step", lambda G, D, opt_g, opt_d, *rest, **options:
                         rates.append((opt_g.get_lr(), opt_d.get_lr())) or step(G, D, opt_g, opt_d, *rest, **options))
-    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--lr", "1e-4"))
-    assert "Continuing with --lr 0.0001 (until now 0.0002) from step 2." in capsys.readouterr().out
-    assert rates == [(1e-4, 1e-4)] * 2  # Adam's loaded state does not bring the old rate back
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--lr", "1e-4", "--d-lr", "3e-4"))
+    assert "Continuing with --lr 0.0001 (until now 0.0002), --d-lr 0.0003 (until now 0.0004) from step 2." \
+        in capsys.readouterr().out
+    assert rates == [(1e-4, 3e-4)] * 2  # Adam's loaded state does not bring the old rates back
     state = saved_state(tmp_path)
-    assert state["hyper_parameters"]["lr"] == 1e-4 and state["changes"] == [{"step": 2, "lr": 1e-4}]
+    assert state["hyper_parameters"]["lr"] == 1e-4 and state["changes"] == [{"step": 2, "lr": 1e-4, "d_lr": 3e-4}]
 
 
 @pytest.mark.parametrize("flag, value, words", [("--ema", "1", "is not a number from 0 up to (not including) 1"),

@@ -47,13 +47,14 @@ def test_state_json_says_how_the_model_was_trained():
     assert stretches[-1]["to_step"] == state["global_step"]
     assert all(before["to_step"] == after["from_step"] for before, after in zip(stretches, stretches[1:]))
     assert all(stretch["cpu_seconds"] > 0 for stretch in stretches)
-    # `python Train.py` continues it with its own recipe, and with today's --ema and --augment where
-    # it was trained before those existed.
+    # `python Train.py` continues it with its own recipe, and with today's --ema, --augment, --flip
+    # and --d-lr where it was trained before those existed.
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([]),
                                                      RunState.from_json(state, MODEL / "state.json"))
     defaults = {name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}
     assert settled == {**defaults, **state["hyper_parameters"]}
-    assert changed == {name: defaults[name] for name in ("ema", "augment") if name not in state["hyper_parameters"]}
+    assert changed == {name: defaults[name] for name in ("ema", "augment", "flip", "d_lr")
+                       if name not in state["hyper_parameters"]}
     assert set(settled) == set(Recipe.HYPER_PARAMETERS)
 
 

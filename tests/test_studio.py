@@ -137,6 +137,9 @@ def test_the_studio_takes_every_script_s_seeds_0_to_2_to_the_63_minus_1():
         Studio.parse_seed("99999999999999999999")
 
 
+MEMORY_BOUND_MB = 1000  # what docs/studio.md promises after 300 requests (763 measured)
+
+
 def rss_mb(pid):
     """The resident memory of a process, in MB, as Linux reports it."""
     status = Path(f"/proc/{pid}/status")
@@ -475,8 +478,8 @@ def test_a_missing_model_is_a_sentence_in_the_page(browser, tmp_path):
 
 # ------------------------------------------------------------------------------------- under load
 
-def test_the_studios_memory_stops_growing_under_rounds_of_30_requests_at_once(running):
-    # README.md's figures come from the same load, ten rounds, with the pictures fetched too.
+def test_the_studios_memory_stays_bounded_over_300_requests_in_rounds_of_30_at_once(running):
+    # docs/studio.md's figures come from the same load, with the pictures fetched too.
     from gradio_client import Client  # installed with Gradio, which the running studio has
 
     users = [Client(running.address, verbose=False, download_files=False) for _ in range(30)]
@@ -488,6 +491,7 @@ def test_the_studios_memory_stops_growing_under_rounds_of_30_requests_at_once(ru
 
     assert all(len(faces) == 16 for faces in grids(1000))  # Gradio and the threads warm up
     warm = rss_mb(running.pid)
-    for first_seed in (2000, 3000, 4000):
+    for first_seed in range(2000, 11000, 1000):  # nine more rounds: 300 requests, 300 seeds
         grids(first_seed)
-    assert rss_mb(running.pid) - warm < 100  # MB; it grew by over 350 in three such rounds before
+    # MB. Before, it grew by over 350 in three rounds after the first, and passed 1,800 in ten.
+    assert rss_mb(running.pid) - warm < 100 and rss_mb(running.pid) < MEMORY_BOUND_MB

@@ -41,8 +41,8 @@ def test_visualdl_logs_every_step_and_grid_and_a_resume_goes_on_in_the_same_log(
     assert np.allclose(scalars(log, "loss/D")[1], losses["d_fake"] + losses["d_real"], atol=1e-4)
     assert np.allclose(scalars(log, "loss/D_fake")[1], losses["d_fake"], atol=1e-4)
     assert np.allclose(scalars(log, "loss/D_real")[1], losses["d_real"], atol=1e-4)
-    for network in ("G", "D"):
-        assert np.allclose(scalars(log, f"learning_rate/{network}")[1], 2e-4)
+    for network, rate in (("G", 2e-4), ("D", 4e-4)):
+        assert np.allclose(scalars(log, f"learning_rate/{network}")[1], rate)
     assert (scalars(log, "speed/images_per_second")[1] > 0).all()
     spread_steps, spread = scalars(log, "samples/spread")
     assert spread_steps == [step for step, _ in state["spread"]] == [1, 2, 3, 4]

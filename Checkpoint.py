@@ -21,8 +21,10 @@ kill at any instant or a full disk the folder holds one consistent checkpoint: t
 one.
 
 One process at a time writes to a model folder: `ModelFolder.lock()` takes an advisory lock that
-the operating system releases when the process ends, however it ends.
+the operating system releases when the process ends, however it ends. A run that is refused lets
+go of it at once and removes the lock file if it made it (`ModelFolder.released_if_refused`).
 """
+import contextlib
 import json
 import math
 import os
@@ -139,6 +141,14 @@ class RunState:
 REQUIRED_FIELDS = {"hyper_parameters", "epochs_done", "batches_done", "global_step", "losses"}
 
 
+def _same_file(handle, path):
+    """Whether an open file is still the one at path (it may have been removed or replaced)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def _is(value, kind):
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -186,26 +196,48 @@ class ModelFolder:
     def __init__(self, path):
         self.path = Path(path)
         self._lock = None
+        self._made_lock_file = False
 
     def lock(self):
         """Take the folder for this process, or refuse at once if another process has it."""
         import fcntl  # POSIX; the lock is advisory and dies with its process
 
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK_FILE, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise FolderBusy(f"{self.path} is being trained by another Train.py ({holder}); wait for it to end, "
-                             f"or give this run another --model-dir.") from None
+        lock_file = self.path / LOCK_FILE
+        while True:
+            made = not lock_file.exists()
+            handle = open(lock_file, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise FolderBusy(f"{self.path} is being trained by another Train.py ({holder}); wait for it to "
+                                 f"end, or give this run another --model-dir.") from None
+            if _same_file(handle, lock_file):
+                break
+            handle.close()  # a refused run removed the file between our open and our lock: take the new one
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
-        self._lock = handle
+        self._lock, self._made_lock_file = handle, made
+
+    @contextlib.contextmanager
+    def released_if_refused(self):
+        """Within this block, a refusal (UserError) lets go of the folder's lock, removing the lock
+        file if this run made it, so that a refused run leaves nothing behind. The file goes while
+        the lock is held, and lock() checks that the file it locked is still the folder's."""
+        try:
+            yield
+        except UserError:
+            if self._lock is not None:
+                if self._made_lock_file:
+                    (self.path / LOCK_FILE).unlink(missing_ok=True)
+                self._lock.close()
+                self._lock = None
+            raise
 
     def recover(self):
         """Finish or discard a save that was interrupted, and remove stray temporary files.

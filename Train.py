@@ -310,12 +310,19 @@ def why_d_starts_afresh(args, changed):
 
 def open_model_folder(args):
     """Rank 0's part of the set-up: check both folders can be written before any work, take the
-    model folder, repair an interrupted save, and read where training stopped. Returns the
-    folder, the saved RunState or None, the settled hyper-parameters, and whether D starts afresh."""
+    model folder and read its checkpoint. Returns the folder and what read_checkpoint returns."""
     Files.writable_folder(args.output, "--output")
     Files.writable_folder(args.model_dir, "--model-dir")
     folder = ModelFolder(args.model_dir)
     folder.lock()
+    with folder.released_if_refused():
+        return (folder, *read_checkpoint(args, folder))
+
+
+def read_checkpoint(args, folder):
+    """Repair an interrupted save in the locked folder, read where training stopped and settle the
+    hyper-parameters. Returns the saved RunState or None, the hyper-parameters and whether D
+    starts afresh."""
     repaired = folder.recover()
     if repaired:
         print(repaired)
@@ -338,7 +345,7 @@ def open_model_folder(args):
         print(f"D starts afresh ({fresh_d}), with new weights and Adam state; G continues from step "
               f"{state.global_step}.")
         state.changes.append({"step": state.global_step, "fresh_d": fresh_d})
-    return folder, state, hp, bool(fresh_d)
+    return state, hp, bool(fresh_d)
 
 
 def agree_on_start(args, procs):
@@ -522,7 +529,14 @@ def build_session(args):
         check_folder(args.data)  # before any folder is made
     except DataSetError as error:
         raise UserError(str(error)) from None
-    folder, saved, hp, fresh_d, run = agree_on_start(args, procs)
+    folder, *decided = agree_on_start(args, procs)
+    with folder.released_if_refused():  # a refused run leaves no lock file behind
+        return session_from(args, procs, device, cpu_started, folder, *decided)
+
+
+def session_from(args, procs, device, cpu_started, folder, saved, hp, fresh_d, run):
+    """The rest of the set-up, once the model folder is taken: the data, the networks, the resume,
+    and the check that the next checkpoint fits."""
     dataset, loader = load_faces(args, hp, procs)
     nets = build_networks(hp, device, procs.world_size, args.amp)
     if saved:

@@ -256,6 +256,38 @@ def test_a_second_train_py_on_the_same_model_folder_refuses_at_once(faces_dir, t
     assert time.time() - started < 60 and not (tmp_path / "Model" / "state.json").exists()
 
 
+def test_a_refusal_lets_go_of_the_lock_and_removes_the_lock_file_only_if_it_made_it(tmp_path):
+    for had_lock_file in (False, True):
+        folder = tmp_path / f"Model{had_lock_file}"
+        folder.mkdir()
+        if had_lock_file:
+            (folder / ".lock").write_text("")
+        refused = ModelFolder(folder)
+        refused.lock()
+        with pytest.raises(UserError, match="no"), refused.released_if_refused():
+            raise UserError("no")
+        assert (folder / ".lock").exists() == had_lock_file
+        ModelFolder(folder).lock()  # free at once, in this process too
+
+
+def test_a_lock_file_removed_while_another_run_waited_to_lock_it_is_not_shared(tmp_path, monkeypatch):
+    # Run A opened the lock file, run B removed it and made a new one: A must lock the new file, not
+    # the removed one, or two runs would each hold a lock.
+    import fcntl
+
+    lock_file, taken = tmp_path / ".lock", []
+
+    def flock(handle, operation):
+        if not taken:  # between A's open and A's lock, the file is replaced
+            lock_file.unlink()
+            lock_file.write_text("")
+        taken.append(os.fstat(handle.fileno()).st_ino)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    ModelFolder(tmp_path).lock()
+    assert len(taken) == 2 and taken[-1] == lock_file.stat().st_ino
+
+
 def test_a_killed_run_leaves_no_stuck_lock(faces_dir, tmp_path):
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import Checkpoint, os, signal; "
             f"Checkpoint.ModelFolder({str(tmp_path / 'Model')!r}).lock(); os.kill(os.getpid(), signal.SIGKILL)")
@@ -325,7 +357,7 @@ def test_a_model_folder_without_room_for_a_checkpoint_is_refused_before_the_firs
         with pytest.raises(UserError, match=r"small has 20 MB free, but a checkpoint needs about \d+ MB; free \d+ MB "
                                             r"more or name another --model-dir\.$"):
             Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--model-dir", str(small)))
-        assert sorted(path.name for path in small.iterdir()) == [".lock"]  # no step was trained, nothing written
+        assert list(small.iterdir()) == []  # no step was trained, nothing written, no lock file left
 
 
 def test_a_disk_that_fills_during_an_epoch_ends_in_one_sentence_with_the_space_needed(faces_dir, tmp_path,

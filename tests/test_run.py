@@ -215,6 +215,17 @@ def test_a_failing_export_falls_back_to_the_dynamic_graph_with_a_warning(trained
 
 
 @pytest.mark.skipif(CUDA_VISIBLE, reason="--device auto takes the GPU here, which draws with the dynamic graph")
+def test_run_py_prints_a_failing_export_as_one_warning_sentence_without_source_lines(trained, tmp_path):
+    (tmp_path / "not a folder").write_text("")  # the export cache cannot be made inside a file
+    result = run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", tmp_path / "out", "--grid", "2x2",
+                        "--dims", "0", env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "not a folder")))
+    warning, = result.stderr.strip().splitlines()
+    assert warning.startswith("warning: the fast CPU generator is unavailable (") and warning.endswith(
+        "using the dynamic graph, which draws the same pictures more slowly."), result.stderr
+    assert (tmp_path / "out" / "avatars.png").exists()
+
+
+@pytest.mark.skipif(CUDA_VISIBLE, reason="--device auto takes the GPU here, which draws with the dynamic graph")
 def test_device_cpu_draws_what_the_default_drew_on_a_cpu_machine(drawn, trained, tmp_path):
     run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", tmp_path, "--seed", 3, "--dims", "3,17,40",
                "--count", 2, env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))

@@ -202,39 +202,49 @@ class ModelFolder:
         """Take the folder for this process, or refuse at once if another process has it."""
         import fcntl  # POSIX; the lock is advisory and dies with its process
 
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock_file = self.path / LOCK_FILE
         while True:
-            made = not lock_file.exists()
-            handle = open(lock_file, "a+")
+            handle, made = self._open_lock_file()
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 handle.close()
                 raise FolderBusy(f"{self.path} is being trained by another Train.py ({holder}); wait for it to "
                                  f"end, or give this run another --model-dir.") from None
-            if _same_file(handle, lock_file):
+            if _same_file(handle, self.path / LOCK_FILE):
                 break
             handle.close()  # a refused run removed the file between our open and our lock: take the new one
-        handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
         self._lock, self._made_lock_file = handle, made
 
+    def _open_lock_file(self):
+        """The folder's lock file, opened, and whether this call made it (the folder too, if need be)."""
+        while True:
+            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                return os.fdopen(os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL), "r+"), True
+            except FileExistsError:
+                pass
+            try:
+                return open(self.path / LOCK_FILE, "r+"), False
+            except FileNotFoundError:
+                continue  # a refused run removed it, or its folder, just now
+
     @contextlib.contextmanager
     def released_if_refused(self):
-        """Within this block, a refusal (UserError) lets go of the folder's lock, removing the lock
-        file if this run made it, so that a refused run leaves nothing behind. The file goes while
-        the lock is held, and lock() checks that the file it locked is still the folder's."""
+        """Within this block, a refusal (UserError) lets go of the folder's lock, after removing the
+        lock file if this run made it, so that a refused run leaves nothing behind. Whatever else
+        the refusal cleans up must happen inside this block, while the lock is held. The file goes
+        only while it is still the one locked, and lock() checks that the file it locked is still
+        the folder's, so two runs never hold the folder at once."""
         try:
             yield
         except UserError:
             if self._lock is not None:
-                if self._made_lock_file:
-                    (self.path / LOCK_FILE).unlink(missing_ok=True)
+                if self._made_lock_file and _same_file(self._lock, self.path / LOCK_FILE):
+                    (self.path / LOCK_FILE).unlink()
                 self._lock.close()
                 self._lock = None
             raise

@@ -58,12 +58,13 @@ class HyperParameter:
 
 # A checkpoint written before a hyper-parameter existed trained with its brief value (the
 # original had no --ema and no --augment), and continues with the default of a changeable one.
-# docs/recipe.md, "Making the recipe learn on a CPU", gives the measurements behind each default that
-# differs from the brief.
+# docs/recipe.md gives the measurements behind each default that differs from the brief: "Making the
+# recipe learn on a CPU", and for --flip and --d-lr "The diversity round".
 HYPER_PARAMETERS = {
     "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
-    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of both networks; may change when continuing a "
-                                     "checkpoint, e.g. lowered once the measurements level off", learning_rate,
+    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of G (and of D under --brief); may change when "
+                                     "continuing a checkpoint, e.g. lowered once the measurements level off",
+                         learning_rate,
                          changeable=True),
     "beta1": HyperParameter(0.5, 0.8, "Adam beta1 of both networks", below_one),
     "g_steps": HyperParameter(1, 2, "generator updates per batch", positive_int),

@@ -292,6 +292,16 @@ def settle_hyper_parameters(args, state):
     return settled, changed
 
 
+def a_change(name, value, before):
+    """A changed hyper-parameter as the flag that changed it and the value it had, for a sentence:
+    "--lr 0.0001 (until now 0.0002)", "--flip (until now off)", "--d-lr 0.0004 (until now --lr's)"."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"{flag if value else '--no-' + flag[2:]} (until now {'on' if before else 'off'})"
+    was = "--lr's" if before is None else before  # a --d-lr of None trained D at G's rate
+    return f"{flag} {value} (until now {was})"
+
+
 def what_ema_does(changed, before):
     """What happens to G_ema when --ema is turned on or off while continuing, as a clause, or ""."""
     if "ema" not in changed or bool(changed["ema"]) == bool(before["ema"]):
@@ -308,21 +318,13 @@ def why_d_starts_afresh(args, changed):
     return "--fresh-d" if args.fresh_d else None
 
 
-def open_model_folder(args):
+def open_model_folder(args, folder):
     """Rank 0's part of the set-up: check both folders can be written before any work, take the
-    model folder and read its checkpoint. Returns the folder and what read_checkpoint returns."""
+    model folder, repair an interrupted save, and read where training stopped. Returns the saved
+    RunState or None, the settled hyper-parameters, and whether D starts afresh."""
     Files.writable_folder(args.output, "--output")
     Files.writable_folder(args.model_dir, "--model-dir")
-    folder = ModelFolder(args.model_dir)
     folder.lock()
-    with folder.released_if_refused():
-        return (folder, *read_checkpoint(args, folder))
-
-
-def read_checkpoint(args, folder):
-    """Repair an interrupted save in the locked folder, read where training stopped and settle the
-    hyper-parameters. Returns the saved RunState or None, the hyper-parameters and whether D
-    starts afresh."""
     repaired = folder.recover()
     if repaired:
         print(repaired)
@@ -336,8 +338,7 @@ def read_checkpoint(args, folder):
     hp, changed = settle_hyper_parameters(args, state)
     if changed:
         before = trained_with(state)
-        flags = ", ".join(f"--{name.replace('_', '-')} {value} (until now {before[name]})"
-                          for name, value in changed.items())
+        flags = ", ".join(a_change(name, value, before[name]) for name, value in changed.items())
         print(f"Continuing with {flags} from step {state.global_step}{what_ema_does(changed, before)}.")
         state.changes.append({"step": state.global_step, **changed})
     fresh_d = why_d_starts_afresh(args, changed) if state else None
@@ -348,27 +349,28 @@ def read_checkpoint(args, folder):
     return state, hp, bool(fresh_d)
 
 
-def agree_on_start(args, procs):
+def agree_on_start(args, procs, folder):
     """Rank 0 opens the model folder and every process takes its decisions (seed and run id
     included), so all ranks shuffle alike and a resume goes on exactly. A mistake found by rank 0
-    ends every process with the same sentence instead of leaving the others waiting. Returns the
-    folder, the saved RunState or None, the hyper-parameters, whether D starts afresh and the run's id."""
-    folder, decided = ModelFolder(args.model_dir), None
+    ends every process with the same sentence instead of leaving the others waiting (a busy folder
+    stays FolderBusy, which no rank cleans up after). Returns the saved RunState or None, the
+    hyper-parameters, whether D starts afresh and the run's id."""
+    decided = None
     if procs.writer:
         try:
-            folder, state, hp, fresh_d = open_model_folder(args)
+            state, hp, fresh_d = open_model_folder(args, folder)
             # A new run, or a checkpoint from before run ids, gets a new id.
             run = state.run if state and state.run else secrets.token_hex(4)
             decided = {"state": state.to_json() if state else None, "hp": hp, "fresh_d": fresh_d, "run": run}
         except UserError as error:
-            decided = {"error": str(error)}
+            decided = {"error": str(error), "busy": isinstance(error, FolderBusy)}
             if procs.world_size == 1:
                 raise
     decided = procs.from_writer(decided)
     if "error" in decided:
-        raise UserError(decided["error"])
+        raise (FolderBusy if decided["busy"] else UserError)(decided["error"])
     state = RunState.from_json(decided["state"], folder.path) if decided["state"] else None
-    return folder, state, decided["hp"], decided["fresh_d"], decided["run"]
+    return state, decided["hp"], decided["fresh_d"], decided["run"]
 
 
 def load_checkpoint(folder, procs, nets, saved, fresh_d=False):
@@ -516,12 +518,15 @@ def agree_on_space(session):
 
 
 def set_up(args):
-    # Rank 0 alone makes the folders, so it alone removes them.
-    with nothing_left_if_refused(*((args.model_dir, args.output) if paddle.distributed.get_rank() == 0 else ())):
-        return build_session(args)
+    # Rank 0 alone makes the folders and takes the model folder's lock, so it alone cleans up after a
+    # refusal: first the folders it made, while it holds the lock, then the lock.
+    folder = ModelFolder(args.model_dir)
+    with folder.released_if_refused(), \
+            nothing_left_if_refused(*((args.model_dir, args.output) if paddle.distributed.get_rank() == 0 else ())):
+        return build_session(args, folder)
 
 
-def build_session(args):
+def build_session(args, folder):
     cpu_started = time.process_time()
     procs = ProcessGroup()
     device = choose_device(args)
@@ -529,14 +534,7 @@ def build_session(args):
         check_folder(args.data)  # before any folder is made
     except DataSetError as error:
         raise UserError(str(error)) from None
-    folder, *decided = agree_on_start(args, procs)
-    with folder.released_if_refused():  # a refused run leaves no lock file behind
-        return session_from(args, procs, device, cpu_started, folder, *decided)
-
-
-def session_from(args, procs, device, cpu_started, folder, saved, hp, fresh_d, run):
-    """The rest of the set-up, once the model folder is taken: the data, the networks, the resume,
-    and the check that the next checkpoint fits."""
+    saved, hp, fresh_d, run = agree_on_start(args, procs, folder)
     dataset, loader = load_faces(args, hp, procs)
     nets = build_networks(hp, device, procs.world_size, args.amp)
     if saved:
@@ -643,7 +641,7 @@ def divergence_message(session, losses, epoch):
         kept = f"no checkpoint of this run was written, so {folder} still holds the one --fresh would have replaced"
     else:
         kept = f"no checkpoint was written yet, so {folder} holds none"
-    return f"{where} and {kept}. Try a lower --lr, or --init dcgan."
+    return f"{where} and {kept}. Try a lower --lr or --d-lr, or --init dcgan."
 
 
 def run_step(session, real, epoch):

@@ -1,5 +1,6 @@
 """Nothing lost, ever: a checkpoint is one unit whatever kills its save, one Train.py writes a model
 folder at a time, state is never guessed, and every mistake ends in one true sentence."""
+import contextlib
 import json
 import os
 import signal
@@ -263,11 +264,40 @@ def test_a_refusal_lets_go_of_the_lock_and_removes_the_lock_file_only_if_it_made
         if had_lock_file:
             (folder / ".lock").write_text("")
         refused = ModelFolder(folder)
-        refused.lock()
         with pytest.raises(UserError, match="no"), refused.released_if_refused():
+            refused.lock()
             raise UserError("no")
         assert (folder / ".lock").exists() == had_lock_file
         ModelFolder(folder).lock()  # free at once, in this process too
+
+
+@pytest.mark.parametrize("ending", ["success", "another error"])
+def test_a_run_that_is_not_refused_keeps_the_folder_locked(tmp_path, ending):
+    kept = ModelFolder(tmp_path)
+    with contextlib.suppress(RuntimeError), kept.released_if_refused():
+        kept.lock()
+        if ending == "another error":
+            raise RuntimeError("not a refusal")
+    with pytest.raises(Checkpoint.FolderBusy):
+        ModelFolder(tmp_path).lock()
+    assert (tmp_path / ".lock").exists()
+
+
+def test_a_refused_run_removes_the_folder_it_made_while_it_still_holds_the_lock(faces_dir, tmp_path, monkeypatch):
+    # Were the lock let go first, another run could lock the folder and then lose it to the clean-up.
+    made, held_while_removed = tmp_path / "new" / "Model", []
+    real_rmtree = Train.shutil.rmtree
+
+    def rmtree(path, **options):
+        with pytest.raises(Checkpoint.FolderBusy):
+            ModelFolder(made).lock()
+        held_while_removed.append(path)
+        real_rmtree(path, **options)
+
+    monkeypatch.setattr(Train.shutil, "rmtree", rmtree)
+    with pytest.raises(UserError, match="batch"):  # refused after the lock, when the faces are counted
+        Train.main(train_args(faces_dir, tmp_path / "new", "--epochs", "1", "--batch-size", "999"))
+    assert held_while_removed[-1] == tmp_path / "new" and not (tmp_path / "new").exists()
 
 
 def test_a_lock_file_removed_while_another_run_waited_to_lock_it_is_not_shared(tmp_path, monkeypatch):

@@ -64,8 +64,7 @@ HYPER_PARAMETERS = {
     "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
     "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of G (and of D under --brief); may change when "
                                      "continuing a checkpoint, e.g. lowered once the measurements level off",
-                         learning_rate,
-                         changeable=True),
+                         learning_rate, changeable=True),
     "beta1": HyperParameter(0.5, 0.8, "Adam beta1 of both networks", below_one),
     "g_steps": HyperParameter(1, 2, "generator updates per batch", positive_int),
     "init": HyperParameter("dcgan", "paddle", "weight initialisation: DCGAN's N(0, 0.02), or Paddle's default",

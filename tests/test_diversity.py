@@ -172,7 +172,8 @@ def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
 
 
 def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_and_keeps_gs_rate():
-    """The shipped model's case: its state.json predates --flip and --d-lr, and it trains G at 1e-4."""
+    """The case of the model shipped before step 12,298: its state.json predates --flip and --d-lr,
+    and it trains G at 1e-4."""
     shipped = RunState(hyper_parameters={**Recipe.BRIEF, "lr": 1e-4, "seed": 1})
     for name in ("loss", "d_norm", "mbstd", "r1", "r1_every", "flip", "d_lr"):
         del shipped.hyper_parameters[name]

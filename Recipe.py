@@ -106,7 +106,15 @@ BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
 def trained_with(state):
     """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet."""
-    return {**BRIEF, **state.hyper_parameters}
+    saved = {**BRIEF, **state.hyper_parameters}
+    return {**saved, "d_lr": d_learning_rate(saved)}
+
+
+def d_learning_rate(hyper_parameters):
+    """D's Adam rate: --d-lr, or where that is None (the brief's, and in checkpoints from before
+    --d-lr) --lr's, since the original trained both networks at one rate."""
+    d_lr = hyper_parameters["d_lr"]
+    return hyper_parameters["lr"] if d_lr is None else d_lr
 
 
 # ----------------------------------------------------------------------------------- the losses

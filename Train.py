@@ -47,7 +47,8 @@ from Checkpoint import LOCK_FILE, FolderBusy, ModelFolder, RunState
 from Files import UserError
 from Net import Discriminator, Generator, init_dcgan_weights
 from Reader import DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
-from Recipe import BRIEF, HYPER_PARAMETERS, MixedPrecision, MovingAverage, non_negative_int, positive_int, trained_with
+from Recipe import (BRIEF, HYPER_PARAMETERS, MixedPrecision, MovingAverage, d_learning_rate, non_negative_int,
+                    positive_int, trained_with)
 
 GRID_SIDE = 8  # the progress grids show 8x8 samples of one fixed noise batch
 
@@ -92,8 +93,7 @@ def parse_args(argv=None):
         for name, value in BRIEF.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
-        if args.d_lr is None:
-            args.d_lr = args.lr  # the original trained D at G's rate
+        args.d_lr = d_learning_rate(vars(args))
     return args
 
 
@@ -280,9 +280,7 @@ def settle_hyper_parameters(args, state):
         if hp.changeable or hp.d_form:
             changed[name] = given
         else:
-            flag = name.replace("_", "-")
-            conflicts.append(f"--{'' if given else 'no-'}{flag} (checkpoint: --{'' if saved[name] else 'no-'}{flag})"
-                             if isinstance(given, bool) else f"--{flag} {given} (checkpoint: {saved[name]})")
+            conflicts.append(f"{as_flag(name, given)} (checkpoint: {as_value(saved[name])})")
     if conflicts:
         raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "
                         f"{', '.join(conflicts)}; drop those flags to continue it, or start over "
@@ -294,12 +292,23 @@ def settle_hyper_parameters(args, state):
 
 def a_change(name, value, before):
     """A changed hyper-parameter as the flag that changed it and the value it had, for a sentence:
-    "--lr 0.0001 (until now 0.0002)", "--flip (until now off)", "--d-lr 0.0004 (until now --lr's)"."""
+    "--lr 0.0001 (until now 0.0002)", "--flip (until now off)"."""
+    return f"{as_flag(name, value)} (until now {as_value(before)})"
+
+
+def as_flag(name, value):
+    """A hyper-parameter's value as the flag that sets it: "--lr 0.0001", "--flip", "--no-flip"."""
     flag = "--" + name.replace("_", "-")
     if isinstance(value, bool):
-        return f"{flag if value else '--no-' + flag[2:]} (until now {'on' if before else 'off'})"
-    was = "--lr's" if before is None else before  # a --d-lr of None trained D at G's rate
-    return f"{flag} {value} (until now {was})"
+        return flag if value else "--no-" + flag[2:]
+    return f"{flag} {value}"
+
+
+def as_value(value):
+    """A hyper-parameter's value for a sentence: on or off for a switch."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
 
 
 def what_ema_does(changed, before):
@@ -451,8 +460,7 @@ def build_networks(hp, device, world_size, amp=False):
         # Paddle has this on GPUs only; CPU processes normalise their own shares.
         G, D = (paddle.nn.SyncBatchNorm.convert_sync_batchnorm(network) for network in (G, D))
     opt_g = paddle.optimizer.Adam(hp["lr"], beta1=hp["beta1"], parameters=G.parameters())
-    # None: D at G's rate, as checkpoints written before --d-lr had a default of its own record it
-    opt_d = paddle.optimizer.Adam(hp["d_lr"] or hp["lr"], beta1=hp["beta1"], parameters=D.parameters())
+    opt_d = paddle.optimizer.Adam(hp["d_lr"], beta1=hp["beta1"], parameters=D.parameters())
     return Networks(G, D, opt_g, opt_d, ema=MovingAverage(G, hp["ema"]) if hp["ema"] else None,
                     amp=MixedPrecision() if amp else None)
 

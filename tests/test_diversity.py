@@ -180,7 +180,7 @@ def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([]), shipped)
     assert changed == {"flip": True, "d_lr": 4e-4}  # recorded in state.json's changes
     said = [Train.a_change(name, value, Train.trained_with(shipped)[name]) for name, value in changed.items()]
-    assert said == ["--flip (until now off)", "--d-lr 0.0004 (until now --lr's)"]
+    assert said == ["--flip (until now off)", "--d-lr 0.0004 (until now 0.0001)"]
     assert (settled["lr"], settled["d_lr"], settled["flip"], settled["loss"], settled["d_norm"]) == (
         1e-4, 4e-4, True, "bce", "batch")
 

@@ -115,6 +115,12 @@ def test_other_hyper_parameters_than_the_checkpoints_are_refused(faces_dir, tmp_
     assert json.loads((tmp_path / "Model" / "state.json").read_text())["hyper_parameters"]["beta1"] == 0.7
 
 
+def test_a_refused_switch_is_named_as_the_flag_given_and_the_checkpoints_setting():
+    state = Checkpoint.RunState(hyper_parameters={**Recipe.BRIEF, "seed": 1})
+    with pytest.raises(UserError, match=r"--batch-size 8 \(checkpoint: 100\), --no-d-input-bn \(checkpoint: on\)"):
+        Train.settle_hyper_parameters(Train.parse_args(["--no-d-input-bn", "--batch-size", "8"]), state)
+
+
 def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadable(faces_dir, tmp_path, monkeypatch):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     model = tmp_path / "Model"
@@ -225,7 +231,7 @@ def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses()
     shown = {flag: value for flag, value in rows.items() if flag in defaults}
     assert set(shown) >= {"--lr", "--beta1", "--batch-size", "--epochs", "--g-steps", "--init", "--ema", "--augment"}
     for flag, value in shown.items():
-        if defaults[flag] is None:  # --seed: drawn at random; --d-lr: --lr's
+        if defaults[flag] is None:  # --seed: drawn at random
             continue
         assert (float(value) if isinstance(defaults[flag], float) else type(defaults[flag])(value)) == defaults[flag]
 

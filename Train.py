@@ -272,8 +272,8 @@ def settle_hyper_parameters(args, state):
     settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
-        if given is None and hp.changeable and state and name not in state.hyper_parameters:
-            given = hp.default  # a checkpoint from before this flag goes on with today's default
+        if given is None and hp.changeable and state and state.hyper_parameters.get(name) is None:
+            given = hp.default  # a checkpoint from before this flag (or its default) goes on with today's
         settled[name] = given if given is not None else saved.get(name, hp.default)
         if not state or given is None or given == saved[name]:
             continue

@@ -171,12 +171,15 @@ def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
     assert Train.build_networks(brief, "cpu", 1).opt_d.get_lr() == 2e-4  # the original's one rate
 
 
-def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_and_keeps_gs_rate():
+@pytest.mark.parametrize("d_lr", ["not recorded", None])
+def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_and_keeps_gs_rate(d_lr):
     """The case of the model shipped before step 12,298: its state.json predates --flip and --d-lr,
-    and it trains G at 1e-4."""
+    and it trains G at 1e-4. A --d-lr of None, recorded before --d-lr had a default, is the same."""
     shipped = RunState(hyper_parameters={**Recipe.BRIEF, "lr": 1e-4, "seed": 1})
     for name in ("loss", "d_norm", "mbstd", "r1", "r1_every", "flip", "d_lr"):
         del shipped.hyper_parameters[name]
+    if d_lr is None:
+        shipped.hyper_parameters["d_lr"] = None
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([]), shipped)
     assert changed == {"flip": True, "d_lr": 4e-4}  # recorded in state.json's changes
     said = [Train.a_change(name, value, Train.trained_with(shipped)[name]) for name, value in changed.items()]

@@ -140,7 +140,8 @@ def main(argv=None):
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
-    frames = progress_gif(args.progress, output / "progress.gif") if args.progress else 0
+    # Without --progress, a progress.gif already in --output stays, and so does what it shows.
+    progress = {"progress_frames": progress_gif(args.progress, output / "progress.gif")} if args.progress else {}
     history_file = Path(args.model_dir) / HISTORY_FILE
     if history_file.exists():
         save_evaluation_curve(Metrics.read_history(history_file), state.global_step, output / "evaluations.png",
@@ -153,7 +154,7 @@ def main(argv=None):
                       "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
                       "hair_brightness_change": [round(float(v), 4) for v in shade],
                       "hair_hue_change_degrees": [round(float(v), 2) for v in hue],
-                      "progress_frames": frames, "epochs": state.epochs_done, "steps": state.global_step},
+                      **progress, "epochs": state.epochs_done, "steps": state.global_step},
                      output / "figures.json")
     print(f"Hair shade: dimension {shade_dim} (brightness change {shade[shade_dim]:.3f}); hair colour: "
           f"dimension {colour_dim} (hue change {hue[colour_dim]:.1f} degrees, weighted). Pictures in {output}.")

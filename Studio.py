@@ -13,7 +13,7 @@ PNG strip and an animated GIF.
 
 It draws as Run.py does, with G_ema.safetensors where the model folder has it (else G.safetensors;
 --raw-g takes G in any case), through the exported CPU generator, which draws on one thread of
-its own whichever of Gradio's threads asks, so memory stays bounded under load (README.md). What
+its own whichever of Gradio's threads asks, so memory stays bounded under load (docs/studio.md). What
 each dimension changes is measured once per weights file, as Figures.py measures it, and cached
 beside the exported generator. The page is served on 127.0.0.1 alone, without share links or
 Gradio's analytics; seeds are 0 to 2**63 - 1, as every script's --seed.

@@ -4,9 +4,10 @@ One process, GPU if there is one, else CPU:
     python Train.py --data DataSet/faces
 Several GPUs on one machine (one process per GPU, each trains on its own share of every epoch,
 gradients averaged by DataParallel; --batch-size is per process; only rank 0 writes files):
-    python -m paddle.distributed.launch --gpus 0,1 Train.py --data DataSet/faces --batch-size 50
+    python -m paddle.distributed.launch --gpus 0,1 Train.py --data DataSet/faces --batch-size 50 --model-dir GpuModel
+(a new model folder: a checkpoint keeps its batch size, and the shipped Model/ trained at 32)
 Several machines: the same launcher on each, with --nnodes, --master host:port and --rank 0 on the
-machine whose --model-dir is trained on (README.md, "Several machines"); the other machines need
+machine whose --model-dir is trained on (docs/gpus.md, "Several machines"); the other machines need
 the faces, not the model folder, which rank 0 sends them.
 Run it again with the same --model-dir and it continues where it stopped (--fresh starts over).
 Checkpoints go to --model-dir every epoch and on Ctrl-C/SIGTERM (Checkpoint.py says how they
@@ -47,8 +48,16 @@ from Checkpoint import LOCK_FILE, FolderBusy, ModelFolder, RunState
 from Files import UserError
 from Net import Discriminator, Generator, init_dcgan_weights
 from Reader import DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
-from Recipe import (BRIEF, HYPER_PARAMETERS, MixedPrecision, MovingAverage, d_learning_rate, non_negative_int,
-                    positive_int, trained_with)
+from Recipe import (
+    BRIEF,
+    HYPER_PARAMETERS,
+    MixedPrecision,
+    MovingAverage,
+    d_learning_rate,
+    non_negative_int,
+    positive_int,
+    trained_with,
+)
 
 GRID_SIDE = 8  # the progress grids show 8x8 samples of one fixed noise batch
 
@@ -74,8 +83,8 @@ def parse_args(argv=None):
     add_hyper_parameters(parser)
     parser.add_argument("--brief", action="store_true",
                         help="the original's recipe exactly: batch 100, lr 2e-4, beta1 0.8, 2 G steps, Paddle's "
-                             "init, D with BatchNorm on its input too, cross entropy, no EMA, no augmentation, no R1 "
-                             "(flags given beside it still count)")
+                             "init, D with BatchNorm on its input too and at G's rate, cross entropy, no EMA, no "
+                             "augmentation, no mirrored faces, no R1 (flags given beside it still count)")
     parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every "
                                                              "epoch (default %(default)s)")
     parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve "

@@ -152,7 +152,7 @@ def random_noise(rng, count):
 SEED_LIMIT = 2**63  # every script and the studio take seeds 0 .. 2**63 - 1, what paddle.seed's int64 holds
 SEED_RANGE = "a whole number from 0 to 2**63 - 1"
 # The most a drawing script draws at once, so that a typo such as --grid 1000x1000 is refused at once instead
-# of drawing for hours into gigabytes of memory; README.md ("Generating avatars") has what each costs.
+# of drawing for hours into gigabytes of memory; docs/generating.md has what each costs.
 MAX_GRID_SIDE = 64   # rows or columns of a grid: at most 4,096 faces, a 6,144-pixel square picture
 MAX_STEPS = 100      # faces in one interpolation strip or morph
 MAX_COUNT = 10_000   # single avatars a run writes, avatar_0000.png to avatar_9999.png

@@ -67,7 +67,15 @@ def test_one_command_writes_every_picture(trained, faces_dir, tmp_path):
     figures = json.loads((tmp_path / "Res" / "figures.json").read_text())
     assert figures["hair_shade_dim"] != figures["hair_colour_dim"]
     assert len(figures["hair_brightness_change"]) == len(figures["hair_hue_change_degrees"]) == 72
+    assert figures["progress_frames"] == 2
     assert "Hair shade: dimension" in result.stdout
+
+    # Redrawn without --progress (a ship whose run left no grids), the GIF stays as it was and
+    # figures.json does not claim a number of frames for it.
+    gif = (tmp_path / "Res" / "progress.gif").read_bytes()
+    run_script("Figures.py", "--model-dir", run / "Model", "--train", faces_dir, "--n", 8, "--output", tmp_path / "Res")
+    assert (tmp_path / "Res" / "progress.gif").read_bytes() == gif
+    assert "progress_frames" not in json.loads((tmp_path / "Res" / "figures.json").read_text())
 
 
 def test_without_state_json_the_error_is_one_sentence(trained, faces_dir, tmp_path):

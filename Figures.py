@@ -108,7 +108,8 @@ def parse_args(argv=None):
     parser.add_argument("--train", default=FACES_FOLDER, help="the training faces, for nearest.png")
     parser.add_argument("--real", help="held-out real faces for the metrics (default: --train)")
     parser.add_argument("--n", type=Metrics.face_count, default=500, help="faces on each side of the metrics")
-    parser.add_argument("--progress", help="Train.py's --output folder, for progress.gif (default: no GIF)")
+    parser.add_argument("--progress", help="Train.py's --output folder, for progress.gif (default: a "
+                                           "progress.gif already in --output is left as it is)")
     parser.add_argument("--seed", type=Utils.seed_number, default=0, help="seed of every picture's noise")
     parser.add_argument("--output", default="Res", help="folder for the pictures")
     return parser.parse_args(argv)
@@ -140,7 +141,8 @@ def main(argv=None):
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
-    # Without --progress, a progress.gif already in --output stays, and so does what it shows.
+    # Without --progress, a progress.gif already in --output stays as it is, and figures.json records
+    # no frame count for it.
     progress = {"progress_frames": progress_gif(args.progress, output / "progress.gif")} if args.progress else {}
     history_file = Path(args.model_dir) / HISTORY_FILE
     if history_file.exists():

@@ -105,7 +105,8 @@ BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
 
 def trained_with(state):
-    """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet."""
+    """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet (its
+    brief value), and D's rate where it is None is --lr's (d_learning_rate)."""
     saved = {**BRIEF, **state.hyper_parameters}
     return {**saved, "d_lr": d_learning_rate(saved)}
 

@@ -282,7 +282,9 @@ def settle_hyper_parameters(args, state):
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
         if given is None and hp.changeable and state and state.hyper_parameters.get(name) is None:
-            given = hp.default  # a checkpoint from before this flag (or its default) goes on with today's
+            # a checkpoint from before this flag, or one that recorded None (d_lr before it had a
+            # default), goes on with today's default
+            given = hp.default
         settled[name] = given if given is not None else saved.get(name, hp.default)
         if not state or given is None or given == saved[name]:
             continue
@@ -291,8 +293,9 @@ def settle_hyper_parameters(args, state):
         else:
             conflicts.append(f"{as_flag(name, given)} (checkpoint: {as_value(saved[name])})")
     if conflicts:
+        brief_too = " (and --brief, which gives the original's)" if args.brief else ""
         raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "
-                        f"{', '.join(conflicts)}; drop those flags to continue it, or start over "
+                        f"{', '.join(conflicts)}; drop those flags{brief_too} to continue it, or start over "
                         f"with --fresh or another --model-dir.")
     if settled["seed"] is None:
         settled["seed"] = secrets.randbelow(2**31)

@@ -171,21 +171,32 @@ def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
     assert Train.build_networks(brief, "cpu", 1).opt_d.get_lr() == 2e-4  # the original's one rate
 
 
-@pytest.mark.parametrize("d_lr", ["not recorded", None])
-def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_and_keeps_gs_rate(d_lr):
+def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_and_keeps_gs_rate():
     """The case of the model shipped before step 12,298: its state.json predates --flip and --d-lr,
-    and it trains G at 1e-4. A --d-lr of None, recorded before --d-lr had a default, is the same."""
+    and it trains G at 1e-4."""
     shipped = RunState(hyper_parameters={**Recipe.BRIEF, "lr": 1e-4, "seed": 1})
     for name in ("loss", "d_norm", "mbstd", "r1", "r1_every", "flip", "d_lr"):
         del shipped.hyper_parameters[name]
-    if d_lr is None:
-        shipped.hyper_parameters["d_lr"] = None
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([]), shipped)
     assert changed == {"flip": True, "d_lr": 4e-4}  # recorded in state.json's changes
     said = [Train.a_change(name, value, Train.trained_with(shipped)[name]) for name, value in changed.items()]
     assert said == ["--flip (until now off)", "--d-lr 0.0004 (until now 0.0001)"]
     assert (settled["lr"], settled["d_lr"], settled["flip"], settled["loss"], settled["d_norm"]) == (
         1e-4, 4e-4, True, "bce", "batch")
+
+
+@pytest.mark.parametrize("lr", [None, 5e-5])
+def test_a_checkpoint_that_recorded_no_rate_for_d_goes_on_with_ds_default_and_keeps_its_flip(lr):
+    """Between --d-lr's coming and its default of 4e-4, checkpoints recorded "d_lr": null (D at G's
+    rate) beside every other hyper-parameter of today, --flip among them. D goes on at 4e-4 whatever
+    G's --lr; the recorded --flip stays."""
+    before = RunState(hyper_parameters={**Recipe.BRIEF, "batch_size": 32, "lr": 1e-4, "seed": 1, "d_lr": None})
+    assert set(before.hyper_parameters) == set(Recipe.HYPER_PARAMETERS) and before.hyper_parameters["flip"] is False
+    settled, changed = Train.settle_hyper_parameters(Train.parse_args([] if lr is None else ["--lr", str(lr)]), before)
+    assert changed == {"d_lr": 4e-4} if lr is None else {"lr": lr, "d_lr": 4e-4}
+    assert Train.a_change("d_lr", 4e-4, Train.trained_with(before)["d_lr"]) == "--d-lr 0.0004 (until now 0.0001)"
+    assert (settled["d_lr"], settled["flip"], settled["lr"]) == (4e-4, False, lr or 1e-4)
+    assert Train.build_networks(settled, "cpu", 1).opt_d.get_lr() == 4e-4
 
 
 # ---------------------------------------------------------------------------------- training runs

@@ -193,7 +193,7 @@ def test_a_checkpoint_that_recorded_no_rate_for_d_goes_on_with_ds_default_and_ke
     before = RunState(hyper_parameters={**Recipe.BRIEF, "batch_size": 32, "lr": 1e-4, "seed": 1, "d_lr": None})
     assert set(before.hyper_parameters) == set(Recipe.HYPER_PARAMETERS) and before.hyper_parameters["flip"] is False
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([] if lr is None else ["--lr", str(lr)]), before)
-    assert changed == {"d_lr": 4e-4} if lr is None else {"lr": lr, "d_lr": 4e-4}
+    assert changed == ({"d_lr": 4e-4} if lr is None else {"lr": lr, "d_lr": 4e-4})
     assert Train.a_change("d_lr", 4e-4, Train.trained_with(before)["d_lr"]) == "--d-lr 0.0004 (until now 0.0001)"
     assert (settled["d_lr"], settled["flip"], settled["lr"]) == (4e-4, False, lr or 1e-4)
     assert Train.build_networks(settled, "cpu", 1).opt_d.get_lr() == 4e-4

@@ -66,12 +66,17 @@ def add_hyper_parameters(parser):
     """One flag per hyper-parameter, defaulting to None so a resume can tell "not given" from
     "given"; the help says the real default once."""
     for name, hp in HYPER_PARAMETERS.items():
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         text = hp.help if hp.default is None else f"{hp.help} (default {str(hp.default).lower()})"
         if isinstance(hp.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
         else:
             parser.add_argument(flag, type=hp.type, choices=hp.choices, help=text)
+
+
+def flag_name(name):
+    """The flag of a hyper-parameter: "d_lr" -> "--d-lr"."""
+    return "--" + name.replace("_", "-")
 
 
 def parse_args(argv=None):
@@ -310,7 +315,7 @@ def a_change(name, value, before):
 
 def as_flag(name, value):
     """A hyper-parameter's value as the flag that sets it: "--lr 0.0001", "--flip", "--no-flip"."""
-    flag = "--" + name.replace("_", "-")
+    flag = flag_name(name)
     if isinstance(value, bool):
         return flag if value else "--no-" + flag[2:]
     return f"{flag} {value}"

@@ -184,8 +184,29 @@ def optimizer_state(layer, optimizer):
     return _rename_optimizer_state(optimizer.state_dict(), {p.name: name for name, p in layer.named_parameters()})
 
 
-def set_optimizer_state(layer, optimizer, state):
+def set_optimizer_state(layer, optimizer, state, grown=False):
+    """grown: the layer has grown since its state was saved (see load_weights)."""
+    if grown:
+        state = grown_optimizer_state(layer, state)
     optimizer.set_state_dict(_rename_optimizer_state(state, {name: p.name for name, p in layer.named_parameters()}))
+
+
+def grown_optimizer_state(layer, state):
+    """Adam's state (as optimizer_state gives it) for layer, which has grown since the state was
+    saved: the moments of a grown weight padded with zeros likewise, as for inputs never updated."""
+    shapes = {name: list(p.shape) for name, p in layer.named_parameters()}
+    grown = {}
+    for key, value in state.items():
+        name = max((name for name in shapes if key.startswith(name + "_moment")), key=len, default=None)
+        if name is not None and list(value.shape) != shapes[name]:
+            value = paddle.to_tensor(zero_padded(np.asarray(value), shapes[name]))
+        grown[key] = value
+    return grown
+
+
+def zero_padded(array, shape):
+    """array with zeros appended at the end of each axis up to shape."""
+    return np.pad(array, [(0, new - old) for old, new in zip(array.shape, shape)])
 
 
 # ------------------------------------------------------------------------------- the folder
@@ -286,16 +307,17 @@ class ModelFolder:
             raise _bad_state(path, f"it is not valid JSON ({error})") from None
         return RunState.from_json(data, path)
 
-    def load(self, networks, optimizers, state, scalers=None):
+    def load(self, networks, optimizers, state, scalers=None, grown=()):
         """Load weights (and Adam's state when it is there) of the checkpoint that state describes,
         and the float16 loss scalers (Train.py --amp) where both the checkpoint and scalers have
-        them. Returns whether Adam's state was loaded."""
+        them. grown: the names of networks that have grown new inputs since (see load_weights).
+        Returns whether Adam's state was loaded."""
         for name, layer in networks.items():
             path = self.path / weights_file(name)
             if not path.exists():
                 raise UserError(f"{path} is missing from the checkpoint that {STATE_FILE} describes; put it back, "
                                 f"or start over with --fresh or another --model-dir.")
-            self._check_stamp(path.name, load_weights(layer, path), state)
+            self._check_stamp(path.name, load_weights(layer, path, grown=name in grown), state)
         adam = {name: self.path / adam_file(name) for name in optimizers}
         if not all(path.exists() for path in adam.values()):
             return False
@@ -304,7 +326,7 @@ class ModelFolder:
             return False  # written before files were stamped: it cannot be matched to the weights
         for name, value in saved.items():
             self._check_stamp(adam[name].name, value["checkpoint"], state)
-            set_optimizer_state(networks[name], optimizers[name], value["adam"])
+            set_optimizer_state(networks[name], optimizers[name], value["adam"], grown=name in grown)
             if value.get("loss_scaler") and name in (scalers or {}):
                 scalers[name].load_state_dict(value["loss_scaler"])
         return True
@@ -413,9 +435,14 @@ def save_weights(layer, path, metadata=None):
     Files.atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 
 
-def load_weights(layer, path):
+def load_weights(layer, path, grown=False):
     """Load a safetensors file written by save_weights into layer, checking every name and shape.
-    Returns the file's metadata (Train.py stamps each file with its checkpoint's step)."""
+    Returns the file's metadata (Train.py stamps each file with its checkpoint's step).
+
+    grown: the layer may have grown since the file was written, so a saved weight may be smaller
+    than the layer's along any axis; it is padded there with zeros. New inputs of a linear layer
+    (D's minibatch standard deviation, Train.py --mbstd turned on when continuing) then start
+    weighted zero, and the grown layer computes what the saved one did."""
     path = Path(path)
     try:
         with safe_open(str(path), "np") as weights:
@@ -427,14 +454,21 @@ def load_weights(layer, path):
     except (SafetensorError, OSError, ValueError) as error:
         raise UserError(f"{path} is not a readable safetensors file ({error}): it is damaged or was never "
                         f"one. Put back a good copy of it, or use another --model-dir.") from None
-    expected = layer.state_dict()
+    expected = {name: list(value.shape) for name, value in layer.state_dict().items()}
+    if grown:
+        arrays = {name: zero_padded(array, expected[name]) if _fits_in(array.shape, expected.get(name)) else array
+                  for name, array in arrays.items()}
     wrong = sorted(set(expected) ^ set(arrays))
-    wrong += [name for name in expected if name in arrays and list(arrays[name].shape) != list(expected[name].shape)]
+    wrong += [name for name in expected if name in arrays and list(arrays[name].shape) != expected[name]]
     if wrong:
         raise UserError(f"{path} holds weights of another network (first mismatch: {wrong[0]}); "
                         f"it was not written by this version of Net.py, so train a new model.")
     layer.set_state_dict({name: paddle.to_tensor(array) for name, array in arrays.items()})
     return metadata
+
+
+def _fits_in(shape, bigger):
+    return bigger is not None and len(shape) == len(bigger) and all(a <= b for a, b in zip(shape, bigger))
 
 
 def generator_file(model_dir, raw_g=False):

@@ -53,7 +53,7 @@ class HyperParameter:
     type: object = None
     choices: tuple = None
     changeable: bool = False  # may be changed when continuing a checkpoint (recorded in state.json)
-    d_form: bool = False  # shapes D: changing it when continuing starts D afresh (recorded in state.json)
+    d_form: bool = False  # shapes D: changing it when continuing starts D afresh (see Train.d_grows); recorded
 
 
 # A checkpoint written before a hyper-parameter existed trained with its brief value (the
@@ -89,7 +89,8 @@ HYPER_PARAMETERS = {
                                                "BatchNorm); changing it when continuing starts D afresh",
                              choices=("batch", "spectral"), d_form=True),
     "mbstd": HyperParameter(False, False, "the minibatch standard deviation feature before D's linear layer; "
-                                          "changing it when continuing starts D afresh", d_form=True),
+                                          "turning it on when continuing keeps D, its new inputs weighted zero, "
+                                          "and turning it off starts D afresh", d_form=True),
     "r1": HyperParameter(0.0, 0.0, "weight gamma of the R1 penalty, gamma / 2 times the squared gradient of D's "
                                    "logit difference on real faces; 0: none; may change when continuing a checkpoint",
                          not_negative, changeable=True),

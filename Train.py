@@ -335,10 +335,18 @@ def what_ema_does(changed, before):
     return ": G_ema starts as a copy of G" if changed["ema"] else ": G_ema is left out of the next checkpoint"
 
 
+def d_grows(args, changed):
+    """Whether D continues with --mbstd turned on: its saved weights fit once its linear layer has
+    grown the new feature's inputs, weighted zero (Checkpoint.load_weights' grown), so D starts
+    out computing what it did. Not when D's normalisation changes too, or with --fresh-d."""
+    return changed.get("mbstd") is True and "d_norm" not in changed and not args.fresh_d
+
+
 def why_d_starts_afresh(args, changed):
     """The reason D starts afresh when continuing a checkpoint (--fresh-d, or a new form of D,
     whose saved weights would not fit), or None when D continues."""
-    new_form = [f"--{name.replace('_', '-')}" for name in changed if HYPER_PARAMETERS[name].d_form]
+    new_form = [f"--{name.replace('_', '-')}" for name in changed
+                if HYPER_PARAMETERS[name].d_form and not (name == "mbstd" and d_grows(args, changed))]
     if new_form:
         return f"{' and '.join(new_form)} changed the form of D"
     return "--fresh-d" if args.fresh_d else None
@@ -367,6 +375,9 @@ def open_model_folder(args, folder):
         flags = ", ".join(a_change(name, value, before[name]) for name, value in changed.items())
         print(f"Continuing with {flags} from step {state.global_step}{what_ema_does(changed, before)}.")
         state.changes.append({"step": state.global_step, **changed})
+    if state and d_grows(args, changed):
+        print("D continues: its linear layer takes --mbstd's new feature with weights of zero, so it starts out "
+              "as it was trained.")
     fresh_d = why_d_starts_afresh(args, changed) if state else None
     if fresh_d:
         print(f"D starts afresh ({fresh_d}), with new weights and Adam state; G continues from step "
@@ -407,17 +418,18 @@ def load_checkpoint(folder, procs, nets, saved, fresh_d=False):
     weights, optimizers = nets.weights, nets.optimizers
     if fresh_d:
         del weights["D"], optimizers["D"]
+    grown = ("D",) if nets.D.mbstd and not trained_with(saved)["mbstd"] else ()  # see d_grows
     ema_saved = trained_with(saved)["ema"]
     if nets.ema and not ema_saved:  # --ema turned on for this checkpoint: G_ema starts as the loaded G
         del weights["G_ema"]
     files = procs.from_writer(folder.checkpoint_bytes() if procs.writer and procs.world_size > 1 else None)
     if procs.writer:
-        with_adam = folder.load(weights, optimizers, saved, nets.scalers)
+        with_adam = folder.load(weights, optimizers, saved, nets.scalers, grown)
     else:
         with tempfile.TemporaryDirectory(prefix="checkpoint-from-rank-0-") as copy:
             for name, data in files.items():
                 (Path(copy) / name).write_bytes(data)
-            with_adam = ModelFolder(copy).load(weights, optimizers, saved, nets.scalers)
+            with_adam = ModelFolder(copy).load(weights, optimizers, saved, nets.scalers, grown)
     if nets.ema and not ema_saved:
         nets.ema.start_from(nets.G)
     return with_adam

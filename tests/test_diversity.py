@@ -1,6 +1,7 @@
 """Train.py's diversity flags: --loss hinge, --d-norm spectral, --r1 with --r1-every, --d-lr and
 --mbstd, each a recorded hyper-parameter that resumes exactly and is off under --brief; --fresh-d
-and a new form of D start D afresh when continuing; r_t, D's overfitting signal, in state.json."""
+and a new form of D start D afresh when continuing, except --mbstd turned on, which D grows into;
+r_t, D's overfitting signal, in state.json."""
 import json
 import subprocess
 
@@ -12,7 +13,8 @@ from safetensors.numpy import load_file
 
 import Recipe
 import Train
-from Checkpoint import RunState
+from Checkpoint import RunState, grown_optimizer_state, load_weights, optimizer_state, save_weights
+from Files import UserError
 from Net import Discriminator, Generator, init_dcgan_weights, minibatch_std, twice_differentiable
 from test_train import saved_state, train_args
 
@@ -59,6 +61,40 @@ def test_spectral_normalisation_brings_each_layers_largest_singular_value_to_one
             D(paddle.rand([2, 3, 96, 96]) * 2 - 1)
     after = [np.linalg.norm(layer.weight.numpy().reshape(layer.weight.shape[0], -1), 2) for layer in normalised]
     assert after == pytest.approx([1.0] * 5, abs=0.02)
+
+
+@pytest.mark.parametrize("norm", ["batch", "spectral"])
+def test_a_d_grown_into_mbstd_from_saved_weights_computes_what_the_saved_d_did(norm, tmp_path):
+    paddle.seed(0)
+    saved, grown = Discriminator(norm=norm), Discriminator(norm=norm, mbstd=True)
+    init_dcgan_weights(saved)
+    save_weights(saved, tmp_path / "D.safetensors")
+    with pytest.raises(UserError, match="holds weights of another network"):
+        load_weights(grown, tmp_path / "D.safetensors")  # only where growing is asked for
+    load_weights(grown, tmp_path / "D.safetensors", grown=True)
+    linear = getattr(grown.classify, "weight_orig", grown.classify.weight).numpy()
+    assert linear.shape == (513 * 6 * 6, 2) and not linear[512 * 6 * 6:].any()  # the new inputs weigh zero
+    saved.eval(), grown.eval()
+    faces = paddle.rand([8, 3, 96, 96]) * 2 - 1
+    assert minibatch_std(saved.features(faces))[:, -1].numpy().min() > 0  # the new feature is there
+    np.testing.assert_allclose(grown(faces).numpy(), saved(faces).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_adams_moments_of_a_grown_weight_are_padded_with_zeros_and_the_rest_kept():
+    paddle.seed(0)
+    saved, grown = Discriminator(), Discriminator(mbstd=True)
+    optimizer = paddle.optimizer.Adam(1e-3, parameters=saved.parameters())
+    saved(paddle.rand([4, 3, 96, 96])).mean().backward()
+    optimizer.step()
+    state = optimizer_state(saved, optimizer)
+    after = grown_optimizer_state(grown, state)
+    assert set(after) == set(state)
+    for moment in ("classify.weight_moment1_0", "classify.weight_moment2_0"):
+        before = np.asarray(state[moment])
+        assert list(after[moment].shape) == [513 * 6 * 6, 2] and before.shape == (512 * 6 * 6, 2) and before.any()
+        np.testing.assert_array_equal(np.asarray(after[moment])[:512 * 6 * 6], before)
+        assert not np.asarray(after[moment])[512 * 6 * 6:].any()
+    assert all(after[key] is state[key] for key in state if not key.startswith("classify.weight_moment"))
 
 
 def test_spectral_d_has_the_briefs_layer_shapes_and_no_batch_norm():
@@ -232,7 +268,8 @@ def copy_of(trained, tmp_path):
 
 
 @pytest.mark.parametrize("flags, reason", [(("--d-norm", "spectral"), "--d-norm changed the form of D"),
-                                           (("--mbstd",), "--mbstd changed the form of D"),
+                                           (("--d-norm", "spectral", "--mbstd"),
+                                            "--d-norm and --mbstd changed the form of D"),
                                            (("--fresh-d",), "--fresh-d")])
 def test_a_new_form_of_d_or_fresh_d_continues_g_and_starts_d_afresh_and_says_so(trained, faces_dir, tmp_path, capsys,
                                                                                 flags, reason):
@@ -247,6 +284,23 @@ def test_a_new_form_of_d_or_fresh_d_continues_g_and_starts_d_afresh_and_says_so(
                                              None)
     fresh_d = Train.build_networks(fresh, "cpu", 1).D
     assert set(load_file(str(tmp_path / "Model" / "D.safetensors"))) == set(fresh_d.state_dict())
+
+
+def test_mbstd_turned_on_when_continuing_keeps_d_and_its_adam_state_and_grows_its_linear_layer(trained, faces_dir,
+                                                                                                 tmp_path, capsys):
+    copy_of(trained, tmp_path)
+    Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--mbstd"))
+    out = capsys.readouterr().out
+    assert "Continuing with --mbstd (until now off) from step 2." in out
+    assert "D continues: its linear layer takes --mbstd's new feature with weights of zero" in out
+    assert "D starts afresh" not in out and "Adam starts afresh" not in out
+    state = saved_state(tmp_path)
+    assert state["changes"] == [{"step": 2, "mbstd": True}] and state["global_step"] == 4
+    before = load_file(str(trained[0] / "Model" / "D.safetensors"))
+    after = load_file(str(tmp_path / "Model" / "D.safetensors"))
+    assert after["classify.weight"].shape == (513 * 6 * 6, 2) and set(after) == set(before)
+    adam = paddle.load(str(tmp_path / "Model" / "D.pdopt"))["adam"]
+    assert list(adam["classify.weight_moment1_0"].shape) == [513 * 6 * 6, 2]
 
 
 def test_the_loss_r1_and_d_lr_may_change_when_continuing_and_are_recorded(trained, faces_dir, tmp_path, capsys):

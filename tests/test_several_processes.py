@@ -147,6 +147,21 @@ def test_r1_spectral_hinge_and_mbstd_keep_every_ranks_networks_identical(faces_d
     assert "Epoch 1: D's overfitting signal r_t" in worker_log(tmp_path, 0)
 
 
+def test_mbstd_turned_on_when_continuing_grows_d_alike_on_every_rank(faces_dir, tmp_path):
+    """Rank 1 loads the checkpoint from the copy rank 0 sends it, and must grow D as rank 0 does."""
+    with launched(tmp_path, *launch_flags(faces_dir, tmp_path, "--epochs", "1")) as process:
+        assert finish(process, 300) == 0, worker_log(tmp_path, 0)
+    flags = launch_flags(faces_dir, tmp_path, "--epochs", "2", "--mbstd")
+    with launched(tmp_path, *flags, script=str(ROOT / "tests" / "weights_of_each_rank.py")) as process:
+        assert finish(process, 300) == 0, worker_log(tmp_path, 0)
+    assert "D continues: its linear layer takes --mbstd's new feature" in worker_log(tmp_path, 0)
+    ranks = [np.load(tmp_path / "Output" / f"rank{rank}.npz") for rank in (0, 1)]
+    assert ranks[0]["D.classify.weight"].shape == ranks[1]["D.classify.weight"].shape == (513 * 6 * 6, 2)
+    for key in ranks[0]:
+        if not key.endswith(("_mean", "_variance")):  # BatchNorm statistics: each CPU rank's own share
+            assert np.abs(ranks[0][key] - ranks[1][key]).max() < 1e-6, key
+
+
 # ---------------------------------------------------------------- GPU settings, checked on a CPU
 
 @pytest.mark.parametrize("capability, cuda, dtype", [((6, 1), "12.0", None), ((7, 0), "12.0", "float16"),

@@ -175,9 +175,15 @@ def _rename_optimizer_state(state, renames):
     structured names ("residual.conv1.weight_moment1_0") instead, and map them back on loading."""
     renamed = {}
     for key, value in state.items():
-        old = max((name for name in renames if key.startswith(name + "_")), key=len, default=None)
+        old = _parameter_of(key, renames)
         renamed[renames[old] + key[len(old):] if old else key] = value
     return renamed
+
+
+def _parameter_of(key, names):
+    """Which of names (parameter names) Adam's key is about, or None: the longest that key begins
+    with, followed by "_"."""
+    return max((name for name in names if key.startswith(name + "_")), key=len, default=None)
 
 
 def optimizer_state(layer, optimizer):
@@ -197,8 +203,8 @@ def grown_optimizer_state(layer, state):
     shapes = {name: list(p.shape) for name, p in layer.named_parameters()}
     grown = {}
     for key, value in state.items():
-        name = max((name for name in shapes if key.startswith(name + "_moment")), key=len, default=None)
-        if name is not None and list(value.shape) != shapes[name]:
+        name = _parameter_of(key, shapes)
+        if name is not None and "_moment" in key[len(name):] and list(value.shape) != shapes[name]:
             value = paddle.to_tensor(zero_padded(np.asarray(value), shapes[name]))
         grown[key] = value
     return grown

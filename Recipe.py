@@ -101,6 +101,10 @@ HYPER_PARAMETERS = {
                                         "a checkpoint", changeable=True),
     "d_lr": HyperParameter(4e-4, None, "Adam learning rate of D alone (under --brief: --lr's); may change when "
                                        "continuing a checkpoint", learning_rate, changeable=True),
+    # The second campaign (docs/recipe.md, "Mode seeking"): a term in G's loss aimed at variety itself.
+    "mode_seeking": HyperParameter(0.0, 0.0, "weight of the mode-seeking term in G's loss, which rewards G for "
+                                             "drawing unlike faces from unlike noise; 0: none; may change when "
+                                             "continuing a checkpoint", not_negative, changeable=True),
 }
 BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
@@ -163,6 +167,19 @@ def r1_penalty(judge, D, real):
     return gradient.square().sum(axis=[1, 2, 3]).mean(), logits
 
 
+def mode_seeking_term(faces, noise):
+    """The mode-seeking term of MSGAN (Mao et al. 2019, https://arxiv.org/abs/1903.05628): 1 / (r +
+    1e-5), where r is how far apart the batch's first and second halves are as faces (their mean
+    absolute difference) over how far apart their noise is. G lowers it by drawing unlike faces
+    from unlike noise, the opposite of collapsing many noise vectors onto one face. It is taken on
+    the faces as G drew them, before DiffAugment, whose random shifts, colours and cutouts would
+    part two faces without G doing anything."""
+    half = faces.shape[0] // 2
+    faces = faces.astype("float32")
+    apart = (faces[:half] - faces[half:2 * half]).abs().mean() / (noise[:half] - noise[half:2 * half]).abs().mean()
+    return 1 / (apart + 1e-5)
+
+
 # ------------------------------------------------------------------------------------ one step
 
 def optimizer_step(optimizer, loss, scaler=None):
@@ -206,16 +223,17 @@ class StepResult(NamedTuple):
     """What one step measured, as tensors, so the caller decides when to wait for the device."""
     d_fake: paddle.Tensor  # D's loss on the generated batch
     d_real: paddle.Tensor  # D's loss on the real batch (without the R1 penalty)
-    g: paddle.Tensor  # G's loss, the mean over its updates
+    g: paddle.Tensor  # G's loss, the mean over its updates (without the mode-seeking term)
     real_sign: paddle.Tensor  # the mean sign of D's realness on the real batch: ADA's overfitting signal r_t
 
 
-def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None, loss="bce", r1=0.0):
+def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None, loss="bce", r1=0.0,
+               mode_seeking=0.0):
     """One batch of the original's schedule, in three phases. Returns a StepResult.
     amp: a MixedPrecision, or None for float32. augment: the DiffAugment policy of every batch D
     sees. ema: a MovingAverage to update after every G update, or None. loss: "bce" or "hinge".
     r1: the weight of the R1 penalty in this step's real phase (the caller scales it for lazy
-    steps), 0 for none."""
+    steps), 0 for none. mode_seeking: the weight of the mode-seeking term in G's loss, 0 for none."""
     batch = real.shape[0]
     autocast = amp.autocast if amp else contextlib.nullcontext
     scalers = amp.scalers if amp else {}
@@ -239,9 +257,13 @@ def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE
     g_losses = []
     with d_weight_gradients_off(D):
         for _ in range(g_steps):
+            noise = paddle.rand([batch, Z_DIM])
             with autocast():
-                generated = g_loss(judge(G(paddle.rand([batch, Z_DIM]))), loss)
-            g_losses.append(optimizer_step(opt_g, generated, scalers.get("G")))
+                faces = G(noise)
+                generated = g_loss(judge(faces), loss)
+            objective = generated + mode_seeking * mode_seeking_term(faces, noise) if mode_seeking else generated
+            optimizer_step(opt_g, objective, scalers.get("G"))
+            g_losses.append(generated)  # G's loss alone, as D's is logged without the R1 penalty
             if ema:
                 ema.update()
     opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps

@@ -89,7 +89,8 @@ def parse_args(argv=None):
     parser.add_argument("--brief", action="store_true",
                         help="the original's recipe exactly: batch 100, lr 2e-4, beta1 0.8, 2 G steps, Paddle's "
                              "init, D with BatchNorm on its input too and at G's rate, cross entropy, no EMA, no "
-                             "augmentation, no mirrored faces, no R1 (flags given beside it still count)")
+                             "augmentation, no mirrored faces, no R1, no mode seeking (flags given beside it still "
+                             "count)")
     parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every "
                                                              "epoch (default %(default)s)")
     parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve "
@@ -302,6 +303,9 @@ def settle_hyper_parameters(args, state):
         raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "
                         f"{', '.join(conflicts)}; drop those flags{brief_too} to continue it, or start over "
                         f"with --fresh or another --model-dir.")
+    if settled["mode_seeking"] and settled["batch_size"] < 2:
+        raise UserError("--mode-seeking compares the two halves of each batch, so it needs a --batch-size of at "
+                        "least 2.")
     if settled["seed"] is None:
         settled["seed"] = secrets.randbelow(2**31)
     return settled, changed
@@ -689,7 +693,7 @@ def run_step(session, real, epoch):
     started = time.perf_counter()
     result = Recipe.train_step(session.train_G, session.train_D, nets.opt_g, nets.opt_d, real, hp["g_steps"],
                                amp=nets.amp, augment=hp["augment"], ema=nets.ema, loss=hp["loss"],
-                               r1=Recipe.r1_weight(hp, state.global_step))
+                               r1=Recipe.r1_weight(hp, state.global_step), mode_seeking=hp["mode_seeking"])
     *losses, real_sign = [float(value) for value in result]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)

@@ -1,5 +1,5 @@
-"""Train.py's diversity flags: --loss hinge, --d-norm spectral, --r1 with --r1-every, --d-lr and
---mbstd, each a recorded hyper-parameter that resumes exactly and is off under --brief; --fresh-d
+"""Train.py's diversity flags: --loss hinge, --d-norm spectral, --r1 with --r1-every, --d-lr,
+--mbstd and --mode-seeking, each a recorded hyper-parameter that resumes exactly and is off under --brief; --fresh-d
 and a new form of D start D afresh when continuing, except --mbstd turned on, which D grows into;
 r_t, D's overfitting signal, in state.json."""
 import json
@@ -19,7 +19,7 @@ from Net import Discriminator, Generator, init_dcgan_weights, minibatch_std, twi
 from test_train import saved_state, train_args
 
 EVERY_FLAG = ("--loss", "hinge", "--d-norm", "spectral", "--r1", "0.5", "--r1-every", "2", "--d-lr", "3e-4",
-              "--mbstd", "--flip")
+              "--mbstd", "--flip", "--mode-seeking", "1")
 
 
 def count(network):
@@ -196,6 +196,55 @@ def test_r1_is_lazy_every_r1_every_steps_and_scaled_to_match():
     assert Recipe.r1_weight({"r1": 0.0, "r1_every": 4}, 0) == 0
 
 
+# ---------------------------------------------------------------------------------- mode seeking
+
+def test_the_mode_seeking_term_is_one_over_the_halves_face_distance_per_noise_distance():
+    faces = paddle.to_tensor(np.array([0.5, -0.5, 0.25, 1.0, 0.5, 0.5], dtype="float32").reshape([3, 2, 1, 1]))
+    noise = paddle.to_tensor([[0.0, 0.0], [1.0, 0.5], [9.0, 9.0]])  # an odd batch: the last one is left out
+    # the first face against the second: |0.5 - 0.25| and |-0.5 - 1.0|; their noise: |0 - 1| and |0 - 0.5|
+    apart = np.mean([0.25, 1.5]) / np.mean([1.0, 0.5])
+    assert float(Recipe.mode_seeking_term(faces, noise)) == pytest.approx(1 / (apart + 1e-5))
+
+
+def test_lowering_the_mode_seeking_term_draws_the_two_halves_apart():
+    paddle.seed(0)
+    faces, noise = paddle.rand([8, 3, 4, 4]), paddle.rand([8, 4])
+    faces.stop_gradient = False
+    term = Recipe.mode_seeking_term(faces, noise)
+    term.backward()
+    moved = faces.detach() - 0.01 * faces.grad
+    assert float(Recipe.mode_seeking_term(moved, noise)) < float(term)
+    assert float((moved[:4] - moved[4:]).abs().mean()) > float((faces[:4] - faces[4:]).abs().mean())
+
+
+def test_mode_seeking_changes_only_gs_update_and_stays_out_of_gs_logged_loss():
+    def one_step(mode_seeking):
+        paddle.seed(0)
+        G, D = Generator(), Discriminator(input_norm=False)
+        init_dcgan_weights(G)
+        init_dcgan_weights(D)
+        # plain gradient descent for G: Adam's first step moves each weight by its rate whatever the gradient
+        opt_g = paddle.optimizer.SGD(1e-2, parameters=G.parameters())
+        opt_d = paddle.optimizer.Adam(1e-3, parameters=D.parameters())
+        result = Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([4, 3, 96, 96]) * 2 - 1, g_steps=1,
+                                   mode_seeking=mode_seeking)
+        trained = {name: weight.numpy() for name, weight in G.named_parameters() if not weight.stop_gradient}
+        return [float(value) for value in result], trained, {k: v.numpy() for k, v in D.state_dict().items()}
+
+    (plain, g_plain, d_plain), (seeking, g_seeking, d_seeking) = one_step(0.0), one_step(1.0)
+    assert plain == seeking  # D's two losses, G's (the same faces, judged before G's update) and r_t
+    assert all(np.array_equal(d_plain[key], d_seeking[key]) for key in d_plain)
+    assert all(not np.array_equal(g_plain[key], g_seeking[key]) for key in g_plain)  # every weight G trains
+
+
+def test_mode_seeking_needs_two_faces_a_batch():
+    with pytest.raises(UserError, match="--mode-seeking compares the two halves of each batch, so it needs a "
+                                        "--batch-size of at least 2."):
+        Train.settle_hyper_parameters(Train.parse_args(["--mode-seeking", "1", "--batch-size", "1"]), None)
+    settled, _ = Train.settle_hyper_parameters(Train.parse_args(["--batch-size", "1", "--seed", "1"]), None)
+    assert settled["mode_seeking"] == 0.0
+
+
 def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
     settled, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--lr", "1e-4", "--d-lr", "4e-4"]),
                                                None)
@@ -211,7 +260,7 @@ def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_
     """The case of the model shipped before step 12,298: its state.json predates --flip and --d-lr,
     and it trains G at 1e-4."""
     shipped = RunState(hyper_parameters={**Recipe.BRIEF, "lr": 1e-4, "seed": 1})
-    for name in ("loss", "d_norm", "mbstd", "r1", "r1_every", "flip", "d_lr"):
+    for name in ("loss", "d_norm", "mbstd", "r1", "r1_every", "flip", "d_lr", "mode_seeking"):
         del shipped.hyper_parameters[name]
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([]), shipped)
     assert changed == {"flip": True, "d_lr": 4e-4}  # recorded in state.json's changes
@@ -250,9 +299,10 @@ def test_every_flag_trains_two_epochs_exactly_as_one_then_a_resume_then_one_more
     states = [saved_state(tmp_path / run) for run in ("straight", "resumed")]
     assert states[0]["losses"] == states[1]["losses"]
     assert states[0]["real_sign"] == states[1]["real_sign"] and states[0]["overfitting"] == states[1]["overfitting"]
-    recorded = ("loss", "d_norm", "r1", "r1_every", "d_lr", "mbstd", "flip")
+    recorded = ("loss", "d_norm", "r1", "r1_every", "d_lr", "mbstd", "flip", "mode_seeking")
     assert {key: states[1]["hyper_parameters"][key] for key in recorded} == {
-        "loss": "hinge", "d_norm": "spectral", "r1": 0.5, "r1_every": 2, "d_lr": 3e-4, "mbstd": True, "flip": True}
+        "loss": "hinge", "d_norm": "spectral", "r1": 0.5, "r1_every": 2, "d_lr": 3e-4, "mbstd": True, "flip": True,
+        "mode_seeking": 1.0}
 
 
 def test_r_t_is_the_epochs_mean_sign_of_ds_realness_on_real_batches(trained, capsys):
@@ -303,12 +353,14 @@ def test_mbstd_turned_on_when_continuing_keeps_d_and_its_adam_state_and_grows_it
     assert list(adam["classify.weight_moment1_0"].shape) == [513 * 6 * 6, 2]
 
 
-def test_the_loss_r1_and_d_lr_may_change_when_continuing_and_are_recorded(trained, faces_dir, tmp_path, capsys):
+def test_the_loss_r1_d_lr_and_mode_seeking_may_change_when_continuing_and_are_recorded(trained, faces_dir, tmp_path,
+                                                                                      capsys):
     copy_of(trained, tmp_path)
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--loss", "hinge", "--r1", "1",
-                          "--d-lr", "1e-4"))
+                          "--d-lr", "1e-4", "--mode-seeking", "0.5"))
     out = capsys.readouterr().out
     assert "Continuing with --loss hinge (until now bce), --r1 1.0 (until now 0.0), --d-lr 0.0001 (until now " \
-           "0.0004) from step 2." in out
+           "0.0004), --mode-seeking 0.5 (until now 0.0) from step 2." in out
     assert "D starts afresh" not in out
-    assert saved_state(tmp_path)["changes"] == [{"step": 2, "loss": "hinge", "r1": 1.0, "d_lr": 1e-4}]
+    assert saved_state(tmp_path)["changes"] == [{"step": 2, "loss": "hinge", "r1": 1.0, "d_lr": 1e-4,
+                                                 "mode_seeking": 0.5}]

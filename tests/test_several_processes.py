@@ -132,11 +132,12 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_names_the_checkpoint
     assert json.loads((tmp_path / "Model" / "state.json").read_text())["global_step"] == 2
 
 
-def test_r1_spectral_hinge_and_mbstd_keep_every_ranks_networks_identical(faces_dir, tmp_path):
+def test_r1_spectral_hinge_mbstd_and_mode_seeking_keep_every_ranks_networks_identical(faces_dir, tmp_path):
     """The R1 penalty differentiates D twice inside DataParallel; its gradients, like the loss's,
-    must be averaged over the ranks, which train on different faces."""
+    must be averaged over the ranks, which train on different faces. So must those of the
+    mode-seeking term, which each rank takes over its own batch's faces."""
     flags = launch_flags(faces_dir, tmp_path, "--epochs", "1", "--loss", "hinge", "--d-norm", "spectral", "--r1", "1",
-                         "--r1-every", "1", "--mbstd")
+                         "--r1-every", "1", "--mbstd", "--mode-seeking", "1")
     with launched(tmp_path, *flags, script=str(ROOT / "tests" / "weights_of_each_rank.py")) as process:
         assert finish(process, 300) == 0, worker_log(tmp_path, 0)
     ranks = [np.load(tmp_path / "Output" / f"rank{rank}.npz") for rank in (0, 1)]

@@ -175,9 +175,11 @@ def mode_seeking_term(faces, noise):
     the faces as G drew them, before DiffAugment, whose random shifts, colours and cutouts would
     part two faces without G doing anything."""
     half = faces.shape[0] // 2
-    faces = faces.astype("float32")
-    apart = (faces[:half] - faces[half:2 * half]).abs().mean() / (noise[:half] - noise[half:2 * half]).abs().mean()
-    return 1 / (apart + 1e-5)
+
+    def halves_apart(batch):
+        return (batch[:half] - batch[half:2 * half]).abs().mean()
+
+    return 1 / (halves_apart(faces.astype("float32")) / halves_apart(noise) + 1e-5)
 
 
 # ------------------------------------------------------------------------------------ one step

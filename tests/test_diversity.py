@@ -1,7 +1,7 @@
 """Train.py's diversity flags: --loss hinge, --d-norm spectral, --r1 with --r1-every, --d-lr,
---mbstd and --mode-seeking, each a recorded hyper-parameter that resumes exactly and is off under --brief; --fresh-d
-and a new form of D start D afresh when continuing, except --mbstd turned on, which D grows into;
-r_t, D's overfitting signal, in state.json."""
+--mbstd and --mode-seeking, each a recorded hyper-parameter that resumes exactly and is off under
+--brief; --fresh-d and a new form of D start D afresh when continuing, except --mbstd turned on,
+which D grows into; r_t, D's overfitting signal, in state.json."""
 import json
 import subprocess
 

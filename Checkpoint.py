@@ -331,19 +331,22 @@ class ModelFolder:
         if any(value is None for value in saved.values()):
             return False  # written before files were stamped: it cannot be matched to the weights
         for name, value in saved.items():
-            self._check_stamp(adam[name].name, value["checkpoint"], state)
+            self._check_stamp(adam[name].name, value["checkpoint"], state,
+                              f"a shipped model has no Adam state, so `git checkout` leaves a trained one's "
+                              f"behind. Delete {' and '.join(map(str, adam.values()))} to go on with Adam started "
+                              f"afresh, or put back the matching files.")
             set_optimizer_state(networks[name], optimizers[name], value["adam"], grown=name in grown)
             if value.get("loss_scaler") and name in (scalers or {}):
                 scalers[name].load_state_dict(value["loss_scaler"])
         return True
 
-    def _check_stamp(self, name, stamp, state):
+    def _check_stamp(self, name, stamp, state, advice="files of two checkpoints were mixed. Put back the matching "
+                                                      "files, or start over with --fresh or another --model-dir."):
         found = (stamp.get("run", ""), str(stamp.get("global_step", "")))
         if found != (state.run, str(state.global_step)):
             raise UserError(f"{self.path / name} belongs to another checkpoint (run {found[0] or '?'}, step "
                             f"{found[1] or '?'}) than {STATE_FILE} (run {state.run or '?'}, step {state.global_step}): "
-                            f"files of two checkpoints were mixed. Put back the matching files, or start over "
-                            f"with --fresh or another --model-dir.")
+                            f"{advice}")
 
     def check_space(self, networks, optimizers, state):
         """Refuse in one sentence, before any training, when the folder's disk cannot hold the next
@@ -487,13 +490,13 @@ def generator_file(model_dir, raw_g=False):
 
 def load_generator(model_dir, raw_g=False):
     """The generator of model_dir (see generator_file), in evaluation mode (BatchNorm uses its
-    running statistics)."""
+    running statistics). Its stamp is the run and step its weights were saved at (Train.py's)."""
     path = generator_file(model_dir, raw_g)
     if raw_g and not path.exists() and (Path(model_dir) / AVERAGED_GENERATOR_FILE).exists():
         raise UserError(f"{path} does not exist, so --raw-g has nothing to draw with; leave --raw-g out to draw "
                         f"with {AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
     generator = Generator()
-    load_weights(generator, path)
+    generator.stamp = load_weights(generator, path)  # the run and step it was saved at ({} if unstamped)
     generator.eval()
     return generator
 

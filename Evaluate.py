@@ -29,7 +29,6 @@ left, beside its nearest training face, right).
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 
 import argparse
-from pathlib import Path
 
 import Checkpoint
 import Metrics
@@ -56,10 +55,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     if args.history:  # its mistakes before minutes of measuring
-        if Path(args.history).exists():
-            Metrics.read_history(args.history)
-        if not args.real_b:
-            Metrics.checkpoint_state(args.model_dir)
+        Metrics.check_history(args.history, None if args.real_b else args.model_dir)
     metrics = Metrics.measure_model(args.model_dir, args.real, args.train, args.n, args.seed, args.output,
                                     args.real_b, args.raw_g)
     print(Metrics.format_table(metrics))

@@ -10,7 +10,7 @@
 - progress.gif: the fixed-noise grids that Train.py wrote during training (--progress: its
   --output folder), at most 16 frames evenly spaced, at half size;
 - nearest.png and metrics.json: Metrics.py's memorisation picture and metrics (--train, --real);
-- evaluations.png: SWD and MS-SSIM of every checkpoint of the training run that Metrics.py
+- evaluations.png: SWD and MS-SSIM of every checkpoint of the training run that Evaluate.py
   --history recorded in the model folder's evaluations.json, beside the real faces' (if the file is there).
 
 Every picture is drawn by G_ema.safetensors where the model folder has it (Train.py --ema), else by
@@ -33,7 +33,7 @@ from Drawing import STRIP_STEPS, interpolation_strips
 from Files import FACES_FOLDER, UserError
 
 STRIP_ROWS = 3      # base vectors shown per strip picture
-HISTORY_FILE = "evaluations.json"  # in the model folder: Metrics.py --history of its training run
+HISTORY_FILE = "evaluations.json"  # in the model folder: Evaluate.py --history of its training run
 
 
 def strip_picture(generator, base, dim):
@@ -140,14 +140,16 @@ def main(argv=None):
     Utils.save_png(Utils.tile_images(Drawing.generate(generator, Utils.random_noise(rng, Drawing.AVATARS)), 8, 8),
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
-    Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png")
+    Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png",
+                          state.hyper_parameters.get("loss", "bce"))
     # Without --progress, a progress.gif already in --output stays as it is, and figures.json records
     # no frame count for it.
     progress = {"progress_frames": progress_gif(args.progress, output / "progress.gif")} if args.progress else {}
     history_file = Path(args.model_dir) / HISTORY_FILE
-    if history_file.exists():
-        save_evaluation_curve(Metrics.read_history(history_file), state.global_step, output / "evaluations.png",
-                              state.changes)
+    history = Metrics.read_history(history_file) if history_file.exists() else {"evaluations": []}
+    history["evaluations"] = Metrics.of_run(history["evaluations"], state.run)  # not a model replaced by --fresh
+    if history["evaluations"]:
+        save_evaluation_curve(history, state.global_step, output / "evaluations.png", state.changes)
     metrics = Metrics.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
                                     raw_g=args.raw_g)
     print(Metrics.format_table(metrics))

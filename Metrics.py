@@ -226,17 +226,39 @@ def read_history(path):
     return history
 
 
+def of_run(evaluations, run):
+    """The evaluations of one training run (those of a file older than runs' names count as its own)."""
+    return [entry for entry in evaluations if entry.get("run", run) == run]
+
+
+def check_history(path, model_dir=None):
+    """The history file at path (an empty one if there is none yet), refused if it holds another
+    training run's evaluations than model_dir's checkpoint (a --fresh start in the same folder):
+    one file, one run's curve."""
+    path = Path(path)
+    history = read_history(path) if path.exists() else {"floor": None, "evaluations": []}
+    if model_dir is not None:
+        state = checkpoint_state(model_dir)
+        if len(of_run(history["evaluations"], state.run)) < len(history["evaluations"]):
+            raise UserError(f"{path} holds the evaluations of another training run than {model_dir}'s (run "
+                            f"{state.run}, started since); delete it, or give --history another file.")
+    return history
+
+
 def add_to_history(path, metrics, model_dir=None):
     """Put metrics into the history file at path: as the floor (a second real set: model_dir None),
     or as the evaluation of model_dir's checkpoint, in place of an earlier one of the same step."""
-    path = Path(path)
-    history = read_history(path) if path.exists() else {"floor": None, "evaluations": []}
+    history = check_history(path, model_dir)
     if model_dir is None:
         history["floor"] = metrics
     else:
         state = checkpoint_state(model_dir)
-        entry = {"step": state.global_step, "epochs_done": state.epochs_done, "batches_done": state.batches_done,
-                 "images": state.images, **metrics}
+        if metrics.get("step", state.global_step) != state.global_step:  # Train.py saved meanwhile
+            raise UserError(f"{model_dir} saved step {state.global_step} while step {metrics['step']} was measured, "
+                            f"so {path} was left as it was; measure a copy of the folder to follow a running "
+                            f"training.")
+        entry = {"step": state.global_step, "run": state.run, "epochs_done": state.epochs_done,
+                 "batches_done": state.batches_done, "images": state.images, **metrics}
         others = [old for old in history["evaluations"] if old["step"] != state.global_step]
         history["evaluations"] = sorted(others + [entry], key=lambda old: old["step"])
     Files.write_json(history, path)
@@ -260,6 +282,8 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=Fa
         source = str(generator_file(model_dir, raw_g))
     metrics, shown, neighbours = evaluate(candidates, real_faces, train_faces, seed)
     metrics.update(candidates=source, real=str(real), train=str(train or real), seed=seed)
+    if not real_b and "global_step" in generator.stamp:  # which checkpoint was measured, if Train.py wrote it
+        metrics.update(run=generator.stamp.get("run", ""), step=int(generator.stamp["global_step"]))
     Files.write_json(metrics, output / "metrics.json")
     Utils.save_png(nearest_picture(shown, neighbours), output / "nearest.png")
     return metrics

@@ -28,7 +28,6 @@ import hashlib
 import io
 import os
 import secrets
-import signal
 import tempfile
 import time
 from dataclasses import dataclass
@@ -442,12 +441,7 @@ def serve(app, port):
         raise UserError(f"port {port} of 127.0.0.1 is taken; stop what uses it, or pass another --port.") \
             from None
     print(f"Avatar Studio: http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
-    signal.signal(signal.SIGTERM, stop)  # a service manager's stop, handled as Ctrl-C, not by Paddle's crash report
     app.block_thread()
-
-
-def stop(signum, frame):
-    raise KeyboardInterrupt
 
 
 def main(argv=None):

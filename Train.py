@@ -715,6 +715,7 @@ def run_epoch(session, epoch):
     session.dataset.set_epoch(epoch)
     progress = tqdm(session.loader, total=state.steps_per_epoch, initial=state.batches_done,
                     desc=f"epoch {epoch}/{args.epochs}", disable=not session.procs.writer, dynamic_ncols=True)
+    write_grid = None  # no step at all if the run stopped after this epoch's last batch and is resumed
     with progress:
         for real in progress:
             losses, stop = run_step(session, real, epoch)
@@ -787,11 +788,14 @@ def train(args):
                 return STOPPED
             if session.procs.writer:
                 loss_curve = Path(args.output) / "loss.png"
-                picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve),
+                picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve,
+                                                      state.hyper_parameters["loss"]),
                         f"The loss curve {loss_curve}")
+    # No step at all if the run was stopped after an epoch's last batch and resumed.
+    timing = (f" A training step took {np.median(session.step_seconds):.2f} s (median of this run's "
+              f"{len(session.step_seconds)})." if session.step_seconds else "")
     print_once(session.procs, f"Done: {state.epochs_done} epochs, {state.global_step} steps; model in {folder}, "
-                              f"samples in {args.output}. A training step took {np.median(session.step_seconds):.2f} s "
-                              f"(median of this run's {len(session.step_seconds)}).")
+                              f"samples in {args.output}.{timing}")
     return 0
 
 

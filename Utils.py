@@ -13,6 +13,7 @@ import io
 import os
 import platform
 import random
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -99,13 +100,23 @@ _use_all_cores()
 
 def run_main(main):
     """Run a script's main() and exit with the status it returns (None: 0); a UserError ends the
-    program with its message and exit status 2."""
+    program with its message and exit status 2, and Ctrl-C or SIGTERM (where the script does not
+    handle them itself, as Train.py's loop does) with a line and status 130."""
+    signal.signal(signal.SIGTERM, _stop)  # after Paddle's import, whose crash report would take it
     try:
         status = main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("Stopped.", file=sys.stderr)
+        sys.exit(130)
     sys.exit(status or 0)
+
+
+def _stop(signum, frame):
+    """SIGTERM (a service manager's stop, or `kill`) handled as Ctrl-C."""
+    raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------------- device
@@ -234,8 +245,12 @@ def gif_bytes(frames, frame_ms):
     return buffer.getvalue()
 
 
-def save_loss_curve(losses, steps_per_epoch, path):
-    """The D and G losses of every batch (faint) and their moving average, as a PNG."""
+LOSS_NAMES = {"bce": "softmax cross entropy", "hinge": "hinge loss"}  # Recipe's --loss choices
+
+
+def save_loss_curve(losses, steps_per_epoch, path, loss="bce"):
+    """The D and G losses of every batch (faint) and their moving average, as a PNG; loss: which
+    (--loss), for the axis's name."""
     plt = pyplot()
     d_loss = np.add(losses["d_fake"], losses["d_real"])
     g_loss = np.asarray(losses["g"])
@@ -247,7 +262,7 @@ def save_loss_curve(losses, steps_per_epoch, path):
         axes.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid"), color=color,
                   label=label)
     axes.set_xlabel(f"batch ({steps_per_epoch} per epoch)")
-    axes.set_ylabel("softmax cross entropy")
+    axes.set_ylabel(LOSS_NAMES[loss])
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()

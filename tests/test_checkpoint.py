@@ -178,6 +178,22 @@ def test_files_of_two_checkpoints_are_refused_not_mixed(tmp_path):
         folder.load(*small_networks(step=0)[:2], folder.read_state())
 
 
+def test_adam_state_of_another_checkpoint_is_named_for_deletion(tmp_path):
+    """As `git checkout Model/` leaves a trained model's Adam state beside the shipped weights, which
+    come without any: deleting it, as the message says, lets the weights load with Adam afresh."""
+    ModelFolder(tmp_path / "shipped").save(*small_networks(step=1))
+    ModelFolder(tmp_path / "trained").save(*small_networks(step=2))
+    adam = [tmp_path / "shipped" / Checkpoint.adam_file(name) for name in ("G", "D")]
+    for path in adam:
+        os.replace(tmp_path / "trained" / path.name, path)
+    folder = ModelFolder(tmp_path / "shipped")
+    with pytest.raises(UserError, match=f"Delete {adam[0]} and {adam[1]} to go on with Adam started afresh"):
+        folder.load(*small_networks(step=0)[:2], folder.read_state())
+    for path in adam:
+        path.unlink()
+    assert folder.load(*small_networks(step=0)[:2], folder.read_state()) is False
+
+
 # ------------------------------------------------------------------------ state is never guessed
 
 def copy_of_trained(trained, faces_dir, tmp_path):

@@ -9,6 +9,7 @@ import Files
 import Metrics
 from Checkpoint import RunState
 from conftest import SHARED_DATA, run_script
+from Files import UserError
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +142,11 @@ def test_a_folder_of_one_face_asks_for_more_faces_not_a_lower_n(faces_dir, tmp_p
     assert message.endswith("holds only 1 face, and MS-SSIM needs pairs: put at least 2 faces in it.")
 
 
-def fake_checkpoint(folder, step):
-    """A model folder whose state.json says step: all that --history reads of it."""
+def fake_checkpoint(folder, step, run="testrun"):
+    """A model folder whose state.json says step and run: all that --history reads of it."""
     folder.mkdir(exist_ok=True)
-    Files.write_json(RunState(hyper_parameters={}, global_step=step, epochs_done=step // 10, batches_done=step % 10,
-                              images=100).to_json(), folder / "state.json")
+    Files.write_json(RunState(hyper_parameters={}, run=run, global_step=step, epochs_done=step // 10,
+                              batches_done=step % 10, images=100).to_json(), folder / "state.json")
     return folder
 
 
@@ -158,8 +159,30 @@ def test_history_keeps_one_evaluation_per_step_in_step_order_and_the_floor_apart
     saved = json.loads(history.read_text())
     assert saved["floor"] == {"swd_mean": 14.0}
     assert saved["evaluations"] == [
-        {"step": 10, "epochs_done": 1, "batches_done": 0, "images": 100, "swd_mean": 90.0},
-        {"step": 25, "epochs_done": 2, "batches_done": 5, "images": 100, "swd_mean": 40.0}]
+        {"step": 10, "run": "testrun", "epochs_done": 1, "batches_done": 0, "images": 100, "swd_mean": 90.0},
+        {"step": 25, "run": "testrun", "epochs_done": 2, "batches_done": 5, "images": 100, "swd_mean": 40.0}]
+
+
+def test_a_history_keeps_to_one_training_run(tmp_path):
+    """A --fresh start in the same folder is another run: its evaluations go to another file, and
+    Figures.py's curve (of_run) leaves out the replaced model's."""
+    history = tmp_path / "evaluations.json"
+    Metrics.add_to_history(history, {"swd_mean": 50.0}, fake_checkpoint(tmp_path / "Model", 25))
+    fresh = fake_checkpoint(tmp_path / "Model", 5, run="freshrun")
+    with pytest.raises(UserError, match=f"{history} holds the evaluations of another training run than "
+                                        f"{fresh}'s \\(run freshrun, started since\\); delete it, or give"):
+        Metrics.add_to_history(history, {"swd_mean": 70.0}, fresh)
+    assert [entry["run"] for entry in json.loads(history.read_text())["evaluations"]] == ["testrun"]
+    older = [{"step": 1}, {"step": 2, "run": "testrun"}, {"step": 3, "run": "freshrun"}]  # the first without a name
+    assert Metrics.of_run(older, "testrun") == older[:2]
+
+
+def test_a_checkpoint_saved_while_it_was_measured_is_not_filed_under_the_new_step(tmp_path):
+    history = tmp_path / "evaluations.json"
+    model = fake_checkpoint(tmp_path / "Model", 25)  # Train.py saved step 25 while step 16's weights were measured
+    with pytest.raises(UserError, match=r"saved step 25 while step 16 was measured, so .* was left as it was"):
+        Metrics.add_to_history(history, {"swd_mean": 50.0, "run": "testrun", "step": 16}, model)
+    assert not history.exists()
 
 
 def test_evaluate_adds_its_metrics_and_the_spread_to_the_history(trained, faces_dir, tmp_path):
@@ -170,7 +193,9 @@ def test_evaluate_adds_its_metrics_and_the_spread_to_the_history(trained, faces_
                "--output", tmp_path / "floor", "--history", history)
     saved = json.loads(history.read_text())
     [entry] = saved["evaluations"]
-    assert (entry["step"], entry["epochs_done"]) == (2, 1)
+    state = json.loads((trained[0] / "Model" / "state.json").read_text())
+    assert (entry["step"], entry["epochs_done"], entry["run"]) == (2, 1, state["run"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["step"] == 2  # the weights' own stamp
     assert entry["swd_mean"] == json.loads((tmp_path / "out" / "metrics.json").read_text())["swd_mean"]
     assert entry["spread_candidates"] > 0 and entry["spread_real"] > 20
     assert saved["floor"]["candidates"] == str(faces_dir)

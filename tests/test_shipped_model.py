@@ -75,6 +75,7 @@ def test_the_evaluation_history_ends_at_the_shipped_step_with_the_published_metr
     state = json.loads((MODEL / "state.json").read_text())
     last = history["evaluations"][-1]
     assert last["step"] == state["global_step"]
+    assert {entry["run"] for entry in history["evaluations"]} == {state["run"]}  # one run's curve
     published = json.loads((ROOT / "Res" / "metrics.json").read_text())
     for key in ("swd_mean", "ms_ssim_candidates", "nearest_median_candidates"):  # threads add in varying order
         assert last[key] == pytest.approx(published[key], rel=1e-4)

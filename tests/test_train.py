@@ -274,3 +274,16 @@ def test_a_refused_run_says_why_in_one_sentence_and_leaves_no_folder_behind(trai
         assert sorted(new.rglob("*")) == before  # no --output made; the checkpoint's folder as it was, no lock file
     else:
         assert not new.exists()
+
+
+def test_a_run_stopped_after_an_epochs_last_batch_ends_that_epoch_when_resumed(trained, faces_dir, tmp_path):
+    """A stop on an epoch's last batch saves it before the epoch's end is counted, so the resumed
+    run has no step left to take: it counts the end and says so, without a step time."""
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    state = saved_state(tmp_path)
+    state.update(epochs_done=0, batches_done=state["steps_per_epoch"])  # as such a stop leaves it
+    (tmp_path / "Model" / "state.json").write_text(json.dumps(state))
+    result = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1", "--seed", "5"))
+    assert f"Done: 1 epochs, {state['global_step']} steps" in result.stdout
+    assert "step took" not in result.stdout and "Warning" not in result.stderr, result.stdout + result.stderr
+    assert saved_state(tmp_path)["epochs_done"] == 1

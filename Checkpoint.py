@@ -332,9 +332,10 @@ class ModelFolder:
             return False  # written before files were stamped: it cannot be matched to the weights
         for name, value in saved.items():
             self._check_stamp(adam[name].name, value["checkpoint"], state,
-                              f"a shipped model has no Adam state, so `git checkout` leaves a trained one's "
-                              f"behind. Delete {' and '.join(map(str, adam.values()))} to go on with Adam started "
-                              f"afresh, or put back the matching files.")
+                              f"its Adam state is left from another checkpoint (as `git checkout Model/` leaves a "
+                              f"trained one's beside the shipped weights, which have none); delete "
+                              f"{' and '.join(map(str, adam.values()))} to go on with Adam started afresh, or put "
+                              f"back the matching files.")
             set_optimizer_state(networks[name], optimizers[name], value["adam"], grown=name in grown)
             if value.get("loss_scaler") and name in (scalers or {}):
                 scalers[name].load_state_dict(value["loss_scaler"])

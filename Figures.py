@@ -141,7 +141,7 @@ def main(argv=None):
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png",
-                          state.hyper_parameters.get("loss", "bce"))
+                          state.hyper_parameters.get("loss", "bce"), state.changes)
     # Without --progress, a progress.gif already in --output stays as it is, and figures.json records
     # no frame count for it.
     progress = {"progress_frames": progress_gif(args.progress, output / "progress.gif")} if args.progress else {}

@@ -227,8 +227,9 @@ def read_history(path):
 
 
 def of_run(evaluations, run):
-    """The evaluations of one training run (those of a file older than runs' names count as its own)."""
-    return [entry for entry in evaluations if entry.get("run", run) == run]
+    """The evaluations of one training run. Those without a run's name (written before entries
+    named it, or of a checkpoint from before runs had names) count as its own."""
+    return [entry for entry in evaluations if (entry.get("run") or run) == run]
 
 
 def check_history(path, model_dir=None):
@@ -239,9 +240,11 @@ def check_history(path, model_dir=None):
     history = read_history(path) if path.exists() else {"floor": None, "evaluations": []}
     if model_dir is not None:
         state = checkpoint_state(model_dir)
-        if len(of_run(history["evaluations"], state.run)) < len(history["evaluations"]):
-            raise UserError(f"{path} holds the evaluations of another training run than {model_dir}'s (run "
-                            f"{state.run}, started since); delete it, or give --history another file.")
+        others = sorted({entry.get("run") for entry in history["evaluations"]} - {None, "", state.run})
+        if others:
+            raise UserError(f"{path} holds the evaluations of run {others[0]}, not of {model_dir}'s run "
+                            f"{state.run or '(unnamed)'} (a --fresh start there makes a new run); delete it, or give "
+                            f"--history another file.")
     return history
 
 

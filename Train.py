@@ -789,7 +789,7 @@ def train(args):
             if session.procs.writer:
                 loss_curve = Path(args.output) / "loss.png"
                 picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve,
-                                                      state.hyper_parameters["loss"]),
+                                                      state.hyper_parameters["loss"], state.changes),
                         f"The loss curve {loss_curve}")
     # No step at all if the run was stopped after an epoch's last batch and resumed.
     timing = (f" A training step took {np.median(session.step_seconds):.2f} s (median of this run's "

@@ -100,8 +100,9 @@ _use_all_cores()
 
 def run_main(main):
     """Run a script's main() and exit with the status it returns (None: 0); a UserError ends the
-    program with its message and exit status 2, and Ctrl-C or SIGTERM (where the script does not
-    handle them itself, as Train.py's loop does) with a line and status 130."""
+    program with its message and exit status 2, and Ctrl-C or SIGTERM with a line and status 130,
+    where the script does not handle them itself (Train.py's loop saves first; the studio's Gradio
+    server closes and exits 0)."""
     signal.signal(signal.SIGTERM, _stop)  # after Paddle's import, whose crash report would take it
     try:
         status = main()
@@ -248,9 +249,16 @@ def gif_bytes(frames, frame_ms):
 LOSS_NAMES = {"bce": "softmax cross entropy", "hinge": "hinge loss"}  # Recipe's --loss choices
 
 
-def save_loss_curve(losses, steps_per_epoch, path, loss="bce"):
-    """The D and G losses of every batch (faint) and their moving average, as a PNG; loss: which
-    (--loss), for the axis's name."""
+def loss_axis_name(loss, changes=()):
+    """The loss curve's axis: the --loss in use, or, where state.json's changes show that it changed
+    during the run, each change with its step."""
+    switches = [f"--loss {change['loss']} from step {change['step']}" for change in changes if "loss" in change]
+    return f"loss ({'; '.join(switches)})" if switches else LOSS_NAMES[loss]
+
+
+def save_loss_curve(losses, steps_per_epoch, path, loss="bce", changes=()):
+    """The D and G losses of every batch (faint) and their moving average, as a PNG; the axis named
+    by loss_axis_name."""
     plt = pyplot()
     d_loss = np.add(losses["d_fake"], losses["d_real"])
     g_loss = np.asarray(losses["g"])
@@ -262,7 +270,7 @@ def save_loss_curve(losses, steps_per_epoch, path, loss="bce"):
         axes.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid"), color=color,
                   label=label)
     axes.set_xlabel(f"batch ({steps_per_epoch} per epoch)")
-    axes.set_ylabel(LOSS_NAMES[loss])
+    axes.set_ylabel(loss_axis_name(loss, changes))
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()

@@ -187,7 +187,7 @@ def test_adam_state_of_another_checkpoint_is_named_for_deletion(tmp_path):
     for path in adam:
         os.replace(tmp_path / "trained" / path.name, path)
     folder = ModelFolder(tmp_path / "shipped")
-    with pytest.raises(UserError, match=f"Delete {adam[0]} and {adam[1]} to go on with Adam started afresh"):
+    with pytest.raises(UserError, match=f"; delete {adam[0]} and {adam[1]} to go on with Adam started afresh"):
         folder.load(*small_networks(step=0)[:2], folder.read_state())
     for path in adam:
         path.unlink()

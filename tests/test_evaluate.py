@@ -169,12 +169,16 @@ def test_a_history_keeps_to_one_training_run(tmp_path):
     history = tmp_path / "evaluations.json"
     Metrics.add_to_history(history, {"swd_mean": 50.0}, fake_checkpoint(tmp_path / "Model", 25))
     fresh = fake_checkpoint(tmp_path / "Model", 5, run="freshrun")
-    with pytest.raises(UserError, match=f"{history} holds the evaluations of another training run than "
-                                        f"{fresh}'s \\(run freshrun, started since\\); delete it, or give"):
+    with pytest.raises(UserError, match=f"{history} holds the evaluations of run testrun, not of {fresh}'s run "
+                                        f"freshrun \\(a --fresh start there makes a new run\\); delete it, or give"):
         Metrics.add_to_history(history, {"swd_mean": 70.0}, fresh)
     assert [entry["run"] for entry in json.loads(history.read_text())["evaluations"]] == ["testrun"]
-    older = [{"step": 1}, {"step": 2, "run": "testrun"}, {"step": 3, "run": "freshrun"}]  # the first without a name
-    assert Metrics.of_run(older, "testrun") == older[:2]
+    # Unnamed entries, of files or checkpoints from before runs had names, count as any run's.
+    older = [{"step": 1}, {"step": 2, "run": ""}, {"step": 3, "run": "testrun"}, {"step": 4, "run": "freshrun"}]
+    assert Metrics.of_run(older, "testrun") == older[:3]
+    history.write_text(json.dumps({"floor": None, "evaluations": older[:2]}))
+    Metrics.add_to_history(history, {"swd_mean": 60.0}, fresh)
+    assert len(json.loads(history.read_text())["evaluations"]) == 3
 
 
 def test_a_checkpoint_saved_while_it_was_measured_is_not_filed_under_the_new_step(tmp_path):

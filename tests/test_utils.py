@@ -44,3 +44,10 @@ print(*faults)"""
     glibc_default = [int(count) for count in fresh_python(code, MALLOC_MMAP_MAX_="65536")]  # a user's own setting wins
     assert min(glibc_default) >= tensor_pages  # every tensor faults all its pages in
     assert min(kept) < tensor_pages // 100
+
+
+def test_the_loss_curve_names_the_loss_or_its_changes():
+    assert Utils.loss_axis_name("bce") == "softmax cross entropy"
+    assert Utils.loss_axis_name("hinge", [{"step": 5, "ema": 0.998}]) == "hinge loss"
+    changes = [{"step": 5, "ema": 0.998}, {"step": 40, "loss": "hinge"}, {"step": 90, "loss": "bce"}]
+    assert Utils.loss_axis_name("bce", changes) == "loss (--loss hinge from step 40; --loss bce from step 90)"

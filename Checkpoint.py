@@ -127,9 +127,15 @@ class RunState:
         for name in ("epochs_done", "batches_done", "global_step"):
             if values[name] < 0:
                 raise _bad_state(path, f"its {name} is negative")
+        if values.get("steps_per_epoch") and values["batches_done"] > values["steps_per_epoch"]:
+            raise _bad_state(path, f"its batches_done, {values['batches_done']}, is more than an epoch's "
+                                   f"{values['steps_per_epoch']} batches")
         losses = values.get("losses", {})
-        if not all(isinstance(losses.get(key), list) for key in ("d_fake", "d_real", "g")):
-            raise _bad_state(path, "its losses are not the three lists d_fake, d_real and g")
+        curves = [losses.get(key) for key in ("d_fake", "d_real", "g")]
+        if not (all(isinstance(curve, list) and all(_is_number(value) for value in curve) for curve in curves)
+                and len({len(curve) for curve in curves}) == 1):
+            raise _bad_state(path, "its losses are not the three lists of numbers d_fake, d_real and g, one number "
+                                   "per step in each")
         known = {f.name for f in fields(cls)} | {"format"}
         return cls(**values, unknown={key: value for key, value in data.items() if key not in known})
 
@@ -153,8 +159,12 @@ def _is(value, kind):
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return _is_number(value) and math.isfinite(value)
     return isinstance(value, kind)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _describe(kind):
@@ -311,6 +321,8 @@ class ModelFolder:
             data = Files.read_json(path)
         except ValueError as error:
             raise _bad_state(path, f"it is not valid JSON ({error})") from None
+        except OSError as error:  # a folder named state.json, a file that may not be read
+            raise _bad_state(path, f"it cannot be read ({error.strerror or error})") from None
         return RunState.from_json(data, path)
 
     def load(self, networks, optimizers, state, scalers=None, grown=()):
@@ -473,6 +485,11 @@ def load_weights(layer, path, grown=False):
     if wrong:
         raise UserError(f"{path} holds weights of another network (first mismatch: {wrong[0]}); "
                         f"it was not written by this version of Net.py, so train a new model.")
+    # The networks are float32; a file saved in another precision (float16, say) loads as float32.
+    arrays = {name: array.astype(np.float32) for name, array in arrays.items()}
+    if not all(np.isfinite(array).all() for array in arrays.values()):
+        raise UserError(f"{path} holds weights that are not numbers (NaN or infinite), so it would draw blank "
+                        f"pictures: the training that wrote it diverged. Use an earlier checkpoint.")
     layer.set_state_dict({name: paddle.to_tensor(array) for name, array in arrays.items()})
     return metadata
 

@@ -1,6 +1,7 @@
 """File helpers that need no Paddle, so that Pretreatment's scripts can use them too: atomic
 writes, JSON, checking that a folder can be written before any work goes into it, and decoding
 an image file the way a viewer shows it."""
+import errno
 import json
 import os
 import shutil
@@ -15,6 +16,22 @@ from PIL import ExifTags, Image
 class UserError(Exception):
     """A mistake the user can fix (a missing folder, a wrong flag): shown as one sentence by
     Utils.run_main. It lives here, without Paddle, so that these helpers can raise it too."""
+
+
+def os_error_sentence(error):
+    """The one sentence for an OSError that the machine, not the program, caused: a full disk, a
+    name too long for the file system, a file that may not be written. None for any other, which
+    stays a traceback, since it may be a bug."""
+    name = error.filename or "a file"
+    if len(str(name)) > 80:
+        name = f"{str(name)[:40]}...{str(name)[-30:]}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{name} could not be written: the disk is full ({error.strerror}); free some space and run it again."
+    if error.errno == errno.ENAMETOOLONG:
+        return f"{name} is too long a name for the file system ({error.strerror}); use a shorter path."
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{name} cannot be written ({error.strerror}); fix its permissions or name another place."
+    return None
 
 
 def warnings_as_sentences():

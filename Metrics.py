@@ -220,9 +220,11 @@ def read_history(path):
         history = Files.read_json(path)
     except (OSError, ValueError) as error:
         raise UserError(f"{path} cannot be read as an evaluation history ({error}).") from None
-    if not (isinstance(history, dict) and isinstance(history.get("evaluations"), list)):
+    evaluations = history.get("evaluations") if isinstance(history, dict) else None
+    if not (isinstance(evaluations, list)
+            and all(isinstance(entry, dict) and isinstance(entry.get("step"), int) for entry in evaluations)):
         raise UserError(f"{path} is not an evaluation history: Evaluate.py --history writes an object with "
-                        f"a list of evaluations; give a new file's name instead.")
+                        f"a list of evaluations, each with its step; give a new file's name instead.")
     return history
 
 
@@ -237,6 +239,9 @@ def check_history(path, model_dir=None):
     training run's evaluations than model_dir's checkpoint (a --fresh start in the same folder):
     one file, one run's curve."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--history {path} is a folder; name a file in it, e.g. {path / 'evaluations.json'}.")
+    Files.writable_folder(path.parent, "--history's folder")
     history = read_history(path) if path.exists() else {"floor": None, "evaluations": []}
     if model_dir is not None:
         state = checkpoint_state(model_dir)
@@ -273,6 +278,7 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=Fa
     folder real; write metrics.json and nearest.png to output and return the metrics. train: the
     training faces' folder, for the nearest-neighbour test (None: real)."""
     output = Files.writable_folder(output, "--output")  # before minutes of reading and measuring faces
+    print(f"Reading the faces of {real}" + (f" and {train}" if train and train != real else "") + "...", flush=True)
     rng = np.random.default_rng(seed)
     real_faces = pick(load_faces(real), n, rng, real)
     train_faces = load_faces(train) if train else real_faces
@@ -283,6 +289,8 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=Fa
         generator = load_generator(model_dir, raw_g)
         candidates = Drawing.generate(generator, Utils.random_noise(rng, n))
         source = str(generator_file(model_dir, raw_g))
+    print(f"Measuring {n} faces of {source} against {n} real ones: SWD, MS-SSIM and the nearest training "
+          f"faces...", flush=True)
     metrics, shown, neighbours = evaluate(candidates, real_faces, train_faces, seed)
     metrics.update(candidates=source, real=str(real), train=str(train or real), seed=seed)
     if not real_b and "global_step" in generator.stamp:  # which checkpoint was measured, if Train.py wrote it

@@ -109,6 +109,23 @@ HYPER_PARAMETERS = {
 BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
 
+def refused_value(name, value):
+    """Why a value that state.json records for a hyper-parameter is not one its flag would give
+    (a hand-edited file: "x" for the batch size, say), or None where it is one. None itself is
+    the recorded value of a flag whose default or brief value is None (--seed, --d-lr)."""
+    hp = HYPER_PARAMETERS[name]
+    if value is None and None in (hp.default, hp.brief):
+        return None
+    if hp.type is None and hp.choices is None:  # a switch
+        return None if isinstance(value, bool) else "not true or false"
+    if hp.choices:
+        return None if value in hp.choices else f"not one of {', '.join(hp.choices)}"
+    try:
+        return None if hp.type(str(value)) == value and not isinstance(value, bool) else "not of its kind"
+    except argparse.ArgumentTypeError as error:
+        return str(error)
+
+
 def trained_with(state):
     """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet (its
     brief value), and D's rate where it is None is --lr's (d_learning_rate)."""

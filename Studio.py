@@ -30,6 +30,7 @@ import os
 import secrets
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,8 +163,12 @@ def cached_measurements(generator, weights):
         return Files.read_json(path)
     print("Measuring what each of the 72 latent dimensions changes (once per weights file)...", flush=True)
     measured = measure_dimensions(generator)
-    Files.write_json(measured, path)
-    Files.keep_most_recent(list(path.parent.glob("studio-*.json")), CACHED_MEASUREMENTS)
+    try:
+        Files.write_json(measured, path)
+        Files.keep_most_recent(list(path.parent.glob("studio-*.json")), CACHED_MEASUREMENTS)
+    except OSError as error:  # a full disk or a cache that is not a folder costs only the next start's time
+        warnings.warn(f"the measurements could not be cached in {path.parent} ({error.strerror or error}), so "
+                      f"the next start measures again.", stacklevel=2)
     return measured
 
 

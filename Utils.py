@@ -99,8 +99,9 @@ _use_all_cores()
 
 
 def run_main(main):
-    """Run a script's main() and exit with the status it returns (None: 0); a UserError ends the
-    program with its message and exit status 2, and Ctrl-C or SIGTERM with a line and status 130,
+    """Run a script's main() and exit with the status it returns (None: 0); a UserError, or an
+    OSError of the machine's (a full disk, a name too long: Files.os_error_sentence), ends the
+    program with one sentence and exit status 2, and Ctrl-C or SIGTERM with a line and status 130,
     where the script does not handle them itself (Train.py's loop saves first; the studio's Gradio
     server closes and exits 0)."""
     signal.signal(signal.SIGTERM, _stop)  # after Paddle's import, whose crash report would take it
@@ -108,6 +109,12 @@ def run_main(main):
         status = main()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        sentence = Files.os_error_sentence(error)
+        if sentence is None:
+            raise
+        print(f"error: {sentence}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("Stopped.", file=sys.stderr)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import paddle
 import pytest
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import Checkpoint
 import Files
@@ -202,12 +202,16 @@ def copy_of_trained(trained, faces_dir, tmp_path):
     return tmp_path / "Model", train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5")
 
 
-@pytest.mark.parametrize("text", [None, "null", "{}", "[1, 2]", '{"epochs_done": 1}', "{not json", ""],
-                         ids=["deleted", "null", "empty-object", "list", "missing-keys", "invalid", "empty-file"])
+@pytest.mark.parametrize("text", [None, "null", "{}", "[1, 2]", '{"epochs_done": 1}', "{not json", "", "folder"],
+                         ids=["deleted", "null", "empty-object", "list", "missing-keys", "invalid", "empty-file",
+                              "a-folder"])
 def test_weights_without_a_usable_state_json_are_refused_and_kept(trained, faces_dir, tmp_path, text):
     model, args = copy_of_trained(trained, faces_dir, tmp_path)
     if text is None:
         (model / "state.json").unlink()
+    elif text == "folder":
+        (model / "state.json").unlink()
+        (model / "state.json").mkdir()
     else:
         (model / "state.json").write_text(text)
     before = (model / "G.safetensors").read_bytes()
@@ -225,6 +229,9 @@ def test_weights_without_a_usable_state_json_are_refused_and_kept(trained, faces
     ({"hyper_parameters": [1]}, "its hyper_parameters is [1], not an object"),
     ({"losses": {"g": []}}, "its losses are not the three lists"),
     ({"wall_seconds": None}, "its wall_seconds is None, not a number"),
+    ({"batches_done": 1000}, "its batches_done, 1000, is more than an epoch's"),
+    ({"losses": {"d_fake": ["a"], "d_real": [1.0], "g": [1.0]}}, "its losses are not the three lists of numbers"),
+    ({"losses": {"d_fake": [1.0], "d_real": [], "g": [1.0]}}, "one number per step in each"),
 ])
 def test_a_state_json_with_wrong_values_is_one_sentence(trained, faces_dir, tmp_path, change, words):
     model, args = copy_of_trained(trained, faces_dir, tmp_path)
@@ -458,7 +465,13 @@ def test_state_json_fields_this_version_does_not_know_are_kept_on_the_next_save(
                                                                r"\(state.json format 3; this one reads up to 2\): "
                                                                r"update it \(git pull\)"),
     (lambda state: state["hyper_parameters"].update(warp=2), r"trained with hyper-parameters this version of "
-     r"Train.py does not know \(warp\)")])
+     r"Train.py does not know \(warp\)"),
+    (lambda state: state["hyper_parameters"].update(batch_size="x"), r"state.json records --batch-size 'x', which "
+                                                                     r"that flag does not take \('x' is not a whole "
+                                                                     r"number of at least 1\): it was edited by hand"),
+    (lambda state: state["hyper_parameters"].update(flip="yes"), r"records --flip 'yes', which that flag does not "
+                                                                 r"take \(not true or false\)"),
+    (lambda state: state["hyper_parameters"].update(loss="l2"), r"records --loss 'l2', .*\(not one of bce, hinge\)")])
 def test_a_newer_format_or_an_unknown_hyper_parameter_is_refused_in_one_sentence(trained, faces_dir, tmp_path, change,
                                                                                  words):
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
@@ -467,6 +480,23 @@ def test_a_newer_format_or_an_unknown_hyper_parameter_is_refused_in_one_sentence
     (tmp_path / "Model" / "state.json").write_text(json.dumps(state))
     with pytest.raises(UserError, match=words):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
+
+
+def test_weights_in_another_precision_load_as_float32_and_weights_that_are_not_numbers_are_refused(tmp_path):
+    G = small_networks(step=1)[0]["G"]
+    Checkpoint.save_weights(G, tmp_path / "G.safetensors")
+    arrays = load_file(tmp_path / "G.safetensors")
+    save_file({name: array.astype(np.float16) for name, array in arrays.items()}, tmp_path / "half.safetensors")
+    Checkpoint.load_weights(G, tmp_path / "half.safetensors")
+    for name, value in G.state_dict().items():
+        assert value.dtype == paddle.float32
+        np.testing.assert_array_equal(value.numpy(), arrays[name].astype(np.float16).astype(np.float32))
+    name = next(iter(arrays))
+    arrays[name].flat[0] = np.nan
+    save_file(arrays, tmp_path / "diverged.safetensors")
+    with pytest.raises(UserError, match=r"diverged.safetensors holds weights that are not numbers \(NaN or "
+                                        r"infinite\), so it would draw blank pictures"):
+        Checkpoint.load_weights(G, tmp_path / "diverged.safetensors")
 
 
 def test_a_state_json_without_a_format_is_format_1_and_reads():

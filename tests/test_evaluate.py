@@ -181,6 +181,26 @@ def test_a_history_keeps_to_one_training_run(tmp_path):
     assert len(json.loads(history.read_text())["evaluations"]) == 3
 
 
+@pytest.mark.parametrize("text", ['{"evaluations": [{}]}', '{"evaluations": [1]}', '{"evaluations": {}}'],
+                         ids=["no-step", "not-an-entry", "not-a-list"])
+def test_a_history_that_is_not_one_is_refused(tmp_path, text):
+    (tmp_path / "evaluations.json").write_text(text)
+    with pytest.raises(UserError, match="is not an evaluation history: Evaluate.py --history writes an object with a "
+                                        "list of evaluations, each with its step"):
+        Metrics.check_history(tmp_path / "evaluations.json")
+
+
+def test_a_history_that_cannot_be_written_is_refused_before_the_measuring(faces_dir, tmp_path):
+    (tmp_path / "afile").write_text("")
+    for history, words in [(tmp_path / "afile" / "h.json", f"--history's folder {tmp_path / 'afile'} is a file, not "
+                                                            f"a folder"),
+                           (tmp_path, f"--history {tmp_path} is a folder; name a file in it")]:
+        result = run_script("Evaluate.py", "--real", faces_dir, "--n", "4", "--output", tmp_path / "out",
+                            "--real-b", faces_dir, "--history", history, check=False)
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert not (tmp_path / "out").exists()  # refused before any measuring
+
+
 def test_a_checkpoint_saved_while_it_was_measured_is_not_filed_under_the_new_step(tmp_path):
     history = tmp_path / "evaluations.json"
     model = fake_checkpoint(tmp_path / "Model", 25)  # Train.py saved step 25 while step 16's weights were measured

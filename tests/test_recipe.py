@@ -22,6 +22,7 @@ import Recipe
 import Run
 import Train
 from Checkpoint import ModelFolder
+from conftest import ROOT
 from Files import UserError
 from Net import Discriminator, Generator
 from test_checkpoint import small_networks
@@ -143,6 +144,20 @@ def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly
     assert mixed == brief | {"batch_size": 64}  # a flag beside --brief still counts
     slower, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--lr", "1e-4", "--seed", "1"]), None)
     assert slower["d_lr"] == 1e-4  # D keeps G's rate, as the original's did
+
+
+def test_every_value_train_py_records_is_one_its_flag_takes():
+    """What settle_hyper_parameters checks in a checkpoint's state.json (a hand edit) never refuses
+    what Train.py itself wrote: the defaults, the brief's, the shipped model's, or values from flags."""
+    recorded = [{name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}, Recipe.BRIEF,
+                json.loads((ROOT / "Model" / "state.json").read_text())["hyper_parameters"],
+                Train.settle_hyper_parameters(Train.parse_args(["--lr", "3e-05", "--augment", "cutout,color", "--seed",
+                                                                "0", "--no-flip", "--loss", "hinge"]), None)[0]]
+    assert [{name: why for name, value in values.items() if (why := Recipe.refused_value(name, value))}
+            for values in recorded] == [{}] * 4
+    assert Recipe.refused_value("batch_size", 32.0) == "'32.0' is not a whole number of at least 1"
+    assert Recipe.refused_value("batch_size", "32") == "not of its kind"  # a number written as text
+    assert Recipe.refused_value("ema", 1.5) == "'1.5' is not a number from 0 up to (not including) 1"
 
 
 def old_checkpoint(trained, tmp_path):

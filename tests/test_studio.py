@@ -172,6 +172,17 @@ def test_measurements_are_cached_by_the_weights_file(tmp_path, monkeypatch):
     assert Studio.cached_measurements(HairGenerator(), weights) == first
 
 
+def test_measurements_that_cannot_be_cached_are_a_warning_and_the_studio_goes_on(tmp_path, monkeypatch):
+    (tmp_path / "cache").write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(Studio, "measure_dimensions", lambda generator: {"change": [1.0] * 72})
+    weights = tmp_path / "G.safetensors"
+    weights.write_bytes(b"weights")
+    with pytest.warns(UserWarning, match="the measurements could not be cached in .*, so the next start measures "
+                                         "again"):
+        assert Studio.cached_measurements(None, weights) == {"change": [1.0] * 72}
+
+
 def test_the_measurement_cache_keeps_only_the_most_recently_used_files(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(Studio, "measure_dimensions", lambda generator: {"change": [1.0] * 72})

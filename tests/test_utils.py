@@ -2,6 +2,7 @@
 Each check runs in a fresh Python, since the settings only act at process start."""
 import Utils
 
+import errno
 import os
 import sys
 
@@ -51,3 +52,32 @@ def test_the_loss_curve_names_the_loss_or_its_changes():
     assert Utils.loss_axis_name("hinge", [{"step": 5, "ema": 0.998}]) == "hinge loss"
     changes = [{"step": 5, "ema": 0.998}, {"step": 40, "loss": "hinge"}, {"step": 90, "loss": "bce"}]
     assert Utils.loss_axis_name("bce", changes) == "loss (--loss hinge from step 40; --loss bce from step 90)"
+
+
+@pytest.mark.parametrize("number, words", [
+    (errno.ENOSPC, "/out/avatars.png could not be written: the disk is full (No space left on device); free some "
+                   "space and run it again."),
+    (errno.EROFS, "/out/avatars.png cannot be written (Read-only file system); fix its permissions or name another "
+                  "place.")])
+def test_an_os_error_of_the_machine_is_one_sentence_with_status_2(number, words, capsys):
+    def main():
+        raise OSError(number, os.strerror(number), "/out/avatars.png")
+    with pytest.raises(SystemExit) as ended:
+        Utils.run_main(main)
+    assert ended.value.code == 2 and capsys.readouterr().err == f"error: {words}\n"
+
+
+def test_any_other_os_error_stays_a_traceback_since_it_may_be_a_bug():
+    def main():
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+    with pytest.raises(OSError):
+        Utils.run_main(main)
+
+
+def test_a_path_too_long_for_the_file_system_is_one_sentence_and_not_written_out_whole(tmp_path):
+    output = tmp_path / ("a" * 300)
+    result = run_script("Run.py", "--output", output, "--grid", "1x1", "--dims", "0", "--steps", "1", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().endswith("is too long a name for the file system (File name too long); use a "
+                                          "shorter path.")
+    assert len(result.stderr) < 250 and f"...{'a' * 30} is too long" in result.stderr  # shortened in the middle

@@ -16,6 +16,9 @@
 Every picture is drawn by G_ema.safetensors where the model folder has it (Train.py --ema), else by
 G.safetensors; --raw-g takes G.safetensors in any case. figures.json records which, the seed and
 every dimension's measurement.
+
+Every input is read and checked, and --output proven writable, before the first picture is written:
+a mistake found halfway would leave Res/ a mix of the shipped pictures and new ones.
 """
 import Utils  # sets up the CPU for Paddle, so it comes first (pyproject.toml keeps it there)
 
@@ -34,6 +37,7 @@ from Files import FACES_FOLDER, UserError
 
 STRIP_ROWS = 3      # base vectors shown per strip picture
 HISTORY_FILE = "evaluations.json"  # in the model folder: Evaluate.py --history of its training run
+PROGRESS_FRAME_MS = 500  # how long progress.gif shows each training grid
 
 
 def strip_picture(generator, base, dim):
@@ -42,24 +46,27 @@ def strip_picture(generator, base, dim):
     return Utils.tile_images(Drawing.generate(generator, noise), len(base), STRIP_STEPS)
 
 
-def progress_gif(grids_folder, path, max_frames=16, scale=0.5, frame_ms=500):
-    """The fixed-noise grids Train.py saved during training (epoch_XXXX_batch_XXXX.png), in order,
-    at most max_frames of them evenly spaced (the last one always in), shrunk by scale to keep
-    the file small, as an endless GIF."""
+def progress_frames(grids_folder, max_frames=16, scale=0.5):
+    """progress.gif's frames: the fixed-noise grids Train.py saved during training
+    (epoch_XXXX_batch_XXXX.png), in order, at most max_frames of them evenly spaced (the last one
+    always in), shrunk by scale to keep the GIF small."""
     from PIL import Image
 
-    frames = sorted(Path(grids_folder).glob("epoch_*_batch_*.png"))
-    if not frames:
+    grids = sorted(Path(grids_folder).glob("epoch_*_batch_*.png"))
+    if not grids:
         raise UserError(f"{grids_folder} holds no training grids (epoch_XXXX_batch_XXXX.png); pass "
                         f"Train.py's --output folder as --progress, or leave --progress out.")
-    chosen = [frames[i] for i in np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))]
-    images = []
-    for frame in chosen:
-        image = Image.open(frame).convert("RGB")
+    chosen = [grids[i] for i in np.unique(np.linspace(0, len(grids) - 1, max_frames).round().astype(int))]
+    frames = []
+    for grid in chosen:
+        pixels = Files.decode_image(grid)
+        if pixels is None:
+            raise UserError(f"{grid} cannot be read as a picture, so progress.gif cannot show it; move it out "
+                            f"of --progress {grids_folder}, or leave --progress out.")
+        image = Image.fromarray(pixels)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-        images.append(np.asarray(image))
-    Files.write_bytes(path, Utils.gif_bytes(images, frame_ms))
-    return len(images)
+        frames.append(np.asarray(image))
+    return frames
 
 
 def save_evaluation_curve(history, shipped_step, path, changes=()):
@@ -115,6 +122,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def evaluation_history(model_dir, run):
+    """The evaluations Evaluate.py --history recorded in model_dir of its training run (not of a
+    model that a --fresh start replaced there), and the floor; no evaluations if it recorded none."""
+    path = Path(model_dir) / HISTORY_FILE
+    history = Metrics.read_history(path) if path.exists() else {"evaluations": []}
+    history["evaluations"] = Metrics.of_run(history["evaluations"], run)
+    return history
+
+
 def hair_strips(generator, rng, output):
     """hair_shade.png and hair_colour.png, each of the dimension that changes it most; returns
     the measured changes and the two dimensions."""
@@ -128,15 +144,22 @@ def hair_strips(generator, rng, output):
 
 def main(argv=None):
     args = parse_args(argv)
-    output = Path(args.output)
+    output = Files.writable_folder(args.output, "--output")
     if not (Path(args.model_dir) / STATE_FILE).exists():
         raise UserError(f"{Path(args.model_dir) / STATE_FILE} does not exist: the loss curve needs "
                         f"the state.json that Train.py writes beside the weights.")
     state = ModelFolder(args.model_dir).read_state()
+    frames = progress_frames(args.progress) if args.progress else []
+    history = evaluation_history(args.model_dir, state.run)
     Utils.choose_device("auto")
     generator = Drawing.load_generator_for_inference(args.model_dir, args.raw_g)
-    rng = np.random.default_rng(args.seed)
+    # The metrics come first: measure_model reads --train and --real, and checks --n against them,
+    # before it writes anything.
+    metrics = Metrics.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
+                                    raw_g=args.raw_g)
+    print(Metrics.format_table(metrics))
 
+    rng = np.random.default_rng(args.seed)
     Utils.save_png(Utils.tile_images(Drawing.generate(generator, Utils.random_noise(rng, Drawing.AVATARS)), 8, 8),
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
@@ -144,16 +167,11 @@ def main(argv=None):
                           state.hyper_parameters.get("loss", "bce"), state.changes)
     # Without --progress, a progress.gif already in --output stays as it is, and figures.json records
     # no frame count for it.
-    progress = {"progress_frames": progress_gif(args.progress, output / "progress.gif")} if args.progress else {}
-    history_file = Path(args.model_dir) / HISTORY_FILE
-    history = Metrics.read_history(history_file) if history_file.exists() else {"evaluations": []}
-    history["evaluations"] = Metrics.of_run(history["evaluations"], state.run)  # not a model replaced by --fresh
+    if frames:
+        Files.write_bytes(output / "progress.gif", Utils.gif_bytes(frames, PROGRESS_FRAME_MS))
     if history["evaluations"]:
         save_evaluation_curve(history, state.global_step, output / "evaluations.png", state.changes)
-    metrics = Metrics.measure_model(args.model_dir, args.real or args.train, args.train, args.n, args.seed, output,
-                                    raw_g=args.raw_g)
-    print(Metrics.format_table(metrics))
-
+    progress = {"progress_frames": len(frames)} if frames else {}
     Files.write_json({"generator": str(Checkpoint.generator_file(args.model_dir, args.raw_g)), "seed": args.seed,
                       "hair_shade_dim": shade_dim, "hair_colour_dim": colour_dim,
                       "hair_brightness_change": [round(float(v), 4) for v in shade],

@@ -1,6 +1,7 @@
 """Figures.py: the hair measurements find the dimensions that change hair shade and hair colour,
 and one command writes every picture of the README."""
 import json
+import shutil
 
 import numpy as np
 import paddle
@@ -86,6 +87,55 @@ def test_without_state_json_the_error_is_one_sentence(trained, faces_dir, tmp_pa
                         check=False)
     assert result.returncode == 2
     assert "state.json does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def refusal(trained, faces_dir, tmp_path, *mistake):
+    """Figures.py's stderr for flags that hold a mistake (given last, so that they override the good
+    ones before them), after checking that it ended in one sentence, with exit status 2, before it
+    changed anything in a Res folder that already held a shipped avatars.png."""
+    res = tmp_path / "Res"
+    res.mkdir()
+    (res / "avatars.png").write_bytes(b"the shipped avatars")
+    run, _ = trained
+    result = run_script("Figures.py", "--model-dir", run / "Model", "--train", faces_dir, "--n", 8,
+                        "--output", res, *mistake, check=False)
+    assert result.returncode == 2 and result.stderr.count("error: ") == 1 and "Traceback" not in result.stderr
+    assert {path.name: path.read_bytes() for path in res.iterdir()} == {"avatars.png": b"the shipped avatars"}
+    return result.stderr
+
+
+def test_an_output_that_is_a_file_is_refused_in_one_sentence(trained, faces_dir, tmp_path):
+    taken = tmp_path / "figures"
+    taken.write_text("not a folder")
+    assert f"--output {taken} is a file, not a folder" in refusal(trained, faces_dir, tmp_path, "--output", taken)
+    assert taken.read_text() == "not a folder"
+
+
+def test_a_grid_that_is_not_a_png_is_refused_in_one_sentence(trained, faces_dir, tmp_path):
+    grid = tmp_path / "Output" / "epoch_0009_batch_0001.png"
+    grid.parent.mkdir()
+    grid.write_text("not a picture")
+    assert f"{grid} cannot be read as a picture" in refusal(trained, faces_dir, tmp_path, "--progress", grid.parent)
+
+
+def test_a_missing_training_folder_is_refused_before_any_picture_is_written(trained, faces_dir, tmp_path):
+    missing = tmp_path / "faces"
+    assert f"{missing} does not exist" in refusal(trained, faces_dir, tmp_path, "--train", missing)
+
+
+def test_a_progress_folder_without_grids_is_refused_before_any_picture_is_written(trained, faces_dir, tmp_path):
+    (tmp_path / "Output").mkdir()
+    assert "holds no training grids" in refusal(trained, faces_dir, tmp_path, "--progress", tmp_path / "Output")
+
+
+def test_more_faces_than_the_folder_holds_are_refused_before_any_picture_is_written(trained, faces_dir, tmp_path):
+    assert "fewer than --n 500" in refusal(trained, faces_dir, tmp_path, "--n", 500)
+
+
+def test_a_damaged_evaluation_history_is_refused_before_any_picture_is_written(trained, faces_dir, tmp_path):
+    model = shutil.copytree(trained[0] / "Model", tmp_path / "Model")
+    (model / "evaluations.json").write_text("{")
+    assert "cannot be read as an evaluation history" in refusal(trained, faces_dir, tmp_path, "--model-dir", model)
 
 
 def test_the_evaluation_curve_shows_every_evaluated_step_beside_the_floor(tmp_path):

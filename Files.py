@@ -1,8 +1,10 @@
 """File helpers that need no Paddle, so that Pretreatment's scripts can use them too: atomic
-writes, JSON, checking that a folder can be written before any work goes into it, and decoding
-an image file the way a viewer shows it."""
+writes, JSON, checking that a folder can be written before any work goes into it, decoding an
+image file the way a viewer shows it, and the flag types that refuse a wrong value in one sentence."""
+import argparse
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -32,6 +34,28 @@ def os_error_sentence(error):
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return f"{name} cannot be written ({error.strerror}); fix its permissions or name another place."
     return None
+
+
+def argument_type(kind, accept, wanted):
+    """An argparse type: text -> kind(text), refused in one sentence, "'<text>' is not <wanted>",
+    unless accept(value)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
+        return value
+    return parse
+
+
+def within(kind, least, most=math.inf):
+    """An argparse type: text -> kind(text) from least to most, refused as argument_type says
+    ("'nan' is not a number from 0 to 600"). NaN fails every comparison, so it is refused too."""
+    wanted = "a whole number" if kind is int else "a number"
+    wanted += f" of at least {least:g}" if most == math.inf else f" from {least:g} to {most:g}"
+    return argument_type(kind, lambda value: least <= value <= most, wanted)
 
 
 def warnings_as_sentences():

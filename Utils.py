@@ -84,7 +84,7 @@ import numpy as np  # noqa: E402  (the settings above must be in place before Pa
 import paddle  # noqa: E402
 
 import Files  # noqa: E402
-from Files import UserError  # noqa: E402
+from Files import UserError, argument_type  # noqa: E402,F401  argument_type: Files holds it for Pretreatment too
 from Net import Z_DIM  # noqa: E402
 
 
@@ -175,20 +175,6 @@ SEED_RANGE = "a whole number from 0 to 2**63 - 1"
 MAX_GRID_SIDE = 64   # rows or columns of a grid: at most 4,096 faces, a 6,144-pixel square picture
 MAX_STEPS = 100      # faces in one interpolation strip or morph
 MAX_COUNT = 10_000   # single avatars a run writes, avatar_0000.png to avatar_9999.png
-
-
-def argument_type(kind, accept, wanted):
-    """An argparse type: text -> kind(text), refused in one sentence, "'<text>' is not <wanted>",
-    unless accept(value)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not accept(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}")
-        return value
-    return parse
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -42,7 +42,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import atomic_write, read_json_lines  # noqa: E402
+from Files import atomic_write, read_json_lines, within  # noqa: E402
 
 # Danbooru's CDN rejects the default client User-Agents, and a site admin should be able to
 # tell what is crawling them.
@@ -62,6 +62,13 @@ CHUNK_BYTES = 1 << 16
 TIMEOUT = 30.0
 RETRIES = 5
 BACKOFF = 1.0
+# The ranges of the network flags, so that a typo (--delay 1e300, --retries 100000000) is refused
+# at once instead of waiting longer than a clock can count or retrying for ever.
+MAX_WORKERS = 64  # past a few, threads only queue at --delay; urllib3 sets a slot aside for each
+MAX_DELAY = 600.0
+MIN_TIMEOUT, MAX_TIMEOUT = 0.1, 600.0
+MAX_RETRIES = 20
+MAX_BACKOFF = Retry.DEFAULT_BACKOFF_MAX  # urllib3 never waits longer than this between tries
 # A request still unanswered this long is said on the terminal, long before --timeout ends it: a
 # site that has stopped answering must not look like a crawl that is merely slow to start.
 NOTICE_SECONDS = 5
@@ -170,9 +177,19 @@ def to_post(site, item, size, page_url):
     url = next((item[name] for name in site.url_fields[size] if item.get(name)), None)
     return Post(id=str(item.get("id") or ""), md5=str(item.get("md5") or "").lower(),
                 rating=str(item.get("rating") or "").lower(),
-                tags=str(item.get(site.tags_field) or ""),
-                # Some instances answer with site-relative or protocol-relative URLs.
-                url=urljoin(page_url, url) if url else None)
+                tags=str(item.get(site.tags_field) or ""), url=absolute_url(page_url, url))
+
+
+def absolute_url(page_url, url):
+    """A post's URL made absolute, as some instances answer with site-relative or protocol-relative
+    ones; None, which skips the post as one with no URL, for a value that is no URL: a number, or
+    text that urllib cannot take apart ("http://[", an unclosed IPv6 address)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        return urljoin(page_url, url)
+    except ValueError:
+        return None
 
 
 def say(line):
@@ -624,6 +641,17 @@ def page_range(text):
     return first, last
 
 
+def site_address(text):
+    """An argparse type: an http:// or https:// address, else refused in one sentence."""
+    try:
+        address = urlparse(text)
+    except ValueError:  # text that urllib cannot take apart: "http://[", an unclosed IPv6
+        address = None
+    if address is None or address.scheme not in ("http", "https") or not address.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// address")
+    return text
+
+
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=(
         f"A site that does not answer gets a line on the terminal after {NOTICE_SECONDS} s and "
@@ -638,7 +666,7 @@ def build_parser():
                              "allows 2 without an account)")
     parser.add_argument("--pages", type=page_range, default=(1, 50),
                         help="pages to read, FIRST-LAST or N for 1-N (default 1-50)")
-    parser.add_argument("--limit", type=int, default=None,
+    parser.add_argument("--limit", type=within(int, 1), default=None,
                         help="posts per page (default and maximum: 200 safebooru, 100 konachan)")
     parser.add_argument("--size", choices=["preview", "sample", "original"], default="sample",
                         help="which rendition to download (default sample, the site's reduced JPEG)")
@@ -654,46 +682,32 @@ def build_parser():
 
 def add_network_flags(parser):
     """The flags of how the crawler talks to a site: threads, pace, waits, retries, host."""
-    parser.add_argument("--workers", type=int, default=4,
-                        help="download threads (default 4)")
-    parser.add_argument("--delay", type=float, default=1.0,
+    parser.add_argument("--workers", type=within(int, 1, MAX_WORKERS), default=4,
+                        help=f"download threads, 1 to {MAX_WORKERS} (default 4)")
+    parser.add_argument("--delay", type=within(float, 0, MAX_DELAY), default=1.0,
                         help="seconds between the starts of two requests to one site, pages and "
-                             "images alike, across all threads (default 1.0)")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT,
+                             f"images alike, across all threads, 0 to {MAX_DELAY:g} (default 1.0)")
+    parser.add_argument("--timeout", type=within(float, MIN_TIMEOUT, MAX_TIMEOUT), default=TIMEOUT,
                         help="seconds a site may take to accept a connection, and to send each "
-                             "piece of its answer, before that try is given up and retried "
-                             f"(default {TIMEOUT:g})")
-    parser.add_argument("--base-url", default=None,
+                             "piece of its answer, before that try is given up and retried, "
+                             f"{MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} (default {TIMEOUT:g})")
+    parser.add_argument("--base-url", type=site_address, default=None,
                         help="another host running the same software as --site: a mirror or a "
                              "local test server (default the site itself)")
-    parser.add_argument("--max-bytes", type=int, default=20_000_000,
+    parser.add_argument("--max-bytes", type=within(int, 1), default=20_000_000,
                         help="largest file kept, in bytes (default 20000000, 20 MB)")
-    parser.add_argument("--retries", type=int, default=RETRIES,
+    parser.add_argument("--retries", type=within(int, 0, MAX_RETRIES), default=RETRIES,
                         help="retries of one request on connection errors, timeouts, 429 and 5xx, "
-                             f"and of a download whose body breaks off (default {RETRIES})")
-    parser.add_argument("--backoff", type=float, default=BACKOFF,
-                        help="back-off factor in seconds: retry n waits backoff * 2**(n-1) "
-                             "(urllib3 makes a request's first retry at once), or what "
-                             f"Retry-After says (default {BACKOFF:g})")
+                             f"and of a download whose body breaks off, 0 to {MAX_RETRIES} "
+                             f"(default {RETRIES})")
+    parser.add_argument("--backoff", type=within(float, 0, MAX_BACKOFF), default=BACKOFF,
+                        help=f"back-off factor in seconds, 0 to {MAX_BACKOFF:g}: retry n waits "
+                             "backoff * 2**(n-1) (urllib3 makes a request's first retry at once), "
+                             f"or what Retry-After says (default {BACKOFF:g})")
 
 
 def parse_args(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be at least 1.")
-    if args.workers < 1:
-        parser.error("--workers must be at least 1.")
-    if args.delay < 0 or args.backoff < 0 or args.retries < 0:
-        parser.error("--delay, --backoff and --retries cannot be negative.")
-    if args.max_bytes < 1:
-        parser.error("--max-bytes must be at least 1.")
-    if args.timeout <= 0:
-        parser.error("--timeout must be more than 0 seconds.")
-    base = urlparse(args.base_url or "")
-    if args.base_url and not (base.scheme in ("http", "https") and base.netloc):
-        parser.error(f"--base-url {args.base_url} is not an http:// or https:// address.")
-    return args
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):

@@ -12,6 +12,10 @@ lists the sources done by that same path, so that a second run crops only new on
 crop everything again, for example with other settings). --dst may not be --src or a folder
 inside it, where its crops would be taken for sources.
 
+A mistake a user can fix (a flag out of its range, a missing folder, a cascade that cannot be had)
+ends in one sentence, "error: ...", and exit status 2, as in the other scripts; a run in which
+not one new file could be read as an image exits 1, after its summary.
+
 The cascade is --cascade, else Pretreatment/lbpcascade_animeface.xml, else downloaded once from
 upstream into that path and checked against its known sha256.
 """
@@ -35,7 +39,7 @@ import requests
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import FACES_FOLDER, IMAGE_EXTENSIONS, decode_image, read_json_lines, write_bytes  # noqa: E402
+from Files import FACES_FOLDER, IMAGE_EXTENSIONS, UserError, decode_image, read_json_lines, within, write_bytes  # noqa: E402
 
 # Upstream tells users to fetch the raw file from master; the digest pins the known version.
 CASCADE_URL = os.environ.get(
@@ -45,15 +49,16 @@ CASCADE_SHA256 = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce
 DEFAULT_CASCADE = Path(__file__).resolve().parent / "lbpcascade_animeface.xml"
 JPEG_QUALITY = 95
 READ_CHUNK = 1 << 20
-
-
-class CutImageError(Exception):
-    """A problem the user can fix; its message says how. `status` is the exit status: 2 for a
-    command-line value that cannot work, as argparse exits, else 1."""
-
-    def __init__(self, message, status=1):
-        super().__init__(message)
-        self.status = status
+# The ranges of the flags: past them a crop, or OpenCV's pyramid of scaled images, would take
+# gigabytes of memory, or a value would overflow OpenCV's C int. The faces Train.py reads are 96
+# pixels square.
+MAX_SIZE = 1024  # --size
+MAX_MIN_SIZE = 4096  # --min-size
+# --scale-factor: the pyramid has a level for each step from the image's size down to --min-size,
+# so a step much nearer 1 takes minutes and gigabytes per image; one past 2 misses most faces.
+MIN_SCALE_FACTOR, MAX_SCALE_FACTOR = 1.01, 2.0
+MAX_MIN_NEIGHBORS = 100  # --min-neighbors; 3 to 6 are usual
+MAX_MARGIN = 2.0  # --margin: a crop up to five times the face box's width
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,8 @@ class Settings:
 def find_cascade(path):
     if path:
         if not Path(path).is_file():
-            raise CutImageError(f"There is no cascade file at {path}: pass the path of "
-                                "lbpcascade_animeface.xml with --cascade.", status=2)
+            raise UserError(f"there is no cascade file at {path}: pass the path of "
+                            "lbpcascade_animeface.xml with --cascade.")
         return Path(path)
     if not DEFAULT_CASCADE.is_file():
         download_cascade(CASCADE_URL, DEFAULT_CASCADE)
@@ -85,28 +90,28 @@ def download_cascade(url, dest):
         response.raise_for_status()
     except requests.RequestException as error:
         reason = "no connection" if error.response is None else f"HTTP {error.response.status_code}"
-        raise CutImageError(f"Could not download the face cascade from {url} ({reason}); "
-                            "download that file by hand and pass it with --cascade PATH.") from None
+        raise UserError(f"could not download the face cascade from {url} ({reason}); "
+                        "download that file by hand and pass it with --cascade PATH.") from None
     digest = hashlib.sha256(response.content).hexdigest()
     if digest != CASCADE_SHA256:
-        raise CutImageError(f"The cascade downloaded from {url} has sha256 {digest}, not "
-                            f"{CASCADE_SHA256}; download the right file by hand and pass it "
-                            "with --cascade PATH.")
+        raise UserError(f"the cascade downloaded from {url} has sha256 {digest}, not "
+                        f"{CASCADE_SHA256}; download the right file by hand and pass it "
+                        "with --cascade PATH.")
     write_bytes(dest, response.content)
 
 
 def load_cascade(path):
     if not hasattr(cv2, "CascadeClassifier"):
-        raise CutImageError(f"OpenCV {cv2.__version__} has no CascadeClassifier; install "
-                            "opencv-python-headless<5 (or opencv-contrib-python-headless).")
+        raise UserError(f"OpenCV {cv2.__version__} has no CascadeClassifier; install "
+                        "opencv-python-headless<5 (or opencv-contrib-python-headless).")
     cascade = cv2.CascadeClassifier()
     try:
         loaded = cascade.load(str(path))
     except cv2.error:  # a file that is not XML at all (text, an image, an empty file)
         loaded = False
     if not loaded or cascade.empty():
-        raise CutImageError(f"OpenCV cannot load {path} as a cascade: pass the path of "
-                            "lbpcascade_animeface.xml with --cascade.", status=2)
+        raise UserError(f"OpenCV cannot load {path} as a cascade: pass the path of "
+                        "lbpcascade_animeface.xml with --cascade.")
     return cascade
 
 
@@ -210,15 +215,14 @@ def check_folders(src, dst):
     itself, or a folder inside it (sources are searched recursively). Links count as where they
     lead."""
     if not src.is_dir():
-        raise CutImageError(f"There is no folder {src}: download images first with "
-                            "Pretreatment/Crawler.py, or point --src at a folder of images.")
+        raise UserError(f"there is no folder {src}: download images first with "
+                        "Pretreatment/Crawler.py, or point --src at a folder of images.")
     if dst.resolve() == src.resolve():
-        raise CutImageError(f"--dst {dst} is the --src folder itself, where the crops would be read "
-                            "as sources; choose another --dst, such as DataSet/faces.", status=2)
+        raise UserError(f"--dst {dst} is the --src folder itself, where the crops would be read "
+                        "as sources; choose another --dst, such as DataSet/faces.")
     if src.resolve() in dst.resolve().parents:
-        raise CutImageError(f"--dst {dst} is inside --src {src}, which is searched recursively, so "
-                            "the crops would be read as sources; choose a --dst outside --src.",
-                            status=2)
+        raise UserError(f"--dst {dst} is inside --src {src}, which is searched recursively, so "
+                        "the crops would be read as sources; choose a --dst outside --src.")
 
 
 def list_sources(src):
@@ -355,32 +359,26 @@ def parse_args(argv=None):
                         help="folder of illustrations, searched recursively (default DataSet/raw)")
     parser.add_argument("--dst", default=FACES_FOLDER,
                         help=f"folder for the face crops, neither --src nor inside it (default {FACES_FOLDER})")
-    parser.add_argument("--size", type=int, default=96,
-                        help="side of the saved square crops, pixels (default 96)")
-    parser.add_argument("--min-size", type=int, default=96,
-                        help="smallest face detected, pixels; smaller faces would be upscaled "
-                             "(default 96)")
-    parser.add_argument("--scale-factor", type=float, default=1.1,
-                        help="detectMultiScale's step between scales (default 1.1)")
-    parser.add_argument("--min-neighbors", type=int, default=5,
-                        help="detectMultiScale's overlapping detections needed to keep a face "
-                             "(default 5)")
-    parser.add_argument("--margin", type=float, default=0.0,
-                        help="fraction of the face box added on each side, less where the image "
-                             "ends (default 0.0, the bare box)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--size", type=within(int, 1, MAX_SIZE), default=96,
+                        help=f"side of the saved square crops, pixels, 1 to {MAX_SIZE} (default 96)")
+    parser.add_argument("--min-size", type=within(int, 1, MAX_MIN_SIZE), default=96,
+                        help=f"smallest face detected, pixels, 1 to {MAX_MIN_SIZE}; smaller faces "
+                             "would be upscaled (default 96)")
+    parser.add_argument("--scale-factor", type=within(float, MIN_SCALE_FACTOR, MAX_SCALE_FACTOR), default=1.1,
+                        help=f"detectMultiScale's step between scales, {MIN_SCALE_FACTOR:g} to "
+                             f"{MAX_SCALE_FACTOR:g} (default 1.1)")
+    parser.add_argument("--min-neighbors", type=within(int, 0, MAX_MIN_NEIGHBORS), default=5,
+                        help="detectMultiScale's overlapping detections needed to keep a face, "
+                             f"0 to {MAX_MIN_NEIGHBORS} (default 5)")
+    parser.add_argument("--margin", type=within(float, 0, MAX_MARGIN), default=0.0,
+                        help=f"fraction of the face box added on each side, 0 to {MAX_MARGIN:g}, less "
+                             "where the image ends (default 0.0, the bare box)")
+    parser.add_argument("--workers", type=within(int, 1), default=os.cpu_count() or 1,
                         help="processes cropping in parallel (default: one per CPU core)")
     parser.add_argument("--cascade", default=None,
                         help="lbpcascade_animeface.xml to use (default "
                              "Pretreatment/lbpcascade_animeface.xml, downloaded if missing)")
-    args = parser.parse_args(argv)
-    if min(args.size, args.min_size, args.workers) < 1:
-        parser.error("--size, --min-size and --workers must be at least 1.")
-    if args.scale_factor <= 1:
-        parser.error("--scale-factor must be greater than 1.")
-    if args.min_neighbors < 0 or args.margin < 0:
-        parser.error("--min-neighbors and --margin cannot be negative.")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
@@ -388,13 +386,11 @@ def main(argv=None):
     started = time.monotonic()
     try:
         counts = cut_images(args)
-    except CutImageError as error:
-        print(error, file=sys.stderr)
-        return error.status
     except OSError as error:
-        print(f"Could not write to {args.dst} ({error}); free some space or choose another "
-              "--dst, then rerun to continue.", file=sys.stderr)
-        return 1
+        return refuse(f"could not write to {args.dst} ({error.strerror or error}); free some space "
+                      "or choose another --dst, then rerun to continue.")
+    except UserError as error:
+        return refuse(error)
     print(format_summary(counts, time.monotonic() - started))
     if counts["interrupted"]:
         print("Interrupted: rerun the same command to crop the rest.")
@@ -404,6 +400,12 @@ def main(argv=None):
         print(problem, file=sys.stderr)
         return 1
     return 0
+
+
+def refuse(sentence):
+    """End as Utils.run_main ends the other scripts on a UserError: one sentence, exit status 2."""
+    print(f"error: {sentence}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

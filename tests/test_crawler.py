@@ -287,6 +287,25 @@ def test_posts_that_could_escape_or_are_not_images_are_never_fetched(server, tmp
     assert kept_files(tmp_path) == ["out/manifest.jsonl", f"out/safebooru/{GOOD_MD5}.jpg"]
 
 
+@pytest.mark.parametrize("site, field", [("safebooru", "large_file_url"), ("konachan", "sample_url")])
+def test_a_post_whose_url_is_no_url_is_skipped_as_one_with_no_url_and_the_crawl_goes_on(
+        server, tmp_path, site, field):
+    if site == "safebooru":
+        use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg", id=1),
+                  server.danbooru_post(BAD_MD5, "number.jpg", id=2),
+                  server.danbooru_post(OTHER_MD5, "unparsable.jpg", id=3))
+        posts = server.danbooru_posts
+    else:
+        posts = server.moebooru_posts = [dict(post) for post in server.moebooru_posts[:3]]
+    posts[1][field] = 5
+    posts[2][field] = "http://[unclosed/x.jpg"  # urllib raises "Invalid IPv6 URL"
+    tally = crawl(server, tmp_path, "--site", site)
+    assert (tally.posts, tally.downloaded) == (3, 1)
+    assert tally.skipped == {"no URL": 2} and not tally.failed
+    assert len(server.image_paths()) == 1
+    assert_clean(tmp_path)
+
+
 def start_crawler(*flags):
     """Crawler.py as a user runs it, in a process of its own that Ctrl-C (SIGINT) can stop."""
     # Where pytest itself runs as a shell's background job, SIGINT is ignored, and a child
@@ -435,3 +454,41 @@ def test_a_backwards_page_range_is_a_usage_error(capsys):
         Crawler.parse_args(["--pages", "5-2"])
     assert exit.value.code == 2
     assert "must count up" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, wanted", [
+    ("--delay", "nan", "a number from 0 to 600"),  # would switch the rate limit off
+    ("--delay", "inf", "a number from 0 to 600"),
+    ("--delay", "1e300", "a number from 0 to 600"),  # beyond what a clock's wait can count
+    ("--delay", "-1", "a number from 0 to 600"),
+    ("--timeout", "nan", "a number from 0.1 to 600"),  # would be blamed on the site
+    ("--timeout", "inf", "a number from 0.1 to 600"),
+    ("--timeout", "0", "a number from 0.1 to 600"),
+    ("--retries", "100000000", "a whole number from 0 to 20"),
+    ("--retries", "-1", "a whole number from 0 to 20"),
+    ("--backoff", "nan", "a number from 0 to 120"),
+    ("--backoff", "inf", "a number from 0 to 120"),
+    ("--workers", "0", "a whole number from 1 to 64"),
+    ("--workers", "1000000000000", "a whole number from 1 to 64"),
+    ("--limit", "0", "a whole number of at least 1"),
+    ("--max-bytes", "0", "a whole number of at least 1"),
+    ("--base-url", "http://[unclosed", "an http:// or https:// address"),
+    ("--base-url", "ftp://example.org", "an http:// or https:// address"),
+])
+def test_a_flag_out_of_its_range_is_a_usage_error_that_gives_the_range(capsys, flag, value, wanted):
+    with pytest.raises(SystemExit) as exit:
+        Crawler.parse_args([flag, value])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: argument {flag}: '{value}' is not {wanted}")
+
+
+def test_the_ends_of_each_network_flags_range_are_accepted():
+    largest = Crawler.parse_args(["--workers", "64", "--delay", "600", "--timeout", "600",
+                                  "--retries", "20", "--backoff", "120"])
+    assert (largest.workers, largest.delay, largest.timeout, largest.retries, largest.backoff) == (
+        64, 600.0, 600.0, 20, 120.0)
+    smallest = Crawler.parse_args(["--workers", "1", "--delay", "0", "--timeout", "0.1",
+                                   "--retries", "0", "--backoff", "0"])
+    assert (smallest.workers, smallest.delay, smallest.timeout, smallest.retries, smallest.backoff) == (
+        1, 0.0, 0.1, 0, 0.0)

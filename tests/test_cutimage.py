@@ -170,7 +170,7 @@ def test_a_dst_whose_crops_would_be_read_as_sources_is_refused_before_anything_i
     else:
         expected = (f"--dst {dst} is inside --src {src}, which is searched recursively, so the "
                     "crops would be read as sources; choose a --dst outside --src.")
-    assert capsys.readouterr().err == expected + "\n"
+    assert capsys.readouterr().err == f"error: {expected}\n"
     assert sorted(tmp_path.rglob("*")) == before  # no folder, no manifest, no cascade
 
 
@@ -242,16 +242,17 @@ def test_margin_widens_the_box_evenly_as_far_as_the_image_allows():
     assert (CutImage.square_crop(image, (4, 30, 20, 20), margin=0.0) == image[30:50, 4:24]).all()
 
 
-def test_offline_cascade_download_ends_in_one_sentence(tmp_path, monkeypatch, capsys):
+def test_offline_cascade_download_ends_in_one_error_sentence_and_exit_status_2(tmp_path, monkeypatch,
+                                                                              capsys):
     url = f"http://127.0.0.1:{closed_port()}/lbpcascade_animeface.xml"
     monkeypatch.setattr(CutImage, "DEFAULT_CASCADE", tmp_path / "lbpcascade_animeface.xml")
     monkeypatch.setattr(CutImage, "CASCADE_URL", url)
     (tmp_path / "src").mkdir()
     code = CutImage.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "faces")])
-    error = capsys.readouterr().err.strip()
-    assert code == 1
-    assert error == (f"Could not download the face cascade from {url} (no connection); download "
-                     "that file by hand and pass it with --cascade PATH.")
+    assert code == 2
+    assert capsys.readouterr().err == (f"error: could not download the face cascade from {url} (no "
+                                       "connection); download that file by hand and pass it with "
+                                       "--cascade PATH.\n")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["src"]
 
 
@@ -272,7 +273,7 @@ def test_the_downloaded_cascade_is_kept_only_with_the_known_sha256(tmp_path, mon
     if good:
         assert code == 0 and dest.read_bytes() == CASCADE.read_bytes()
     else:
-        assert code == 1 and "has sha256" in capsys.readouterr().err
+        assert code == 2 and capsys.readouterr().err.startswith("error: the cascade downloaded from")
         assert list(dest.parent.iterdir()) == []
 
 
@@ -290,16 +291,52 @@ def test_a_cascade_file_that_is_no_cascade_ends_in_one_sentence_and_exit_status_
     code = CutImage.main(["--src", str(tmp_path / "src"), "--dst", str(tmp_path / "faces"),
                           "--cascade", str(cascade)])
     assert code == 2
-    assert capfd.readouterr().err == (f"OpenCV cannot load {cascade} as a cascade: pass the path "
-                                      "of lbpcascade_animeface.xml with --cascade.\n")
+    assert capfd.readouterr().err == (f"error: OpenCV cannot load {cascade} as a cascade: pass the "
+                                      "path of lbpcascade_animeface.xml with --cascade.\n")
 
 
-def test_a_missing_source_folder_ends_in_one_sentence(tmp_path, capsys):
-    code = CutImage.main(["--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "faces")])
-    assert code == 1
-    assert capsys.readouterr().err.strip() == (
-        f"There is no folder {tmp_path / 'nowhere'}: download images first with "
-        "Pretreatment/Crawler.py, or point --src at a folder of images.")
+def test_a_missing_source_folder_ends_in_one_error_sentence_and_exit_status_2(tmp_path):
+    result = run_script("Pretreatment/CutImage.py", "--src", tmp_path / "nowhere", "--dst",
+                        tmp_path / "faces", check=False)
+    assert result.returncode == 2
+    assert result.stderr == (f"error: there is no folder {tmp_path / 'nowhere'}: download images "
+                             "first with Pretreatment/Crawler.py, or point --src at a folder of "
+                             "images.\n")
+    assert not (tmp_path / "faces").exists()
+
+
+@pytest.mark.parametrize("flag, value, wanted", [
+    ("--size", "100000", "a whole number from 1 to 1024"),  # a 30 GB crop
+    ("--size", "0", "a whole number from 1 to 1024"),
+    ("--min-size", "99999999999999", "a whole number from 1 to 4096"),  # beyond OpenCV's C int
+    ("--scale-factor", "nan", "a number from 1.01 to 2"),
+    ("--scale-factor", "inf", "a number from 1.01 to 2"),
+    ("--scale-factor", "1", "a number from 1.01 to 2"),
+    ("--min-neighbors", "99999999999999", "a whole number from 0 to 100"),
+    ("--margin", "nan", "a number from 0 to 2"),
+    ("--margin", "inf", "a number from 0 to 2"),
+    ("--margin", "-0.1", "a number from 0 to 2"),
+    ("--workers", "0", "a whole number of at least 1"),
+    ("--workers", "two", "a whole number of at least 1"),
+])
+def test_a_flag_out_of_its_range_is_refused_in_one_sentence_that_gives_the_range(capsys, flag, value,
+                                                                                 wanted):
+    with pytest.raises(SystemExit) as exit:
+        CutImage.parse_args([flag, value])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: argument {flag}: '{value}' is not {wanted}")
+
+
+def test_the_ends_of_each_flags_range_are_accepted():
+    largest = CutImage.parse_args(["--size", "1024", "--min-size", "4096", "--scale-factor", "2",
+                                   "--min-neighbors", "100", "--margin", "2"])
+    assert (largest.size, largest.min_size, largest.scale_factor, largest.min_neighbors,
+            largest.margin) == (1024, 4096, 2.0, 100, 2.0)
+    smallest = CutImage.parse_args(["--size", "1", "--min-size", "1", "--scale-factor", "1.01",
+                                    "--min-neighbors", "0", "--margin", "0", "--workers", "1"])
+    assert (smallest.size, smallest.min_size, smallest.scale_factor, smallest.min_neighbors,
+            smallest.margin, smallest.workers) == (1, 1, 1.01, 0, 0.0, 1)
 
 
 @needs_shared

@@ -271,14 +271,15 @@ class ModelFolder:
 
     @contextlib.contextmanager
     def released_if_refused(self):
-        """Within this block, a refusal (UserError) lets go of the folder's lock, after removing the
-        lock file if this run made it, so that a refused run leaves nothing behind. Whatever else
-        the refusal cleans up must happen inside this block, while the lock is held. The file goes
-        only while it is still the one locked, and lock() checks that the file it locked is still
-        the folder's, so two runs never hold the folder at once."""
+        """Within this block, a refusal (UserError) or a stop (Ctrl-C, SIGTERM) lets go of the
+        folder's lock, after removing the lock file if this run made it, so that a run refused or
+        stopped before training leaves nothing behind. Whatever else it cleans up must happen inside
+        this block, while the lock is held. The file goes only while it is still the one locked, and
+        lock() checks that the file it locked is still the folder's, so two runs never hold the
+        folder at once."""
         try:
             yield
-        except UserError:
+        except (UserError, KeyboardInterrupt):
             if self._lock is not None:
                 if self._made_lock_file and _same_file(self._lock, self.path / LOCK_FILE):
                     (self.path / LOCK_FILE).unlink()
@@ -503,6 +504,9 @@ def generator_file(model_dir, raw_g=False):
     average of G's weights that Train.py --ema keeps, free of the swings of G's latest update),
     else G.safetensors; with raw_g, G.safetensors, the trained G itself, in any case."""
     averaged = Path(model_dir) / AVERAGED_GENERATOR_FILE
+    if averaged.is_symlink() and not averaged.exists() and not raw_g:  # not the trained G in its place, unsaid
+        raise UserError(f"{averaged} is a link to {os.readlink(averaged)}, which does not exist; put that file "
+                        f"back, or pass --raw-g to draw with {GENERATOR_FILE}.")
     return averaged if averaged.exists() and not raw_g else Path(model_dir) / GENERATOR_FILE
 
 

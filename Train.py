@@ -527,15 +527,16 @@ class Session:
 
 @contextlib.contextmanager
 def nothing_left_if_refused(*folders):
-    """Within this block, a refusal (UserError) removes the folders it made for folders (parents
-    included) while they hold nothing but the model folder's lock: a refused run leaves nothing
-    behind. A folder another process holds is left alone: it may have made it a moment ago."""
+    """Within this block, a refusal (UserError) or a stop (Ctrl-C, SIGTERM) removes the folders it
+    made for folders (parents included) while they hold nothing but the model folder's lock: a run
+    refused or stopped before training leaves nothing behind. A folder another process holds is
+    left alone: it may have made it a moment ago."""
     made = [top for top in map(first_missing, folders) if top]
     try:
         yield
     except FolderBusy:
         raise
-    except UserError:
+    except (UserError, KeyboardInterrupt):
         for top in made:
             if top.is_dir() and all(path.is_dir() or path.name == LOCK_FILE for path in top.rglob("*")):
                 shutil.rmtree(top, ignore_errors=True)

@@ -323,6 +323,23 @@ def test_a_refused_run_removes_the_folder_it_made_while_it_still_holds_the_lock(
     assert held_while_removed[-1] == tmp_path / "new" and not (tmp_path / "new").exists()
 
 
+def test_a_run_stopped_before_training_leaves_no_folder_and_no_lock(faces_dir, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while the faces load, as a user who started the wrong command does."""
+    def stopped(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Train, "load_faces", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        Train.main(train_args(faces_dir, tmp_path / "new", "--epochs", "1"))
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "Model"
+    existing.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))  # --model-dir tmp_path / "Model"
+    assert list(existing.iterdir()) == []  # the lock file it made is gone; the folder was there before
+    assert not (tmp_path / "Output").exists()
+    ModelFolder(existing).lock()
+
+
 def test_a_lock_file_removed_while_another_run_waited_to_lock_it_is_not_shared(tmp_path, monkeypatch):
     # Run A opened the lock file, run B removed it and made a new one: A must lock the new file, not
     # the removed one, or two runs would each hold a lock.
@@ -497,6 +514,15 @@ def test_weights_in_another_precision_load_as_float32_and_weights_that_are_not_n
     with pytest.raises(UserError, match=r"diverged.safetensors holds weights that are not numbers \(NaN or "
                                         r"infinite\), so it would draw blank pictures"):
         Checkpoint.load_weights(G, tmp_path / "diverged.safetensors")
+
+
+def test_a_g_ema_link_to_nowhere_is_refused_not_replaced_by_g_unsaid(tmp_path):
+    (tmp_path / "G.safetensors").write_bytes(b"")
+    (tmp_path / "G_ema.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    with pytest.raises(UserError, match=r"G_ema.safetensors is a link to .*gone.safetensors, which does not exist; "
+                                        r"put that file back, or pass --raw-g"):
+        Checkpoint.generator_file(tmp_path)
+    assert Checkpoint.generator_file(tmp_path, raw_g=True) == tmp_path / "G.safetensors"
 
 
 def test_a_state_json_without_a_format_is_format_1_and_reads():

@@ -487,7 +487,7 @@ def load_weights(layer, path, grown=False):
         raise UserError(f"{path} holds weights of another network (first mismatch: {wrong[0]}); "
                         f"it was not written by this version of Net.py, so train a new model.")
     # The networks are float32; a file saved in another precision (float16, say) loads as float32.
-    arrays = {name: array.astype(np.float32) for name, array in arrays.items()}
+    arrays = {name: array.astype(np.float32, copy=False) for name, array in arrays.items()}
     if not all(np.isfinite(array).all() for array in arrays.values()):
         raise UserError(f"{path} holds weights that are not numbers (NaN or infinite), so it would draw blank "
                         f"pictures: the training that wrote it diverged. Use an earlier checkpoint.")

@@ -52,10 +52,10 @@ def argument_type(kind, accept, wanted):
 
 def within(kind, least, most=math.inf):
     """An argparse type: text -> kind(text) from least to most, refused as argument_type says
-    ("'nan' is not a number from 0 to 600"). NaN fails every comparison, so it is refused too."""
+    ("'nan' is not a number from 0 to 600"); never NaN or infinite, even without a most."""
     wanted = "a whole number" if kind is int else "a number"
     wanted += f" of at least {least:g}" if most == math.inf else f" from {least:g} to {most:g}"
-    return argument_type(kind, lambda value: least <= value <= most, wanted)
+    return argument_type(kind, lambda value: math.isfinite(value) and least <= value <= most, wanted)
 
 
 def warnings_as_sentences():

@@ -24,7 +24,7 @@ PROJECTIONS = 128
 MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])  # Wang et al. 2003
 NEAREST_COUNT = 64
 FEWEST_FACES = 2          # MS-SSIM compares pairs of different faces within each set
-face_count = Utils.argument_type(  # an argparse type: --n of Evaluate.py and Figures.py
+face_count = Files.argument_type(  # an argparse type: --n of Evaluate.py and Figures.py
     int, lambda value: value >= FEWEST_FACES,
     f"a whole number of at least {FEWEST_FACES}: MS-SSIM compares pairs of different faces")
 

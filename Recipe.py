@@ -21,7 +21,7 @@ import paddle.nn.functional as F
 
 import Augment
 import Net
-from Files import UserError
+from Files import UserError, argument_type, within
 from Net import Z_DIM, Generator
 
 REAL, FAKE = 1, 0
@@ -29,11 +29,11 @@ REAL, FAKE = 1, 0
 
 # ------------------------------------------------------------------------------- the flags
 
-positive_int = Utils.argument_type(int, lambda value: value >= 1, "a whole number of at least 1")
-non_negative_int = Utils.argument_type(int, lambda value: value >= 0, "a whole number of at least 0")
-learning_rate = Utils.argument_type(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
-below_one = Utils.argument_type(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
-not_negative = Utils.argument_type(float, lambda value: math.isfinite(value) and value >= 0, "a number of at least 0")
+positive_int = within(int, 1)
+non_negative_int = within(int, 0)
+learning_rate = argument_type(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
+below_one = argument_type(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
+not_negative = within(float, 0)
 
 
 def augment_policy(text):

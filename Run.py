@@ -59,8 +59,8 @@ def latent_dims(text):
     return dims
 
 
-strip_steps = Utils.whole_number(1, Utils.MAX_STEPS, f"a whole number from 1 to {Utils.MAX_STEPS}")
-single_count = Utils.whole_number(0, Utils.MAX_COUNT, f"a whole number from 0 to {Utils.MAX_COUNT}")
+strip_steps = Files.within(int, 1, Utils.MAX_STEPS)
+single_count = Files.within(int, 0, Utils.MAX_COUNT)
 
 
 def parse_args(argv=None):

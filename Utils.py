@@ -84,7 +84,7 @@ import numpy as np  # noqa: E402  (the settings above must be in place before Pa
 import paddle  # noqa: E402
 
 import Files  # noqa: E402
-from Files import UserError, argument_type  # noqa: E402,F401  argument_type: Files holds it for Pretreatment too
+from Files import UserError  # noqa: E402
 from Net import Z_DIM  # noqa: E402
 
 
@@ -187,12 +187,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def whole_number(least, most, wanted):
-    """An argparse type: text -> an int from least to most, else refused as argument_type says."""
-    return argument_type(int, lambda value: least <= value <= most, wanted)
-
-
-seed_number = whole_number(0, SEED_LIMIT - 1, SEED_RANGE)  # the --seed of every script
+seed_number = Files.argument_type(int, lambda value: 0 <= value < SEED_LIMIT, SEED_RANGE)  # the --seed of every script
 
 
 # ---------------------------------------------------------------------------------------- images

@@ -81,3 +81,14 @@ def test_a_path_too_long_for_the_file_system_is_one_sentence_and_not_written_out
     assert result.stderr.strip().endswith("is too long a name for the file system (File name too long); use a "
                                           "shorter path.")
     assert len(result.stderr) < 250 and f"...{'a' * 30} is too long" in result.stderr  # shortened in the middle
+
+
+def test_a_range_without_a_most_still_refuses_infinity_and_nan():
+    import argparse
+
+    import Files
+    at_least_zero = Files.within(float, 0)
+    assert at_least_zero("1e300") == 1e300
+    for text in ("inf", "nan", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"'{text}' is not a number of at least 0"):
+            at_least_zero(text)

@@ -198,6 +198,10 @@ def evaluate(candidates, real, train, seed):
     shown = candidates[:NEAREST_COUNT]
     index, distance = nearest(shown, train)
     _, real_distance = nearest(real[:NEAREST_COUNT], train, skip_identical=True)
+    real_distance = real_distance[np.isfinite(real_distance)]  # a real face with nothing but its own copies
+    if not len(real_distance):
+        raise UserError("The training faces are all copies of the real faces, so there is no distance from a real "
+                        "face to a training face to compare with: give --train the faces the model was trained on.")
     metrics["nearest_median_candidates"] = float(np.median(distance))
     metrics["nearest_median_real"] = float(np.median(real_distance))
     metrics["spread_candidates"] = Utils.sample_spread(candidates)

@@ -28,6 +28,7 @@ import re
 import secrets
 
 import numpy as np
+from tqdm import tqdm
 
 import Checkpoint
 import Drawing
@@ -119,10 +120,12 @@ def draw_strips(generator, base, dims, steps, output):
 
 def draw_singles(generator, noise, output, batch=64):
     """avatar_0000.png ...: one face per noise vector, drawn a batch at a time so that memory does
-    not grow with --count."""
-    for start in range(0, len(noise), batch):
-        for number, avatar in enumerate(Drawing.generate(generator, noise[start:start + batch]), start):
-            Utils.save_png(avatar, output / f"avatar_{number:04d}.png")
+    not grow with --count; a bar shows the progress when there is more than one batch."""
+    with tqdm(total=len(noise), unit="avatar", desc="single avatars", disable=len(noise) <= batch) as bar:
+        for start in range(0, len(noise), batch):
+            for number, avatar in enumerate(Drawing.generate(generator, noise[start:start + batch]), start):
+                Utils.save_png(avatar, output / f"avatar_{number:04d}.png")
+                bar.update()
 
 
 if __name__ == "__main__":

@@ -716,9 +716,9 @@ def main(argv=None):
     try:
         tally = Crawl(args).run()
     except OSError as error:
-        print(f"Could not write under {args.out} ({error}); free some space or choose another "
+        print(f"error: could not write under {args.out} ({error}); free some space or choose another "
               "--out, then rerun to resume.", file=sys.stderr)
-        return 1
+        return 2
     print(format_summary(tally, time.monotonic() - started))
     if tally.interrupted:
         print("Interrupted: no partial file was kept; rerun the same command to resume.")

@@ -3,6 +3,7 @@
 Nothing here reaches the internet: the server serves the real API and HTML captures of
 ../shared/data/booru/ with their image URLs pointing back at itself, through --base-url.
 """
+import errno
 import json
 import queue
 import signal
@@ -492,3 +493,20 @@ def test_the_ends_of_each_network_flags_range_are_accepted():
                                    "--retries", "0", "--backoff", "0"])
     assert (smallest.workers, smallest.delay, smallest.timeout, smallest.retries, smallest.backoff) == (
         1, 0.0, 0.1, 0, 0.0)
+
+
+def test_a_full_disk_ends_the_crawl_in_one_sentence_with_status_2_and_no_partial_file(server, tmp_path, capsys,
+                                                                                   monkeypatch):
+    def full_disk(response, temp, *rest):
+        Path(temp).write_bytes(b"half an image")
+        raise OSError(errno.ENOSPC, "No space left on device", str(temp))
+
+    monkeypatch.setattr(Crawler, "save_body", full_disk)
+    code = Crawler.main(["--site", "safebooru", "--base-url", server.url, "--out", str(tmp_path), "--delay", "0",
+                         "--backoff", "0.01"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    last = err.splitlines()[-1]  # under the progress bar
+    assert last.startswith(f"error: could not write under {tmp_path} (") and "No space left" in last
+    assert last.endswith("free some space or choose another --out, then rerun to resume.")
+    assert_clean(tmp_path)

@@ -236,3 +236,11 @@ def test_history_mistakes_are_refused_in_one_sentence_before_any_measuring(faces
                                  check=False))
     assert "has no state.json" in message
     assert not (tmp_path / "out").exists()
+
+
+def test_training_faces_that_are_only_copies_of_the_real_ones_are_refused_not_infinity(faces):
+    real = np.repeat(faces[:1], 8, axis=0)
+    with pytest.raises(UserError, match="copies of the real faces"):
+        Metrics.evaluate(faces[8:16], real, train=real[:3], seed=0)
+    metrics, _, _ = Metrics.evaluate(faces[8:16], real, train=faces[:2], seed=0)  # face 1 is no copy
+    assert np.isfinite(metrics["nearest_median_real"]) and metrics["nearest_median_real"] > 1

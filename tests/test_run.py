@@ -123,7 +123,7 @@ def test_a_grid_too_large_is_refused_at_once_in_one_sentence(tmp_path):
                                 f"{0 if flag == '--count' else 1} to {most}")
 
 
-def test_single_avatars_are_drawn_a_batch_at_a_time(monkeypatch, tmp_path):
+def test_single_avatars_are_drawn_a_batch_at_a_time_with_a_progress_bar(monkeypatch, tmp_path, capsys):
     batches = []
 
     def generate(generator, noise):
@@ -134,6 +134,9 @@ def test_single_avatars_are_drawn_a_batch_at_a_time(monkeypatch, tmp_path):
     Run.draw_singles(None, np.zeros((150, 72), np.float32), tmp_path)
     assert batches == [64, 64, 22]  # memory does not grow with --count
     assert sorted(path.name for path in tmp_path.iterdir())[::149] == ["avatar_0000.png", "avatar_0149.png"]
+    assert "150/150" in capsys.readouterr().err  # a bar, since 150 avatars take more than one batch
+    Run.draw_singles(None, np.zeros((3, 72), np.float32), tmp_path)
+    assert capsys.readouterr().err == ""  # and none for a batch or less
 
 
 def test_without_a_generator_the_user_is_told_to_train_one(tmp_path):

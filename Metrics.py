@@ -189,19 +189,29 @@ def pick(images, count, rng, what):
     return images[rng.choice(len(images), count, replace=False)]
 
 
-def evaluate(candidates, real, train, seed):
+def real_nearest(real, train, train_folder="the training faces"):
+    """How far the first NEAREST_COUNT real faces are from their nearest training faces other than
+    their own copies: the measure the candidates' distances are read against. Refused when no real
+    face has any other training face, which would make it infinite."""
+    _, distance = nearest(real[:NEAREST_COUNT], train, skip_identical=True)
+    distance = distance[np.isfinite(distance)]
+    if not len(distance):
+        raise UserError(f"Every face in {train_folder} is a copy of the real faces measured, so there is no other "
+                        "face for them to be near: compare with a folder of faces unlike one another.")
+    return distance
+
+
+def evaluate(candidates, real, train, seed, real_distance=None):
     """All metrics for candidate faces (generated, or a second real set) against real faces,
-    and the candidates shown in nearest.png with their nearest training faces."""
+    and the candidates shown in nearest.png with their nearest training faces. real_distance:
+    real_nearest(real, train), where it was measured first."""
+    if real_distance is None:
+        real_distance = real_nearest(real, train)
     metrics = {"n": len(candidates), **swd(candidates, real, seed)}
     metrics["ms_ssim_candidates"] = diversity(candidates, len(candidates), seed)
     metrics["ms_ssim_real"] = diversity(real, len(real), seed)
     shown = candidates[:NEAREST_COUNT]
     index, distance = nearest(shown, train)
-    _, real_distance = nearest(real[:NEAREST_COUNT], train, skip_identical=True)
-    real_distance = real_distance[np.isfinite(real_distance)]  # a real face with nothing but its own copies
-    if not len(real_distance):
-        raise UserError("The training faces are all copies of the real faces, so there is no distance from a real "
-                        "face to a training face to compare with: give --train the faces the model was trained on.")
     metrics["nearest_median_candidates"] = float(np.median(distance))
     metrics["nearest_median_real"] = float(np.median(real_distance))
     metrics["spread_candidates"] = Utils.sample_spread(candidates)
@@ -286,6 +296,7 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=Fa
     rng = np.random.default_rng(seed)
     real_faces = pick(load_faces(real), n, rng, real)
     train_faces = load_faces(train) if train else real_faces
+    real_distance = real_nearest(real_faces, train_faces, train or real)  # refused before minutes of drawing
     if real_b:
         candidates, source = pick(load_faces(real_b), n, rng, real_b), real_b
     else:
@@ -295,7 +306,7 @@ def measure_model(model_dir, real, train, n, seed, output, real_b=None, raw_g=Fa
         source = str(generator_file(model_dir, raw_g))
     print(f"Measuring {n} faces of {source} against {n} real ones: SWD, MS-SSIM and the nearest training "
           f"faces...", flush=True)
-    metrics, shown, neighbours = evaluate(candidates, real_faces, train_faces, seed)
+    metrics, shown, neighbours = evaluate(candidates, real_faces, train_faces, seed, real_distance)
     metrics.update(candidates=source, real=str(real), train=str(train or real), seed=seed)
     if not real_b and "global_step" in generator.stamp:  # which checkpoint was measured, if Train.py wrote it
         metrics.update(run=generator.stamp.get("run", ""), step=int(generator.stamp["global_step"]))

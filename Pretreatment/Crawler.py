@@ -42,7 +42,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import atomic_write, read_json_lines, within  # noqa: E402
+from Files import atomic_write, os_error_sentence, read_json_lines, within  # noqa: E402
 
 # Danbooru's CDN rejects the default client User-Agents, and a site admin should be able to
 # tell what is crawling them.
@@ -715,9 +715,11 @@ def main(argv=None):
     started = time.monotonic()
     try:
         tally = Crawl(args).run()
-    except OSError as error:
-        print(f"error: could not write under {args.out} ({error}); free some space or choose another "
-              "--out, then rerun to resume.", file=sys.stderr)
+    except OSError as error:  # a full disk, say: the crawl's files are whole, and a rerun resumes it
+        sentence = os_error_sentence(error)
+        if sentence is None:
+            raise  # not the machine's doing: a bug, so a traceback
+        print(f"error: {sentence}", file=sys.stderr)
         return 2
     print(format_summary(tally, time.monotonic() - started))
     if tally.interrupted:

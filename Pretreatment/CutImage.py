@@ -39,7 +39,16 @@ import requests
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Files.py, also when run as a script
-from Files import FACES_FOLDER, IMAGE_EXTENSIONS, UserError, decode_image, read_json_lines, within, write_bytes  # noqa: E402
+from Files import (  # noqa: E402
+    FACES_FOLDER,
+    IMAGE_EXTENSIONS,
+    UserError,
+    decode_image,
+    os_error_sentence,
+    read_json_lines,
+    within,
+    write_bytes,
+)
 
 # Upstream tells users to fetch the raw file from master; the digest pins the known version.
 CASCADE_URL = os.environ.get(
@@ -386,9 +395,11 @@ def main(argv=None):
     started = time.monotonic()
     try:
         counts = cut_images(args)
-    except OSError as error:
-        return refuse(f"could not write to {args.dst} ({error.strerror or error}); free some space "
-                      "or choose another --dst, then rerun to continue.")
+    except OSError as error:  # a full disk, say: the crops written are whole, and a rerun continues
+        sentence = os_error_sentence(error)
+        if sentence is None:
+            raise  # not the machine's doing: a bug, so a traceback
+        return refuse(sentence)
     except UserError as error:
         return refuse(error)
     print(format_summary(counts, time.monotonic() - started))

@@ -507,6 +507,16 @@ def test_a_full_disk_ends_the_crawl_in_one_sentence_with_status_2_and_no_partial
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     last = err.splitlines()[-1]  # under the progress bar
-    assert last.startswith(f"error: could not write under {tmp_path} (") and "No space left" in last
-    assert last.endswith("free some space or choose another --out, then rerun to resume.")
+    assert last.startswith("error: /") and last.endswith(
+        ".tmp could not be written: the disk is full (No space left on device); free some space and run it again.")
+
+
+def test_an_os_error_that_is_not_the_machines_stays_a_traceback(server, tmp_path, monkeypatch):
+    def broken(response, temp, *rest):
+        raise OSError(errno.EIO, "Input/output error")  # a bug's, or a dying disk's: not for one sentence
+
+    monkeypatch.setattr(Crawler, "save_body", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        Crawler.main(["--site", "safebooru", "--base-url", server.url, "--out", str(tmp_path), "--delay", "0",
+                      "--backoff", "0.01"])
     assert_clean(tmp_path)

@@ -1,5 +1,6 @@
 """Pretreatment/CutImage.py on the shared illustrations and negatives, and the whole data path:
 crawl from the local booru server, crop, read with Reader.py, one training step."""
+import errno
 import json
 import os
 import re
@@ -303,6 +304,22 @@ def test_a_missing_source_folder_ends_in_one_error_sentence_and_exit_status_2(tm
                              "first with Pretreatment/Crawler.py, or point --src at a folder of "
                              "images.\n")
     assert not (tmp_path / "faces").exists()
+
+
+def test_a_full_disk_ends_in_one_sentence_and_any_other_os_error_in_a_traceback(tmp_path, monkeypatch, capsys):
+    def cut(error):
+        def raising(args):
+            raise error
+        return raising
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/mnt/faces/a.jpg")
+    monkeypatch.setattr(CutImage, "cut_images", cut(full))
+    assert CutImage.main(["--src", str(tmp_path), "--dst", str(tmp_path / "faces")]) == 2
+    assert capsys.readouterr().err == ("error: /mnt/faces/a.jpg could not be written: the disk is full (No space "
+                                       "left on device); free some space and run it again.\n")
+    monkeypatch.setattr(CutImage, "cut_images", cut(OSError(errno.EIO, "Input/output error")))
+    with pytest.raises(OSError, match="Input/output error"):
+        CutImage.main(["--src", str(tmp_path), "--dst", str(tmp_path / "faces")])
 
 
 @pytest.mark.parametrize("flag, value, wanted", [

@@ -240,7 +240,22 @@ def test_history_mistakes_are_refused_in_one_sentence_before_any_measuring(faces
 
 def test_training_faces_that_are_only_copies_of_the_real_ones_are_refused_not_infinity(faces):
     real = np.repeat(faces[:1], 8, axis=0)
-    with pytest.raises(UserError, match="copies of the real faces"):
+    with pytest.raises(UserError, match="copy of the real faces"):
         Metrics.evaluate(faces[8:16], real, train=real[:3], seed=0)
     metrics, _, _ = Metrics.evaluate(faces[8:16], real, train=faces[:2], seed=0)  # face 1 is no copy
     assert np.isfinite(metrics["nearest_median_real"]) and metrics["nearest_median_real"] > 1
+
+
+def test_the_command_refuses_copies_before_it_draws_a_face(trained, faces_dir, tmp_path):
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    first = sorted(faces_dir.iterdir())[0]
+    for number in range(12):
+        (copies / f"{number}{first.suffix}").symlink_to(first)
+    result = run_script("Evaluate.py", "--model-dir", trained[0] / "Model", "--real", copies, "--n", 12,
+                        "--output", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: Every face in {copies} is a copy of the real faces measured, so "
+                                      "there is no other face for them to be near: compare with a folder of faces "
+                                      "unlike one another.")
+    assert "Measuring" not in result.stdout  # printed once the faces are drawn

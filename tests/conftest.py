@@ -1,6 +1,7 @@
 """Shared fixtures: the repository on sys.path, the shared face data (or faces made here when
 ../shared/data is absent), and one tiny trained checkpoint for the tests that need a model."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,19 @@ def run_script(*args, check=True, timeout=600, **kwargs):
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def start_script(*args, **kwargs):
+    """Start one of the project's scripts in a process of its own, from the repository root, that
+    Ctrl-C (SIGINT) can stop, with its output piped."""
+    # Where pytest itself runs as a shell's background job, SIGINT is ignored, and a child would
+    # inherit that; with a handler here, the child starts with the default, as from a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, **kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def require_shared(*parts):

@@ -7,8 +7,6 @@ import errno
 import json
 import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +26,7 @@ from booru_server import (
     status,
     without_length,
 )
-from conftest import ROOT, SHARED_DATA, run_script
+from conftest import SHARED_DATA, run_script, start_script
 from Pretreatment import Crawler
 
 BOORU = SHARED_DATA / "booru"
@@ -309,14 +307,7 @@ def test_a_post_whose_url_is_no_url_is_skipped_as_one_with_no_url_and_the_crawl_
 
 def start_crawler(*flags):
     """Crawler.py as a user runs it, in a process of its own that Ctrl-C (SIGINT) can stop."""
-    # Where pytest itself runs as a shell's background job, SIGINT is ignored, and a child
-    # would inherit that; with a handler here, the child starts with the default.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return subprocess.Popen([sys.executable, "Pretreatment/Crawler.py", *map(str, flags)],
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return start_script("Pretreatment/Crawler.py", *flags)
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_no_partial_file(server, tmp_path):

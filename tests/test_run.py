@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 import Checkpoint
 import Drawing
 import Run
-from conftest import ROOT, run_script
+from conftest import run_script, start_script
 from Files import UserError
 from Net import Discriminator
 
@@ -333,10 +332,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_generator_is_exp
 def test_a_stop_while_drawing_ends_with_one_line_not_a_traceback(trained, tmp_path, stop):
     """Ctrl-C, or SIGTERM, which Paddle's crash report would otherwise take, while Paddle draws."""
     output = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "Run.py", "--model-dir", str(trained[0] / "Model"), "--output",
-                                str(output), "--count", "10000", "--dims", "3", "--steps", "2", "--device", "cpu"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
+    process = start_script("Run.py", "--model-dir", trained[0] / "Model", "--output", output, "--count", 10000,
+                           "--dims", 3, "--steps", 2, "--device", "cpu",
+                           env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
     deadline = time.time() + 300
     while not (output / "avatar_0000.png").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.1)

@@ -2,12 +2,14 @@
 Each check runs in a fresh Python, since the settings only act at process start."""
 import Utils
 
+import argparse
 import errno
 import os
 import sys
 
 import pytest
 
+import Files
 from conftest import run_script
 
 
@@ -84,9 +86,6 @@ def test_a_path_too_long_for_the_file_system_is_one_sentence_and_not_written_out
 
 
 def test_a_range_without_a_most_still_refuses_infinity_and_nan():
-    import argparse
-
-    import Files
     at_least_zero = Files.within(float, 0)
     assert at_least_zero("1e300") == 1e300
     for text in ("inf", "nan", "-1"):

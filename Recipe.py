@@ -34,6 +34,7 @@ non_negative_int = within(int, 0)
 learning_rate = argument_type(float, lambda value: math.isfinite(value) and value > 0, "a positive number")
 below_one = argument_type(float, lambda value: 0 <= value < 1, "a number from 0 up to (not including) 1")
 not_negative = within(float, 0)
+fraction = argument_type(float, lambda value: 0 < value <= 1, "a number above 0 up to 1")
 
 
 def augment_policy(text):
@@ -105,6 +106,17 @@ HYPER_PARAMETERS = {
     "mode_seeking": HyperParameter(0.0, 0.0, "weight of the mode-seeking term in G's loss, which rewards G for "
                                              "drawing unlike faces from unlike noise; 0: none; may change when "
                                              "continuing a checkpoint", not_negative, changeable=True),
+    # The crispness round (docs/recipe.md, "The crispness round"): G learns from its best faces, and
+    # the learning rates cool down to zero at the end of a run.
+    "top_k": HyperParameter(1.0, 1.0, "top-k training: G's adversarial loss is taken from only the faces of its "
+                                      "batch that D finds most real, a share that starts at the whole batch and "
+                                      "shrinks by a hundredth each epoch down to this fraction (Sinha et al. "
+                                      "2020); 1: every face; may change when continuing a checkpoint", fraction,
+                            changeable=True),
+    "cooldown": HyperParameter(0, 0, "both learning rates fall linearly to zero over this many steps from where "
+                                     "the run stands (a new value starts a new cooldown at full rate), and training "
+                                     "stops there; 0: none; may change when continuing a checkpoint",
+                               non_negative_int, changeable=True),
 }
 BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
 
@@ -165,10 +177,36 @@ def d_loss(logits, label, kind):
     return F.relu(1 - sign * realness(logits)).mean()
 
 
-def g_loss(logits, kind):
+def g_loss(logits, kind, top=None):
     """G's loss on D's logits for its faces: the original's cross entropy against "real", or under
-    hinge the mean realness, negated."""
+    hinge the mean realness, negated. top: take it over only the `top` faces D finds most real
+    (--top-k); both losses fall as realness rises, so these are the faces G already draws best."""
+    if top is not None and top < logits.shape[0]:
+        best = paddle.topk(realness(logits), top).values
+        return F.softplus(-best).mean() if kind == "bce" else -best.mean()
     return gan_loss(logits, REAL) if kind == "bce" else -realness(logits).mean()
+
+
+TOP_K_DECAY = 0.99  # Sinha et al.'s gamma: the share of faces G learns from shrinks by 1% an epoch
+
+
+def top_k_count(fraction, epochs_done, batch):
+    """How many of a batch of G's faces --top-k takes G's adversarial loss from, in the epoch after
+    epochs_done: Sinha et al.'s schedule (2020, https://arxiv.org/abs/2002.06224, section 3), the
+    whole batch at first, shrinking by TOP_K_DECAY each epoch of the model's training, never below
+    fraction of it (their nu), and at least one face. In early epochs every face of G is poor and
+    each gradient helps; later the worst faces' gradients point G away from what D finds real."""
+    share = max(TOP_K_DECAY ** epochs_done, fraction)
+    return max(1, min(batch, round(share * batch)))
+
+
+def cooldown_factor(steps, into):
+    """What the learning rates are multiplied by on the step `into` steps into a --cooldown of
+    `steps` steps: linearly from 1 on its first step down to 1 / steps on its last, 0 after it
+    (the decay of warmup-stable-decay schedules, Hu et al. 2024); 1 without a cooldown."""
+    if not steps:
+        return 1.0
+    return max(0.0, (steps - into) / steps)
 
 
 def r1_penalty(judge, D, real):
@@ -242,17 +280,19 @@ class StepResult(NamedTuple):
     """What one step measured, as tensors, so the caller decides when to wait for the device."""
     d_fake: paddle.Tensor  # D's loss on the generated batch
     d_real: paddle.Tensor  # D's loss on the real batch (without the R1 penalty)
-    g: paddle.Tensor  # G's loss, the mean over its updates (without the mode-seeking term)
+    g: paddle.Tensor  # G's loss over every face, the mean over its updates (without the mode-seeking term)
     real_sign: paddle.Tensor  # the mean sign of D's realness on the real batch: ADA's overfitting signal r_t
 
 
 def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None, loss="bce", r1=0.0,
-               mode_seeking=0.0):
+               mode_seeking=0.0, top=None):
     """One batch of the original's schedule, in three phases. Returns a StepResult.
     amp: a MixedPrecision, or None for float32. augment: the DiffAugment policy of every batch D
     sees. ema: a MovingAverage to update after every G update, or None. loss: "bce" or "hinge".
     r1: the weight of the R1 penalty in this step's real phase (the caller scales it for lazy
-    steps), 0 for none. mode_seeking: the weight of the mode-seeking term in G's loss, 0 for none."""
+    steps), 0 for none. mode_seeking: the weight of the mode-seeking term in G's loss, 0 for none.
+    top: G's adversarial loss from only this many of its faces, those D finds most real
+    (top_k_count), or None for all; the mode-seeking term still takes every face."""
     batch = real.shape[0]
     autocast = amp.autocast if amp else contextlib.nullcontext
     scalers = amp.scalers if amp else {}
@@ -279,8 +319,10 @@ def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE
             noise = paddle.rand([batch, Z_DIM])
             with autocast():
                 faces = G(noise)
-                generated = g_loss(judge(faces), loss)
-            objective = generated + mode_seeking * mode_seeking_term(faces, noise) if mode_seeking else generated
+                logits = judge(faces)
+                generated = g_loss(logits, loss)  # over every face: the logged loss, comparable with or without top
+                adversarial = generated if top is None else g_loss(logits, loss, top)
+            objective = adversarial + mode_seeking * mode_seeking_term(faces, noise) if mode_seeking else adversarial
             optimizer_step(opt_g, objective, scalers.get("G"))
             g_losses.append(generated)  # G's loss alone, as D's is logged without the R1 penalty
             if ema:

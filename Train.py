@@ -89,8 +89,8 @@ def parse_args(argv=None):
     parser.add_argument("--brief", action="store_true",
                         help="the original's recipe exactly: batch 100, lr 2e-4, beta1 0.8, 2 G steps, Paddle's "
                              "init, D with BatchNorm on its input too and at G's rate, cross entropy, no EMA, no "
-                             "augmentation, no mirrored faces, no R1, no mode seeking (flags given beside it still "
-                             "count)")
+                             "augmentation, no mirrored faces, no R1, no mode seeking, no top-k, no cooldown "
+                             "(flags given beside it still count)")
     parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every "
                                                              "epoch (default %(default)s)")
     parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve "
@@ -698,9 +698,11 @@ def run_step(session, real, epoch):
     state, hp, procs, nets = session.state, session.state.hyper_parameters, session.procs, session.nets
     paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
     started = time.perf_counter()
+    cool_learning_rates(session)
+    top = Recipe.top_k_count(hp["top_k"], state.epochs_done, real.shape[0]) if hp["top_k"] < 1 else None
     result = Recipe.train_step(session.train_G, session.train_D, nets.opt_g, nets.opt_d, real, hp["g_steps"],
                                amp=nets.amp, augment=hp["augment"], ema=nets.ema, loss=hp["loss"],
-                               r1=Recipe.r1_weight(hp, state.global_step), mode_seeking=hp["mode_seeking"])
+                               r1=Recipe.r1_weight(hp, state.global_step), mode_seeking=hp["mode_seeking"], top=top)
     *losses, real_sign = [float(value) for value in result]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)
@@ -714,9 +716,31 @@ def run_step(session, real, epoch):
     return losses, stop
 
 
+def cooldown_start(state):
+    """The step where the --cooldown under way began: where it was last set when continuing a
+    checkpoint (state.changes), or step 0 for a run started with it."""
+    return max((change["step"] for change in state.changes if "cooldown" in change), default=0)
+
+
+def cooldown_steps_left(state):
+    """Steps left of the --cooldown under way, or None without one (0: it is over)."""
+    steps = state.hyper_parameters["cooldown"]
+    return max(0, steps - (state.global_step - cooldown_start(state))) if steps else None
+
+
+def cool_learning_rates(session):
+    """Under --cooldown, set both Adam rates for the coming step (Recipe.cooldown_factor)."""
+    hp, nets = session.state.hyper_parameters, session.nets
+    if hp["cooldown"]:
+        factor = Recipe.cooldown_factor(hp["cooldown"], session.state.global_step - cooldown_start(session.state))
+        nets.opt_g.set_lr(hp["lr"] * factor)
+        nets.opt_d.set_lr(hp["d_lr"] * factor)
+
+
 def run_epoch(session, epoch):
-    """Train the rest of one epoch. Returns whether it finished (False: the run was asked to stop)
-    and the writing of its last sample grid, which waits for the checkpoint, or None."""
+    """Train the rest of one epoch. Returns whether it finished (False: the run was asked to stop,
+    or its --cooldown ended) and the writing of its last sample grid, which waits for the
+    checkpoint, or None."""
     state, args = session.state, session.args
     session.loader.batch_sampler.set_epoch(epoch, start_batch=state.batches_done)
     session.dataset.set_epoch(epoch)
@@ -732,7 +756,7 @@ def run_epoch(session, epoch):
             every = args.sample_every and state.batches_done % args.sample_every == 0
             last = state.batches_done == state.steps_per_epoch
             write_grid = sample(session, epoch) if session.procs.writer and (every or last) else None
-            if stop:
+            if stop or cooldown_steps_left(state) == 0:
                 return False, write_grid
             if write_grid and not last:
                 write_grid()
@@ -772,7 +796,8 @@ STOPPED = 130  # the exit status of a run stopped by Ctrl-C or SIGTERM, as a she
 
 def train(args):
     """Train until --epochs are done or a signal asks to stop. Returns the exit status: 0 when
-    every epoch asked for is done (or already was), STOPPED when stopped after a checkpoint."""
+    every epoch asked for is done (or already was), or the --cooldown is over, STOPPED when stopped
+    after a checkpoint."""
     check_visualdl(args)
     session = set_up(args)
     state, folder = session.state, session.folder.path
@@ -780,14 +805,19 @@ def train(args):
         print_once(session.procs, f"{folder} already holds {state.epochs_done} epochs (--epochs {args.epochs}); "
                                   f"nothing to do.")
         return 0
+    if cooldown_steps_left(state) == 0:
+        print_once(session.procs, f"{folder} has finished its cooldown of {state.hyper_parameters['cooldown']} steps "
+                                  f"(its learning rates reached zero at step {state.global_step}); nothing to do. "
+                                  f"To train it on, continue with --cooldown 0, or a new --cooldown.")
+        return 0
     started = time.time() - state.wall_seconds
     with session.stop, session.visualdl or contextlib.nullcontext():
-        while state.epochs_done < args.epochs:
+        while state.epochs_done < args.epochs and cooldown_steps_left(state) != 0:
             finished, write_grid = run_epoch(session, state.epochs_done + 1)
             checkpoint(session, started)  # first: a picture that fails must not cost the checkpoint
             if write_grid:
                 write_grid()
-            if not finished:
+            if not finished and cooldown_steps_left(state) != 0:
                 print_once(session.procs, f"Stopped in epoch {state.epochs_done + 1} after batch "
                                           f"{state.batches_done}; checkpoint saved to {folder}. Run the same "
                                           f"command to continue.")
@@ -798,6 +828,10 @@ def train(args):
                 picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve,
                                                       state.hyper_parameters["loss"], state.changes),
                         f"The loss curve {loss_curve}")
+    if cooldown_steps_left(state) == 0:
+        print_once(session.procs, f"Cooldown done: the learning rates reached zero at step {state.global_step}, "
+                                  f"checkpoint saved to {folder}. Continue it with --cooldown 0 to train on at "
+                                  f"full rate.")
     # No step at all if the run was stopped after an epoch's last batch and resumed.
     timing = (f" A training step took {np.median(session.step_seconds):.2f} s (median of this run's "
               f"{len(session.step_seconds)})." if session.step_seconds else "")

@@ -139,7 +139,8 @@ def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly
     brief, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--seed", "1"]), None)
     assert brief == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
                      "ema": 0.0, "augment": "none", "seed": 1, "loss": "bce", "d_norm": "batch", "mbstd": False,
-                     "r1": 0.0, "r1_every": 16, "flip": False, "d_lr": 2e-4, "mode_seeking": 0.0}
+                     "r1": 0.0, "r1_every": 16, "flip": False, "d_lr": 2e-4, "mode_seeking": 0.0,
+                     "top_k": 1.0, "cooldown": 0}
     mixed, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--batch-size", "64", "--seed", "1"]), None)
     assert mixed == brief | {"batch_size": 64}  # a flag beside --brief still counts
     slower, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--lr", "1e-4", "--seed", "1"]), None)

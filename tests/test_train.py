@@ -60,7 +60,7 @@ def test_state_json_records_progress_hyper_parameters_losses_and_versions(traine
     assert state["hyper_parameters"] == defaults | {"batch_size": 4, "seed": 5}
     assert set(state["hyper_parameters"]) == {"batch_size", "lr", "beta1", "g_steps", "init", "d_input_bn", "ema",
                                               "augment", "seed", "loss", "d_norm", "mbstd", "r1", "r1_every",
-                                              "flip", "d_lr", "mode_seeking"}
+                                              "flip", "d_lr", "mode_seeking", "top_k", "cooldown"}
     assert all(len(values) == 2 for values in state["losses"].values())
     assert set(state["versions"]) == {"paddle", "numpy", "python"}
 

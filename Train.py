@@ -102,6 +102,9 @@ def parse_args(argv=None):
     parser.add_argument("--sample-every", type=non_negative_int, default=50,
                         help="write a sample grid every this many batches; 0: only at epoch ends (default %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N images of --data (default: all)")
+    parser.add_argument("--save-every", type=non_negative_int, default=0,
+                        help="also checkpoint every this many steps within an epoch; 0: only at epoch ends and when "
+                             "stopped (default %(default)s)")
     add_run_flags(parser)
     args = parser.parse_args(argv)
     if args.brief:
@@ -523,6 +526,7 @@ class Session:
     visualdl: VisualDLLog | None  # --visualdl's log on rank 0, while there is training to do; else None
     last_saved: str | None  # where the folder's newest checkpoint of this run stands, e.g. "step 8 (...)"
     step_seconds: list = field(default_factory=list)  # this run's steps, data loading and pictures left out
+    started: float = 0.0  # time.time() when training began, less the wall seconds of the runs before
 
 
 @contextlib.contextmanager
@@ -652,8 +656,8 @@ def print_once(procs, message):
 
 # --------------------------------------------------------------------------------- the loop
 
-def checkpoint(session, started):
-    session.state.wall_seconds = round(time.time() - started, 1)
+def checkpoint(session):
+    session.state.wall_seconds = round(time.time() - session.started, 1)
     session.run_record.update(to_step=session.state.global_step,
                               cpu_seconds=round(time.process_time() - session.cpu_started, 1))
     nets = session.nets
@@ -758,6 +762,8 @@ def run_epoch(session, epoch):
             write_grid = sample(session, epoch) if session.procs.writer and (every or last) else None
             if stop or cooldown_steps_left(state) == 0:
                 return False, write_grid
+            if args.save_every and state.global_step % args.save_every == 0 and not last:
+                checkpoint(session)
             if write_grid and not last:
                 write_grid()
     state.epochs_done, state.batches_done = epoch, 0
@@ -810,11 +816,11 @@ def train(args):
                                   f"(its learning rates reached zero at step {state.global_step}); nothing to do. "
                                   f"To train it on, continue with --cooldown 0, or a new --cooldown.")
         return 0
-    started = time.time() - state.wall_seconds
+    session.started = time.time() - state.wall_seconds
     with session.stop, session.visualdl or contextlib.nullcontext():
         while state.epochs_done < args.epochs and cooldown_steps_left(state) != 0:
             finished, write_grid = run_epoch(session, state.epochs_done + 1)
-            checkpoint(session, started)  # first: a picture that fails must not cost the checkpoint
+            checkpoint(session)  # first: a picture that fails must not cost the checkpoint
             if write_grid:
                 write_grid()
             if not finished and cooldown_steps_left(state) != 0:

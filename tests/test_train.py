@@ -287,3 +287,22 @@ def test_a_run_stopped_after_an_epochs_last_batch_ends_that_epoch_when_resumed(t
     assert f"Done: 1 epochs, {state['global_step']} steps" in result.stdout
     assert "step took" not in result.stdout and "Warning" not in result.stderr, result.stdout + result.stderr
     assert saved_state(tmp_path)["epochs_done"] == 1
+
+
+def test_save_every_checkpoints_within_the_epoch_and_changes_nothing_trained(faces_dir, tmp_path, monkeypatch):
+    saved, save = [], Train.checkpoint
+
+    def recording(session):
+        save(session)
+        saved.append(Checkpoint.ModelFolder(session.folder.path).read_state().where())
+
+    monkeypatch.setattr(Train, "checkpoint", recording)
+    Train.main(train_args(faces_dir, tmp_path / "every", "--epochs", "2", "--save-every", "1"))
+    assert saved == ["step 1 (epoch 1, batch 1)", "step 2 (end of epoch 1)", "step 3 (epoch 2, batch 1)",
+                     "step 4 (end of epoch 2)"]
+    saved.clear()
+    Train.main(train_args(faces_dir, tmp_path / "ends", "--epochs", "2"))
+    assert saved == ["step 2 (end of epoch 1)", "step 4 (end of epoch 2)"]
+    for name in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
+        every, ends = (load_file(str(tmp_path / run / "Model" / name)) for run in ("every", "ends"))
+        assert all(np.array_equal(every[key], ends[key]) for key in every)

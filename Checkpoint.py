@@ -234,6 +234,7 @@ class ModelFolder:
         self.path = Path(path)
         self._lock = None
         self._made_lock_file = False
+        self.keep_at_next_save = None  # a subfolder's name: the next save keeps the checkpoint it replaces there
 
     def lock(self):
         """Take the folder for this process, or refuse at once if another process has it."""
@@ -370,8 +371,28 @@ class ModelFolder:
             raise UserError(f"{self.path} has {megabytes(free)} free, but a checkpoint needs about "
                             f"{megabytes(needed)}; free {megabytes(needed - free)} more or name another --model-dir.")
 
+    def keep_aside(self, name):
+        """Keep the folder's checkpoint files in its subfolder name as well, as hard links (copies
+        where the file system has none), so that a save replacing them leaves them there. Returns
+        that subfolder."""
+        aside = self.path / name
+        aside.mkdir()
+        for file in checkpoint_files():
+            if (self.path / file).exists():
+                try:
+                    os.link(self.path / file, aside / file)
+                except OSError:
+                    shutil.copy2(self.path / file, aside / file)
+        Files.fsync_folder(aside)
+        return aside
+
     def save(self, networks, optimizers, state, scalers=None):
-        """Write the checkpoint as one unit (see the module's docstring)."""
+        """Write the checkpoint as one unit (see the module's docstring). With keep_at_next_save
+        set (Train.py --fresh over a trained checkpoint), the checkpoint it replaces is kept aside
+        first, in that subfolder."""
+        if self.keep_at_next_save and self.has_checkpoint():
+            self.keep_aside(self.keep_at_next_save)
+        self.keep_at_next_save = None
         incoming = self.path / INCOMING
         shutil.rmtree(incoming, ignore_errors=True)
         stamp = state.stamp()

@@ -9,7 +9,11 @@ decoded are skipped and counted, so a bad download never crashes an epoch.
 a function of (seed, epoch), so a resumed run sees the same batches as an uninterrupted one, and
 under several GPUs each process takes its own share of every epoch.
 """
+import ctypes
+import functools
 import os
+import signal
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -152,11 +156,29 @@ class EpochBatchSampler(paddle.io.Sampler):
             yield mine[number * self.batch_size:(number + 1) * self.batch_size].tolist()
 
 
+MAX_WORKERS = 32  # loader processes; decoding is done once, so even a fast GPU needs few (Train.py --num-workers)
+
+
 def make_loader(dataset, batch_size, num_workers=0, seed=0):
     """A paddle DataLoader over dataset with an EpochBatchSampler; call
-    loader.batch_sampler.set_epoch(epoch) before each epoch."""
+    loader.batch_sampler.set_epoch(epoch) before each epoch. Its worker processes end with the
+    process that made them (end_with_parent)."""
     sampler = EpochBatchSampler(len(dataset), batch_size, seed=seed)
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers)
+    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                                worker_init_fn=functools.partial(end_with_parent, os.getpid()))
+
+
+def end_with_parent(parent, worker_id):
+    """Run first in each loader worker: on Linux the kernel kills it the moment its parent, the
+    training process, ends, however that ends (kill -9 and out-of-memory included). Paddle's own
+    check of the parent runs only between batches, so workers that are starting up or busy would
+    live on, each holding a copy of the faces. Elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1  # linux/prctl.h
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the line above took effect
+        os._exit(0)
 
 
 class DeviceLoader:

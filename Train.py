@@ -47,7 +47,7 @@ import Recipe
 from Checkpoint import LOCK_FILE, FolderBusy, ModelFolder, RunState
 from Files import UserError
 from Net import Discriminator, Generator, init_dcgan_weights
-from Reader import DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
+from Reader import MAX_WORKERS, DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
 from Recipe import (
     BRIEF,
     HYPER_PARAMETERS,
@@ -97,8 +97,8 @@ def parse_args(argv=None):
                                                            "(default %(default)s)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="where to train "
                                                                                          "(default %(default)s)")
-    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="data loader worker processes "
-                        "(default %(default)s)")
+    parser.add_argument("--num-workers", type=Files.within(int, 0, MAX_WORKERS), default=0,
+                        help=f"data loader worker processes, at most {MAX_WORKERS} (default %(default)s)")
     parser.add_argument("--sample-every", type=non_negative_int, default=50,
                         help="write a sample grid every this many batches; 0: only at epoch ends (default %(default)s)")
     parser.add_argument("--limit", type=positive_int, help="use only the first N images of --data (default: all)")
@@ -222,11 +222,12 @@ def check_visualdl(args):
 
 class StopRequest:
     """Within this block, Ctrl-C or SIGTERM asks the loop to stop after the current step and save
-    (stopping halfway through an Adam update would leave the weights half changed); a second
-    Ctrl-C stops at once."""
+    (stopping halfway through an Adam update would leave the weights half changed), and says so at
+    once. A second Ctrl-C stops at once (KeyboardInterrupt), giving up the steps since the last
+    checkpoint, except while a checkpoint is being saved: then the save finishes first."""
 
     def __enter__(self):
-        self.requested = False
+        self.requested = self.saving = False
         self.previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
@@ -235,9 +236,23 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def request(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
+        if self.saving:
+            print("\nSaving the checkpoint; training stops as soon as it is written.", file=sys.stderr, flush=True)
+        elif self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        elif not self.requested:
+            print("\nStopping after this step, with a checkpoint (Ctrl-C again stops at once, without it).",
+                  file=sys.stderr, flush=True)
         self.requested = True
+
+    @contextlib.contextmanager
+    def while_saving(self):
+        """Within this block, Ctrl-C and SIGTERM wait for the block's end."""
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
 
 
 # ------------------------------------------------------------------------- several processes
@@ -377,8 +392,11 @@ def open_model_folder(args, folder):
         print(repaired)
     if args.fresh:
         if folder.has_checkpoint():
-            print(f"--fresh: starting over; the checkpoint in {folder.path} stays until this run's first "
-                  f"checkpoint replaces it.")
+            folder.keep_at_next_save = f"before-fresh-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside = folder.path / folder.keep_at_next_save
+            print(f"--fresh: starting over; the checkpoint in {folder.path} stays there until this run's first "
+                  f"checkpoint, which keeps it in {aside} (to bring it back, move its files back into "
+                  f"{folder.path}).")
         state = None
     else:
         state = folder.read_state()
@@ -664,7 +682,8 @@ def checkpoint(session):
     if session.procs.writer:
         if nets.ema:
             nets.ema.fit_batch_norm_statistics(session.state.hyper_parameters["seed"])
-        session.folder.save(nets.weights, nets.optimizers, session.state, nets.scalers)
+        with session.stop.while_saving():
+            session.folder.save(nets.weights, nets.optimizers, session.state, nets.scalers)
     session.last_saved = session.state.where()
     session.procs.wait_for_all()  # nobody leaves before rank 0's checkpoint is on disk
 
@@ -686,14 +705,17 @@ def sample(session, epoch):
 def divergence_message(session, losses, epoch):
     seen = losses if not all(math.isfinite(loss) for loss in losses) else "non-finite on another process"
     where = f"the losses became {seen} at epoch {epoch}, step {session.state.global_step + 1}; training stopped"
+    return f"{where} and {what_was_kept(session)}. Try a lower --lr or --d-lr, or --init dcgan."
+
+
+def what_was_kept(session):
+    """Which checkpoint the model folder holds after a run ended without saving, as a clause."""
     folder = session.folder.path
     if session.last_saved:
-        kept = f"the last checkpoint in {folder}, of {session.last_saved}, was kept"
-    elif session.args.fresh and session.folder.has_checkpoint():
-        kept = f"no checkpoint of this run was written, so {folder} still holds the one --fresh would have replaced"
-    else:
-        kept = f"no checkpoint was written yet, so {folder} holds none"
-    return f"{where} and {kept}. Try a lower --lr or --d-lr, or --init dcgan."
+        return f"the last checkpoint in {folder}, of {session.last_saved}, was kept"
+    if session.args.fresh and session.folder.has_checkpoint():
+        return f"no checkpoint of this run was written, so {folder} still holds the one --fresh started over from"
+    return f"no checkpoint was written yet, so {folder} holds none"
 
 
 def run_step(session, real, epoch):
@@ -817,23 +839,34 @@ def train(args):
                                   f"To train it on, continue with --cooldown 0, or a new --cooldown.")
         return 0
     session.started = time.time() - state.wall_seconds
-    with session.stop, session.visualdl or contextlib.nullcontext():
-        while state.epochs_done < args.epochs and cooldown_steps_left(state) != 0:
-            finished, write_grid = run_epoch(session, state.epochs_done + 1)
-            checkpoint(session)  # first: a picture that fails must not cost the checkpoint
-            if write_grid:
-                write_grid()
-            if not finished and cooldown_steps_left(state) != 0:
-                print_once(session.procs, f"Stopped in epoch {state.epochs_done + 1} after batch "
-                                          f"{state.batches_done}; checkpoint saved to {folder}. Run the same "
-                                          f"command to continue.")
-                session.procs.wait_for_all()  # the launcher ends every process once one has left
-                return STOPPED
-            if session.procs.writer:
-                loss_curve = Path(args.output) / "loss.png"
-                picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve,
-                                                      state.hyper_parameters["loss"], state.changes),
-                        f"The loss curve {loss_curve}")
+    try:
+        with session.stop, session.visualdl or contextlib.nullcontext():
+            return train_epochs(session)
+    except KeyboardInterrupt:  # a second Ctrl-C: StopRequest
+        print_once(session.procs, f"Stopped at once, without saving the steps since the last checkpoint: "
+                                  f"{what_was_kept(session)}.")
+        return STOPPED
+
+
+def train_epochs(session):
+    """train()'s loop, from the session's step on: the same return values."""
+    state, args, folder = session.state, session.args, session.folder.path
+    while state.epochs_done < args.epochs and cooldown_steps_left(state) != 0:
+        finished, write_grid = run_epoch(session, state.epochs_done + 1)
+        checkpoint(session)  # first: a picture that fails must not cost the checkpoint
+        if write_grid:
+            write_grid()
+        if not finished and cooldown_steps_left(state) != 0:
+            print_once(session.procs, f"Stopped in epoch {state.epochs_done + 1} after batch "
+                                      f"{state.batches_done}; checkpoint of step {state.global_step} saved to "
+                                      f"{folder}. Run the same command to continue.")
+            session.procs.wait_for_all()  # the launcher ends every process once one has left
+            return STOPPED
+        if session.procs.writer:
+            loss_curve = Path(args.output) / "loss.png"
+            picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve,
+                                                  state.hyper_parameters["loss"], state.changes),
+                    f"The loss curve {loss_curve}")
     if cooldown_steps_left(state) == 0:
         print_once(session.procs, f"Cooldown done: the learning rates reached zero at step {state.global_step}, "
                                   f"checkpoint saved to {folder}. Continue it with --cooldown 0 to train on at "

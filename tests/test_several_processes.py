@@ -116,7 +116,7 @@ def test_sigterm_to_one_worker_stops_every_rank_with_rank_0s_checkpoint(faces_di
         finish(process, 120)
         assert time.time() - signalled < 20  # together, not after the launcher's 30 s of waiting
     log = worker_log(tmp_path, 0)
-    assert "checkpoint saved to" in log and "Run the same command to continue" in log, log
+    assert "checkpoint of step" in log and "Run the same command to continue" in log, log
     state = json.loads(state_file.read_text())
     assert f"Stopped in epoch {state['epochs_done'] + 1} after batch {state['batches_done']}" in log
 

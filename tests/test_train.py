@@ -134,8 +134,7 @@ def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadabl
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
-        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))
+    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "2")) == Train.STOPPED
     monkeypatch.undo()
     # The interrupted save left only its .incoming/ folder, which the next run discards; no stray temporary files.
     assert {path.name: path.read_bytes() for path in model.iterdir() if path.name != ".incoming"} == before
@@ -306,3 +305,123 @@ def test_save_every_checkpoints_within_the_epoch_and_changes_nothing_trained(fac
     for name in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
         every, ends = (load_file(str(tmp_path / run / "Model" / name)) for run in ("every", "ends"))
         assert all(np.array_equal(every[key], ends[key]) for key in every)
+
+
+def ctrl_c_in_the_first_step(monkeypatch, times):
+    """Press Ctrl-C `times` times during the next training step of Train.main in this process."""
+    real_step = Recipe.train_step
+
+    def interrupted(*args, **kwargs):
+        monkeypatch.setattr(Recipe, "train_step", real_step)
+        for _ in range(times):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(Recipe, "train_step", interrupted)
+
+
+def copy_of_trained(trained, tmp_path):
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    return (tmp_path / "Model" / "G.safetensors").read_bytes()
+
+
+def test_ctrl_c_in_the_first_step_of_fresh_keeps_the_trained_checkpoint_aside_and_says_where(trained, faces_dir,
+                                                                                            tmp_path, capsys,
+                                                                                            monkeypatch):
+    trained_g = copy_of_trained(trained, tmp_path)
+    ctrl_c_in_the_first_step(monkeypatch, 1)
+    assert Train.main(train_args(faces_dir, tmp_path, "--fresh", "--epochs", "5")) == Train.STOPPED
+    out, err = capsys.readouterr()
+    aside = [path for path in (tmp_path / "Model").iterdir() if path.name.startswith("before-fresh-")]
+    assert len(aside) == 1 and out.splitlines()[0] == (
+        f"--fresh: starting over; the checkpoint in {tmp_path / 'Model'} stays there until this run's first "
+        f"checkpoint, which keeps it in {aside[0]} (to bring it back, move its files back into {tmp_path / 'Model'}).")
+    assert "Stopping after this step, with a checkpoint (Ctrl-C again stops at once, without it)." in err
+    assert out.splitlines()[-1] == (f"Stopped in epoch 1 after batch 1; checkpoint of step 1 saved to "
+                                    f"{tmp_path / 'Model'}. Run the same command to continue.")
+    assert saved_state(tmp_path)["global_step"] == 1  # the new run's
+    assert (aside[0] / "G.safetensors").read_bytes() == trained_g  # the trained run, whole
+    assert json.loads((aside[0] / "state.json").read_text())["global_step"] == 2
+    assert CHECKPOINT_FILES <= {path.name for path in aside[0].iterdir()}
+
+
+def test_a_second_ctrl_c_stops_at_once_and_the_last_line_names_the_checkpoint_kept(trained, faces_dir, tmp_path,
+                                                                                  capsys, monkeypatch):
+    trained_g = copy_of_trained(trained, tmp_path)
+    ctrl_c_in_the_first_step(monkeypatch, 2)
+    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "5", "--seed", "5")) == Train.STOPPED
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"Stopped at once, without saving the steps since the last checkpoint: the last checkpoint in "
+        f"{tmp_path / 'Model'}, of step 2 (end of epoch 1), was kept.")
+    assert (tmp_path / "Model" / "G.safetensors").read_bytes() == trained_g
+
+    ctrl_c_in_the_first_step(monkeypatch, 2)
+    assert Train.main(train_args(faces_dir, tmp_path, "--fresh", "--epochs", "5")) == Train.STOPPED
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"no checkpoint of this run was written, so {tmp_path / 'Model'} still holds the one --fresh started over "
+        f"from.")
+    assert (tmp_path / "Model" / "G.safetensors").read_bytes() == trained_g
+    assert not list((tmp_path / "Model").glob("before-fresh-*"))  # nothing was replaced, so nothing set aside
+
+
+def test_ctrl_c_during_a_save_lets_the_save_finish(trained, faces_dir, tmp_path, capsys, monkeypatch):
+    copy_of_trained(trained, tmp_path)
+    ctrl_c_in_the_first_step(monkeypatch, 1)
+    real_save = Checkpoint.ModelFolder.save
+
+    def interrupted_save(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint.ModelFolder, "save", interrupted_save)
+    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "5", "--seed", "5")) == Train.STOPPED
+    out, err = capsys.readouterr()
+    assert "Saving the checkpoint; training stops as soon as it is written." in err
+    assert out.splitlines()[-1].startswith("Stopped in epoch 2 after batch 1; checkpoint of step 3 saved to")
+    assert saved_state(tmp_path)["global_step"] == 3
+
+
+def test_too_many_loader_workers_are_refused_in_one_sentence(capsys):
+    with pytest.raises(SystemExit) as refused:
+        Train.parse_args(["--num-workers", "1000000"])
+    assert refused.value.code == 2
+    assert "argument --num-workers: '1000000' is not a whole number from 0 to 32" in capsys.readouterr().err
+
+
+def children_of(pid):
+    children = []
+    for stat in os.listdir("/proc"):
+        try:
+            fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat))
+    return children
+
+
+def alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the workers' parent-death signal is Linux's")
+def test_loader_workers_end_when_train_py_is_killed(faces_dir, tmp_path):
+    process = subprocess.Popen([sys.executable, "Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1000",
+                                                                         "--num-workers", "2")],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.time() + 300, []
+        while len(workers) < 2 and time.time() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            workers = children_of(process.pid)
+        assert len(workers) >= 2, "the loader's workers never started"
+    finally:
+        process.kill()  # SIGKILL: no handler of Train.py's runs
+        process.wait()
+    deadline = time.time() + 30
+    while any(map(alive, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(map(alive, workers))

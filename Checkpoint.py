@@ -114,7 +114,9 @@ class RunState:
         if not isinstance(data, dict):
             raise _bad_state(path, f"it holds {type(data).__name__}, not the object Train.py writes")
         version = data.get("format", 1)
-        if not _is(version, int) or version > FORMAT:
+        if not _is(version, int) or version < 1:
+            raise _bad_state(path, f"its format is {version!r}, not a whole number from 1")
+        if version > FORMAT:
             raise UserError(f"{path} was written by a newer version of this project (state.json format {version}; "
                             f"this one reads up to {FORMAT}): update it (git pull) to continue that checkpoint.")
         missing = [f.name for f in fields(cls) if f.name not in data and f.name in REQUIRED_FIELDS]
@@ -136,6 +138,8 @@ class RunState:
                 and len({len(curve) for curve in curves}) == 1):
             raise _bad_state(path, "its losses are not the three lists of numbers d_fake, d_real and g, one number "
                                    "per step in each")
+        for name, wrong in _wrong_entries(values):
+            raise _bad_state(path, f"its {name} holds {wrong!r}, {LIST_ENTRIES[name][1]}")
         known = {f.name for f in fields(cls)} | {"format"}
         return cls(**values, unknown={key: value for key, value in data.items() if key not in known})
 
@@ -145,6 +149,43 @@ class RunState:
 
 
 REQUIRED_FIELDS = {"hyper_parameters", "epochs_done", "batches_done", "global_step", "losses"}
+
+
+def _is_step(value):
+    return _is(value, int) and value >= 0
+
+
+def _is_change(entry):
+    """{"step": N, what changed: its new value}: a hyper-parameter's value (Train.py checks it
+    against its flag), --data's folder and size, or why D started afresh."""
+    return (isinstance(entry, dict) and _is_step(entry.get("step")) and len(entry) > 1
+            and all(isinstance(value, (str, int, float, bool)) or value is None for value in entry.values()))
+
+
+# What each list in state.json holds: a test of one entry, and what an entry must be, for a sentence.
+LIST_ENTRIES = {
+    "real_sign": (lambda sign: _is(sign, float) and -1 <= sign <= 1, "where each entry must be a number from -1 to 1"),
+    "spread": (lambda pair: isinstance(pair, list) and len(pair) == 2 and _is_step(pair[0]) and _is(pair[1], float)
+               and pair[1] >= 0, "where each entry must be [step, spread], a whole number and a number of at least 0"),
+    "changes": (_is_change, "where each entry must be an object with a step (a whole number of at least 0) and "
+                            "what changed there"),
+    "overfitting": (lambda entry: isinstance(entry, dict) and set(entry) == {"epoch", "step", "r_t"}
+                    and _is_step(entry["epoch"]) and _is_step(entry["step"]) and _is(entry["r_t"], float)
+                    and -1 <= entry["r_t"] <= 1,
+                    "where each entry must be an object of an epoch, a step and an r_t from -1 to 1"),
+    "stretches": (lambda entry: isinstance(entry, dict) and _is_step(entry.get("from_step"))
+                  and _is_step(entry.get("to_step")) and _is(entry.get("cpu_seconds"), float)
+                  and entry["cpu_seconds"] >= 0,
+                  "where each entry must be an object with a from_step, a to_step and cpu_seconds of at least 0"),
+}
+
+
+def _wrong_entries(values):
+    """(field, entry) for each entry of state.json's lists that is not what Train.py writes."""
+    for name, (right, _) in LIST_ENTRIES.items():
+        for entry in values.get(name, []):
+            if not right(entry):
+                yield name, entry
 
 
 def _same_file(handle, path):
@@ -261,6 +302,11 @@ class ModelFolder:
         """The folder's lock file, opened, and whether this call made it (the folder too, if need be)."""
         while True:
             self.path.mkdir(parents=True, exist_ok=True)
+            lock = self.path / LOCK_FILE
+            if lock.is_symlink() and not lock.exists() or lock.is_dir():
+                what = "a folder" if lock.is_dir() else "a link to nothing"
+                raise UserError(f"{lock} is {what}, not the lock file Train.py makes; remove it (no training "
+                                f"needs it) and run again.")
             try:
                 return os.fdopen(os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL), "r+"), True
             except FileExistsError:
@@ -293,9 +339,13 @@ class ModelFolder:
         Returns a sentence saying what was done, or None."""
         incoming = self.path / INCOMING
         said = None
-        if (incoming / COMPLETE).exists():
-            self._move_into_place(incoming)
+        names = _complete_names(incoming / COMPLETE) if (incoming / COMPLETE).exists() else None
+        if names is not None:
+            self._move_into_place(incoming, names)
             said = f"A save into {self.path} was interrupted after it was complete; its move was finished."
+        elif (incoming / COMPLETE).exists():
+            said = (f"A save into {self.path} was interrupted, and its list of files is damaged, so it cannot be "
+                    f"finished; it was discarded.")
         elif incoming.exists():
             said = f"A save into {self.path} was interrupted before it was complete; it was discarded."
         shutil.rmtree(incoming, ignore_errors=True)
@@ -406,7 +456,8 @@ class ModelFolder:
                 Files.atomic_write(incoming / adam_file(name), lambda tmp: paddle.save(adam, tmp))
             Files.write_json(state.to_json(), incoming / STATE_FILE)
             Files.fsync_folder(incoming)
-            Files.write_json(sorted(os.listdir(incoming)), incoming / COMPLETE)
+            names = sorted(os.listdir(incoming))
+            Files.write_json(names, incoming / COMPLETE)
             Files.fsync_folder(incoming)
         except (OSError, SafetensorError) as error:  # safetensors reports a full disk as a SafetensorError
             shutil.rmtree(incoming, ignore_errors=True)
@@ -416,13 +467,12 @@ class ModelFolder:
                             f"needs about {megabytes(needed)}, and {megabytes(free)} are free); the folder still holds "
                             f"its last complete checkpoint. Free some space or fix the folder, then run the same "
                             f"command to continue.") from None
-        self._move_into_place(incoming)
+        self._move_into_place(incoming, names)
 
-    def _move_into_place(self, incoming):
-        """Move a complete checkpoint's files from incoming into the folder, state.json last, after
-        removing the files of the last checkpoint that this one has not. Safe to repeat after an
-        interruption: a file already moved or removed is simply no longer there."""
-        names = Files.read_json(incoming / COMPLETE)
+    def _move_into_place(self, incoming, names):
+        """Move a complete checkpoint's files (names) from incoming into the folder, state.json
+        last, after removing the files of the last checkpoint that this one has not. Safe to repeat
+        after an interruption: a file already moved or removed is simply no longer there."""
         for name in sorted(set(checkpoint_files()) - set(names)):  # first: never beside the new checkpoint
             (self.path / name).unlink(missing_ok=True)
         for name in sorted(names, key=lambda name: name == STATE_FILE):
@@ -446,6 +496,18 @@ def checkpoint_size(networks, optimizers, state):
 
 def megabytes(size):
     return f"{size / 2**20:,.0f} MB"
+
+
+def _complete_names(path):
+    """The checkpoint's file names that a save's COMPLETE marker lists, or None where it is not
+    such a list (damaged, or not written by Train.py)."""
+    try:
+        names = Files.read_json(path)
+    except (OSError, ValueError):
+        return None
+    if isinstance(names, list) and names and set(names) <= set(checkpoint_files()):
+        return names
+    return None
 
 
 def checkpoint_files():
@@ -520,14 +582,15 @@ def _fits_in(shape, bigger):
     return bigger is not None and len(shape) == len(bigger) and all(a <= b for a, b in zip(shape, bigger))
 
 
-def generator_file(model_dir, raw_g=False):
+def generator_file(model_dir, raw_g=False, raw_g_said="--raw-g"):
     """The weights the scripts draw with: G_ema.safetensors where model_dir has it (the moving
     average of G's weights that Train.py --ema keeps, free of the swings of G's latest update),
-    else G.safetensors; with raw_g, G.safetensors, the trained G itself, in any case."""
+    else G.safetensors; with raw_g, G.safetensors, the trained G itself, in any case. raw_g_said:
+    how the caller's user asks for raw_g ("raw_g=True" from Python)."""
     averaged = Path(model_dir) / AVERAGED_GENERATOR_FILE
     if averaged.is_symlink() and not averaged.exists() and not raw_g:  # not the trained G in its place, unsaid
         raise UserError(f"{averaged} is a link to {os.readlink(averaged)}, which does not exist; put that file "
-                        f"back, or pass --raw-g to draw with {GENERATOR_FILE}.")
+                        f"back, or pass {raw_g_said} to draw with {GENERATOR_FILE}.")
     return averaged if averaged.exists() and not raw_g else Path(model_dir) / GENERATOR_FILE
 
 

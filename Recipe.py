@@ -138,6 +138,13 @@ def refused_value(name, value):
         return str(error)
 
 
+def wrong_hyper_parameters(recorded):
+    """(name, value, why) for each hyper-parameter of recorded (a checkpoint's, as trained_with
+    gives them) whose value its flag would not give: state.json was edited by hand."""
+    return [(name, value, why) for name, value in recorded.items()
+            if name in HYPER_PARAMETERS and (why := refused_value(name, value))]
+
+
 def trained_with(state):
     """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet (its
     brief value), and D's rate where it is None is --lr's (d_learning_rate)."""

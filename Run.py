@@ -93,6 +93,10 @@ def main(argv=None):
     generator = load(args.model_dir, args.raw_g)
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     rng = np.random.default_rng(seed)
+    cleared = clear_earlier_pictures(output)
+    if cleared:
+        print(f"Removed {cleared} pictures an earlier Run.py drew into {output} (its strips and single avatars), "
+              f"so that the folder holds this run's alone.")
     draw_grid(generator, rng, args.grid, output)
     draw_strips(generator, Utils.random_noise(rng, 1)[0], args.dims, args.steps, output)
     draw_singles(generator, Utils.random_noise(rng, args.count), output)
@@ -100,6 +104,21 @@ def main(argv=None):
     print(f"Seed {seed}: wrote {output / 'avatars.png'} ({rows}x{cols}), {output / 'strips.png'} "
           f"({len(args.dims)} strips of {args.steps})" + (f" and {args.count} single avatars" if args.count else "")
           + f" with {Checkpoint.drawn_with(args.model_dir, args.raw_g)}.")
+
+
+EARLIER_PICTURES = (("strips", re.compile(r"dim_[0-9]{2}\.png")), (".", re.compile(r"avatar_[0-9]{4}\.png")))
+
+
+def clear_earlier_pictures(output):
+    """Remove the strips and single avatars an earlier Run.py wrote into output, and nothing else
+    (files of other names stay), so that its strips of other dimensions and a larger --count's
+    avatars are not taken for this run's. avatars.png and strips.png are replaced anyway. Returns
+    how many files went."""
+    earlier = [path for folder, name in EARLIER_PICTURES if (output / folder).is_dir()
+               for path in (output / folder).iterdir() if name.fullmatch(path.name) and path.is_file()]
+    for path in earlier:
+        path.unlink()
+    return len(earlier)
 
 
 def draw_grid(generator, rng, grid, output):

@@ -302,12 +302,10 @@ def settle_hyper_parameters(args, state):
         raise UserError(f"{args.model_dir} holds a checkpoint trained with hyper-parameters this version of Train.py "
                         f"does not know ({', '.join(unknown)}), so it cannot continue it as it was trained; update "
                         f"the project (git pull), or start over with --fresh or another --model-dir.")
-    for name, value in saved.items():
-        why = Recipe.refused_value(name, value)
-        if why:
-            raise UserError(f"{args.model_dir}'s state.json records {flag_name(name)} {value!r}, which that flag does "
-                            f"not take ({why}): it was edited by hand; put back the state.json written with the "
-                            f"weights, or start over with --fresh or another --model-dir.")
+    for name, value, why in Recipe.wrong_hyper_parameters(saved)[:1]:
+        raise UserError(f"{args.model_dir}'s state.json records {flag_name(name)} {value!r}, which that flag does "
+                        f"not take ({why}): it was edited by hand; put back the state.json written with the "
+                        f"weights, or start over with --fresh or another --model-dir.")
     settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
@@ -384,9 +382,9 @@ def open_model_folder(args, folder):
     """Rank 0's part of the set-up: check both folders can be written before any work, take the
     model folder, repair an interrupted save, and read where training stopped. Returns the saved
     RunState or None, the settled hyper-parameters, and whether D starts afresh."""
-    Files.writable_folder(args.output, "--output")
     Files.writable_folder(args.model_dir, "--model-dir")
-    folder.lock()
+    folder.lock()  # before --output is made: a run refused for a busy folder must leave nothing behind
+    Files.writable_folder(args.output, "--output")
     repaired = folder.recover()
     if repaired:
         print(repaired)

@@ -35,6 +35,12 @@ def _project():
     return Net, Checkpoint, UserError
 
 
+def _recipe():
+    """The project's Recipe, for the hyper-parameters a checkpoint records (after _project)."""
+    import Recipe
+    return Recipe
+
+
 def generator(model_dir=None, raw_g=False):
     """The generator of the repository's Model/ (or of model_dir), in evaluation mode: the
     averaged G_ema.safetensors where the folder has it (Train.py --ema), else G.safetensors;
@@ -42,7 +48,7 @@ def generator(model_dir=None, raw_g=False):
     faces [N, 3, 96, 96] in [-1, 1]."""
     Net, Checkpoint, UserError = _project()
     folder = _folder(UserError, model_dir)
-    path = Checkpoint.generator_file(folder, raw_g)
+    path = Checkpoint.generator_file(folder, raw_g, raw_g_said="raw_g=True")
     if raw_g and not path.exists() and (folder / Checkpoint.AVERAGED_GENERATOR_FILE).exists():
         raise UserError(f"{path} does not exist, so raw_g=True has nothing to load; leave raw_g out to load "
                         f"{Checkpoint.AVERAGED_GENERATOR_FILE}, the averaged generator beside it.")
@@ -64,9 +70,13 @@ def discriminator(model_dir=None):
     except UserError as error:
         raise _state_error(UserError, error, folder / Checkpoint.STATE_FILE, path) from None
     # A checkpoint from before a flag existed was trained as the original: BatchNorm everywhere.
-    trained = state.hyper_parameters if state else {}
-    network = Net.Discriminator(input_norm=trained.get("d_input_bn", True), norm=trained.get("d_norm", "batch"),
-                                mbstd=trained.get("mbstd", False))
+    Recipe = _recipe()
+    trained = Recipe.trained_with(state) if state else Recipe.BRIEF
+    for name, value, why in Recipe.wrong_hyper_parameters(trained)[:1]:  # as Train.py checks them
+        raise UserError(f"{folder / Checkpoint.STATE_FILE} records {name}={value!r}, which Train.py never writes "
+                        f"({why}): it was edited by hand, so how {path.name} was built is unknown; put back the "
+                        f"state.json saved with it, or pass model_dir= another folder.")
+    network = Net.Discriminator(input_norm=trained["d_input_bn"], norm=trained["d_norm"], mbstd=trained["mbstd"])
     return _loaded(Checkpoint, network, path)
 
 

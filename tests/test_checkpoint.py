@@ -3,6 +3,7 @@ folder at a time, state is never guessed, and every mistake ends in one true sen
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -278,6 +279,7 @@ def test_a_second_train_py_on_the_same_model_folder_refuses_at_once(faces_dir, t
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"is being trained by another Train.py (pid {os.getpid()})" in result.stderr
     assert time.time() - started < 60 and not (tmp_path / "Model" / "state.json").exists()
+    assert not (tmp_path / "Output").exists()  # the --output folder it would have made
 
 
 def test_a_refusal_lets_go_of_the_lock_and_removes_the_lock_file_only_if_it_made_it(tmp_path):
@@ -529,3 +531,53 @@ def test_a_state_json_without_a_format_is_format_1_and_reads():
     state = RunState.from_json({"hyper_parameters": {}, "epochs_done": 1, "batches_done": 0, "global_step": 2,
                                 "losses": {"d_fake": [], "d_real": [], "g": []}}, "state.json")
     assert state.global_step == 2 and state.to_json()["format"] == Checkpoint.FORMAT
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"real_sign": [0.5, "x"]}, "its real_sign holds 'x', where each entry must be a number from -1 to 1"),
+    ({"real_sign": [3]}, "its real_sign holds 3, where each entry must be a number from -1 to 1"),
+    ({"changes": [5]}, "its changes holds 5, where each entry must be an object with a step"),
+    ({"changes": [{"step": "2", "lr": 1e-4}]}, "its changes holds {'step': '2', 'lr': 0.0001}, where each entry"),
+    ({"changes": [{"step": 2, "lr": [1]}]}, "its changes holds {'step': 2, 'lr': [1]}, where each entry"),
+    ({"spread": [[1]]}, "its spread holds [1], where each entry must be [step, spread]"),
+    ({"overfitting": [{"epoch": 1}]}, "its overfitting holds {'epoch': 1}, where each entry must be an object of an "
+                                      "epoch, a step and an r_t"),
+    ({"stretches": [None]}, "its stretches holds None, where each entry must be an object with a from_step"),
+    ({"format": "2"}, "its format is '2', not a whole number from 1"),
+    ({"format": None}, "its format is None, not a whole number from 1"),
+    ({"format": 0}, "its format is 0, not a whole number from 1"),
+    ({"format": -5}, "its format is -5, not a whole number from 1"),
+])
+def test_a_wrong_entry_in_state_jsons_lists_or_format_is_refused_before_training(trained, faces_dir, tmp_path, change,
+                                                                                words):
+    subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
+    state = json.loads((tmp_path / "Model" / "state.json").read_text())
+    (tmp_path / "Model" / "state.json").write_text(json.dumps({**state, **change}))
+    before = (tmp_path / "Model" / "G.safetensors").read_bytes()
+    with pytest.raises(UserError, match=re.escape(words)):
+        Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5"))
+    assert (tmp_path / "Model" / "G.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("marker", [b"{not json", b"[\"G.safetensors\", \"../elsewhere\"]", b"[]"],
+                         ids=["not-json", "foreign-names", "empty"])
+def test_a_save_whose_complete_marker_is_damaged_is_discarded_and_said(tmp_path, marker):
+    ModelFolder(tmp_path).save(*small_networks(step=1))
+    incoming = tmp_path / Checkpoint.INCOMING
+    incoming.mkdir()
+    (incoming / "G.safetensors").write_bytes(b"new")
+    (incoming / Checkpoint.COMPLETE).write_bytes(marker)
+    assert ModelFolder(tmp_path).recover() == (f"A save into {tmp_path} was interrupted, and its list of files is "
+                                               f"damaged, so it cannot be finished; it was discarded.")
+    assert ModelFolder(tmp_path).read_state().global_step == 1 and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage, what", [(lambda lock: lock.symlink_to(lock.parent / "nowhere"), "a link to nothing"),
+                                          (lambda lock: lock.mkdir(), "a folder")])
+def test_a_lock_file_that_is_a_dangling_link_or_a_folder_is_one_sentence(faces_dir, tmp_path, damage, what):
+    (tmp_path / "Model").mkdir()
+    damage(tmp_path / "Model" / ".lock")
+    result = run_script("Train.py", *train_args(faces_dir, tmp_path, "--epochs", "1"), check=False, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: {tmp_path / 'Model' / '.lock'} is {what}, not the lock file Train.py "
+                                     f"makes; remove it (no training needs it) and run again.")

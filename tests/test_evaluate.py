@@ -8,19 +8,17 @@ from PIL import Image
 import Files
 import Metrics
 from Checkpoint import RunState
-from conftest import SHARED_DATA, run_script
+from conftest import SHARED_DATA, draw_faces, run_script
 from Files import UserError
 
 
 @pytest.fixture(scope="module")
 def faces():
-    """48 faces: shared real faces when present, else smooth random pictures."""
+    """48 faces: shared real faces when present, else cartoon faces drawn here."""
     folder = SHARED_DATA / "faces"
     if folder.is_dir():
         return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in sorted(folder.glob("*.jpg"))[:48]])
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8)
-    return np.stack([np.asarray(Image.fromarray(image).resize((96, 96), Image.Resampling.BICUBIC)) for image in small])
+    return draw_faces(48)
 
 
 def blurred(images, radius=2):

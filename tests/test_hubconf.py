@@ -2,6 +2,7 @@
 ready to use, as a github load of the repository would."""
 import Utils
 
+import json
 import shutil
 
 import numpy as np
@@ -99,3 +100,29 @@ def test_a_damaged_state_and_discriminator_are_each_refused_without_calling_anyt
                             "or pass model_dir= another folder.")
     for words in ("intact", "--fresh", "--model-dir"):
         assert words not in message
+
+
+def test_a_g_ema_link_to_nothing_is_answered_in_python_terms(on_cpu, tmp_path):
+    shutil.copy(MODEL / "G.safetensors", tmp_path / "G.safetensors")
+    (tmp_path / "G_ema.safetensors").symlink_to(tmp_path / "gone.safetensors")
+    with pytest.raises(UserError) as error:
+        hub("generator", model_dir=tmp_path)
+    assert str(error.value) == (f"{tmp_path / 'G_ema.safetensors'} is a link to {tmp_path / 'gone.safetensors'}, "
+                                f"which does not exist; put that file back, or pass raw_g=True to draw with "
+                                f"G.safetensors.")
+    assert "--raw-g" not in str(error.value)
+
+
+@pytest.mark.parametrize("name, value, why", [("mbstd", "yes", "not true or false"),
+                                              ("d_norm", "bogus", "not one of batch, spectral"),
+                                              ("d_input_bn", 1, "not true or false")])
+def test_a_hand_edited_form_of_d_is_one_sentence_as_train_py_checks_it(on_cpu, tmp_path, name, value, why):
+    shutil.copy(MODEL / "D.safetensors", tmp_path / "D.safetensors")
+    state = json.loads((MODEL / "state.json").read_text())
+    state["hyper_parameters"][name] = value
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UserError) as error:
+        hub("discriminator", model_dir=tmp_path)
+    assert str(error.value) == (f"{tmp_path / 'state.json'} records {name}={value!r}, which Train.py never writes "
+                                f"({why}): it was edited by hand, so how D.safetensors was built is unknown; put back "
+                                f"the state.json saved with it, or pass model_dir= another folder.")

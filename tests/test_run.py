@@ -342,3 +342,18 @@ def test_a_stop_while_drawing_ends_with_one_line_not_a_traceback(trained, tmp_pa
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130 and err.strip().splitlines()[-1] == "Stopped.", err
     assert "Traceback" not in err and "FatalError" not in err, err
+
+
+def test_a_second_run_into_the_same_folder_leaves_none_of_the_firsts_strips_or_avatars(trained, tmp_path):
+    model, output = trained[0] / "Model", tmp_path / "out"
+    run_script("Run.py", "--model-dir", model, "--output", output, "--dims", "1,2", "--count", "4", "--seed", "1",
+               "--device", "cpu", "--dygraph")
+    (output / "notes.txt").write_text("mine")
+    (output / "strips" / "dim_01_kept.png").write_bytes(b"mine too")
+    second = run_script("Run.py", "--model-dir", model, "--output", output, "--dims", "5", "--count", "1", "--seed",
+                        "2", "--device", "cpu", "--dygraph")
+    assert (f"Removed 6 pictures an earlier Run.py drew into {output} (its strips and single avatars), so that the "
+            f"folder holds this run's alone.") in second.stdout
+    assert sorted(path.name for path in (output / "strips").iterdir()) == ["dim_01_kept.png", "dim_05.png"]
+    assert sorted(path.name for path in output.iterdir()) == ["avatar_0000.png", "avatars.png", "notes.txt",
+                                                              "strips", "strips.png"]

@@ -6,9 +6,12 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,25 +62,69 @@ def within(kind, least, most=math.inf):
 
 
 def warnings_as_sentences():
-    """Print this project's warnings (UserWarning) as "warning: <sentence>", without the file and
-    source line Python adds for programmers; other categories keep Python's form."""
+    """Print the warnings meant for users as "warning: <sentence>", without the file and source
+    line Python adds for programmers: this project's own (UserWarning), and Pillow's about an image
+    of very many pixels, a RuntimeWarning (DecompressionBombWarning) whose words name no file, so
+    the sentence names the one open_image is opening. Each such image gets its line, not only the
+    first of a size. Other categories keep Python's form."""
     plain = warnings.formatwarning
 
     def sentence(message, category, filename, lineno, line=None):
         if category is UserWarning:
             return f"warning: {message}\n"
+        if issubclass(category, Image.DecompressionBombWarning):
+            return f"warning: {huge_image_sentence(message)}\n"
         return plain(message, category, filename, lineno, line)
 
     warnings.formatwarning = sentence
+    warnings.filterwarnings("always", category=Image.DecompressionBombWarning)
+
+
+_opening = threading.local()  # .path: the file open_image is opening in this thread
+
+
+@contextmanager
+def open_image(path):
+    """Image.open(path) for the block. Pillow's warning about an image of very many pixels, given
+    while it opens, names no file; warnings_as_sentences finds the file here. Per thread, as the
+    reader decodes on several."""
+    _opening.path = path
+    try:
+        image = Image.open(path)
+    finally:
+        _opening.path = None
+    with image:
+        yield image
+
+
+def huge_image_sentence(message):
+    """Pillow's DecompressionBombWarning in this project's words, with the file open_image is
+    opening; Pillow's own words when that file or the pixel count is unknown."""
+    path = getattr(_opening, "path", None)
+    pixels = re.search(r"\((\d+) pixels\)", str(message))
+    if path is None or pixels is None:
+        return str(message)
+    return (f"{path} is a very large image ({int(pixels.group(1)):,} pixels, over Pillow's limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} against decompression bombs); it is decoded anyway, which "
+            "takes much memory.")
+
+
+NAME_MAX = 255  # bytes in a file name, on Linux's, macOS's and Windows' file systems alike
+# What mkstemp adds to a temporary file's prefix: 8 random characters and the suffix ".tmp".
+TEMPORARY_TAIL = 8 + len(".tmp")
 
 
 def atomic_write(path, write):
     """Call write(temporary_path), flush it to disk, then rename it onto path. A crash at any
     moment leaves either the old file or the new one under path, never half of one, and no
-    temporary file behind unless the process itself is killed."""
+    temporary file behind unless the process itself is killed. The temporary file is
+    .<path's name>.<random>.tmp, its name cut short where that would pass NAME_MAX, so that any
+    name the file system takes can be written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    room = NAME_MAX - TEMPORARY_TAIL - len("..")
+    prefix = f".{os.fsdecode(os.fsencode(path.name)[:room])}."
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
@@ -176,7 +223,7 @@ def decode_image(path):
     8 bits as round(v * 255 / 65535), and the EXIF orientation is applied. The reader and the
     face cropper both decode with this, so that they train on and crop the same pixels."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             colour, alpha, full = samples(path, image)  # decodes fully: a truncated file raises
             orientation = image.getexif().get(ExifTags.Base.Orientation)
     except DECODE_ERRORS:

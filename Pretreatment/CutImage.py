@@ -21,6 +21,7 @@ upstream into that path and checked against its known sha256.
 """
 
 import argparse
+import errno
 import hashlib
 import json
 import multiprocessing
@@ -46,6 +47,7 @@ from Files import (  # noqa: E402
     decode_image,
     os_error_sentence,
     read_json_lines,
+    warnings_as_sentences,
     within,
     write_bytes,
 )
@@ -68,6 +70,10 @@ MAX_MIN_SIZE = 4096  # --min-size
 MIN_SCALE_FACTOR, MAX_SCALE_FACTOR = 1.01, 2.0
 MAX_MIN_NEIGHBORS = 100  # --min-neighbors; 3 to 6 are usual
 MAX_MARGIN = 2.0  # --margin: a crop up to five times the face box's width
+# --workers: each is a process of its own holding OpenCV and a decoded illustration (hundreds of
+# MB for a large one), and cropping is all computation, so processes past the cores only share
+# them; a typo (--workers 1000000) would otherwise start a process per file.
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,7 @@ def load_worker(cascade_path, settings):
 def init_pool_worker(cascade_path, settings):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
     exit_with_parent()
+    warnings_as_sentences()  # a spawned process starts with Python's own form of warnings
     cv2.setNumThreads(1)  # the pool already runs one process per core
     load_worker(cascade_path, settings)
 
@@ -179,7 +186,11 @@ def init_pool_worker(cascade_path, settings):
 def exit_with_parent():
     """End this worker as soon as the main process has ended, however it ended. A main process
     killed outright (SIGKILL, the OOM killer) never stops its pool, and the workers would wait
-    for work for good: each holds the task queue's writing end too, so its reads never end."""
+    for work for good: each holds the task queue's writing end too, so its reads never end.
+
+    A thread watches the parent rather than Linux's prctl(PR_SET_PDEATHSIG): that signal comes
+    when the thread that started the worker ends, not its process, and never when the parent died
+    before it was set; the watch has neither catch, and works on macOS too."""
     parent = multiprocessing.parent_process()
 
     def watch():
@@ -201,21 +212,35 @@ def crop_path(dst, key, i):
 
 
 def crop_file(source):
-    """Save the faces of one source. Return (source, crops written, None); or, for a source
-    skipped, (source, None, why it could not be read) or (source, None, None) if it reads whole
-    but does not decode as an image."""
+    """Save the faces of one source. Return (source, crops written, None), or, for a source
+    skipped, (source, None, (the summary's count, why in words)): a file that cannot be read, one
+    that reads whole but does not decode as an image, or one whose crops' names the file system
+    refuses as too long (its name and "-<i>.jpg" over 255 bytes), which must not stop the
+    others."""
     image = read_image(source)
     if image is None:
-        return source, None, read_error(source)
+        unreadable = read_error(source)
+        if unreadable:
+            return source, None, ("unreadable", f"it could not be read ({unreadable})")
+        return source, None, ("not an image", "it does not decode as an image")
     key = source_key(source, _settings.src)
     crops = []
-    for i, box in enumerate(detect_faces(_cascade, image, _settings)):
-        face = cv2.resize(square_crop(image, box, _settings.margin),
-                          (_settings.size, _settings.size), interpolation=cv2.INTER_AREA)
-        # A 3-channel JPEG is RGB to every reader; OpenCV just holds it in BGR order.
-        _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        crops.append(crop_path(_settings.dst, key, i))
-        write_bytes(crops[-1], encoded.tobytes())
+    try:
+        for i, box in enumerate(detect_faces(_cascade, image, _settings)):
+            face = cv2.resize(square_crop(image, box, _settings.margin),
+                              (_settings.size, _settings.size), interpolation=cv2.INTER_AREA)
+            # A 3-channel JPEG is RGB to every reader; OpenCV just holds it in BGR order.
+            _, encoded = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            crop = crop_path(_settings.dst, key, i)
+            write_bytes(crop, encoded.tobytes())
+            crops.append(crop)
+    except OSError as error:
+        if error.errno != errno.ENAMETOOLONG:
+            raise
+        for crop in crops:  # those written: a rerun crops the source again, under the same names
+            crop.unlink()
+        return source, None, ("name too long", "its name is too long for the names of its crops "
+                              f"({error.strerror}); give it a shorter name, then rerun")
     return source, crops, None
 
 
@@ -312,7 +337,7 @@ def cut_images(args):
     todo = sorted((source for source in sources if source_key(source, settings.src) not in done),
                   key=lambda source: -source.stat().st_size)
     counts = {"read": 0, "faces": 0, "no face": 0, "not an image": 0, "unreadable": 0,
-              "done before": len(sources) - len(todo), "interrupted": False}
+              "name too long": 0, "done before": len(sources) - len(todo), "interrupted": False}
     results = run_crops(todo, cascade_path, settings, args.workers)
     try:
         record_results(results, len(todo), manifest, settings.src, counts)
@@ -327,11 +352,11 @@ def record_results(results, total, manifest, src, counts):
     source cropped to the manifest."""
     with open(manifest, "a", encoding="utf-8") as log, \
             tqdm(results, total=total, unit="img", desc="cropping") as bar:
-        for source, crops, unreadable in bar:
-            if crops is None:
-                counts["unreadable" if unreadable else "not an image"] += 1
-                tqdm.write(f"Skipped {source}: it could not be read ({unreadable})." if unreadable
-                           else f"Skipped {source}: it does not decode as an image.")
+        for source, crops, skipped in bar:
+            if skipped:
+                kind, why = skipped
+                counts[kind] += 1
+                tqdm.write(f"Skipped {source}: {why}.")
                 continue
             counts["read"] += 1
             counts["faces"] += len(crops)  # one file each: no two sources share a name
@@ -348,17 +373,19 @@ def format_summary(counts, seconds):
         f"No face:         {counts['no face']}",
         f"Not an image:    {counts['not an image']}",
         f"Could not read:  {counts['unreadable']}",
+        f"Name too long:   {counts['name too long']}",
         f"Done before:     {counts['done before']}",
     ])
 
 
 def nothing_read(counts, src):
     """The sentence for a run in which every new source was skipped, or None."""
-    skipped = counts["not an image"] + counts["unreadable"]
+    skipped = counts["not an image"] + counts["unreadable"] + counts["name too long"]
     if counts["read"] or not skipped:
         return None
+    too_long = f", name too long: {counts['name too long']}" if counts["name too long"] else ""
     return (f"None of the {skipped} new files under {src} could be cropped (could not be read: "
-            f"{counts['unreadable']}, not an image: {counts['not an image']}); fix their "
+            f"{counts['unreadable']}, not an image: {counts['not an image']}{too_long}); fix their "
             "permissions or the disk, or remove them, then rerun.")
 
 
@@ -382,8 +409,10 @@ def parse_args(argv=None):
     parser.add_argument("--margin", type=within(float, 0, MAX_MARGIN), default=0.0,
                         help=f"fraction of the face box added on each side, 0 to {MAX_MARGIN:g}, less "
                              "where the image ends (default 0.0, the bare box)")
-    parser.add_argument("--workers", type=within(int, 1), default=os.cpu_count() or 1,
-                        help="processes cropping in parallel (default: one per CPU core)")
+    parser.add_argument("--workers", type=within(int, 1, MAX_WORKERS),
+                        default=min(os.cpu_count() or 1, MAX_WORKERS),
+                        help=f"processes cropping in parallel, 1 to {MAX_WORKERS}; they end with this "
+                             f"one, however it ends (default: one per CPU core, at most {MAX_WORKERS})")
     parser.add_argument("--cascade", default=None,
                         help="lbpcascade_animeface.xml to use (default "
                              "Pretreatment/lbpcascade_animeface.xml, downloaded if missing)")
@@ -392,6 +421,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    warnings_as_sentences()  # Pillow's warning about a huge image, say, without a source line
     started = time.monotonic()
     try:
         counts = cut_images(args)

@@ -6,8 +6,9 @@ Moebooru posts in the shape of Moebooru's own template (app/helpers/post_helper.
 no verbatim capture exists); and, for any other path, an illustration of
 ../shared/data/illustrations/ of the same file type. A test can replace a path's body
 (`bodies`), script faults for its next requests (`script`), or have the connection dropped in
-the middle of a file's body the next N times it is asked for (`drop_mid_body`). `silent_host()`
-is a host that takes connections and never answers.
+the middle of a file's body the next N times it is asked for (`drop_mid_body`). Faults include
+answers that trickle in a byte at a time (`trickle`) and listing pages of any size
+(`large_page`). `silent_host()` is a host that takes connections and never answers.
 """
 
 import html
@@ -213,6 +214,57 @@ def slowly(seconds):
                 time.sleep(seconds / len(pieces))
         except OSError:
             pass  # the client went away, which is what the test wants
+        handler.close_connection = True
+    return fault
+
+
+def trickle(every, body=None, head=False, most=20):
+    """A fault: an answer sent one byte every `every` seconds, so that no read waits long, for at
+    most `most` seconds or until the client goes away: its status line and headers too when
+    `head`, else only its body, whose whole length the headers announce. `body` stands in for the
+    path's own (a listing's, which faults are not given)."""
+    def fault(handler, served):
+        data = served if body is None else body
+        start = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % len(data)
+        slow = start + data if head else data
+        end = time.monotonic() + most
+        try:
+            if not head:
+                handler.wfile.write(start)
+            for i in range(len(slow)):
+                if time.monotonic() > end:
+                    break
+                handler.wfile.write(slow[i:i + 1])
+                time.sleep(every)
+        except OSError:
+            pass  # the client went away, which is what the test wants
+        handler.close_connection = True
+    return fault
+
+
+def large_page(size, announced):
+    """A fault: a listing page of `size` bytes, an empty JSON list padded with spaces, its length
+    announced by Content-Length or, sent chunked, not; written a piece at a time, so that the
+    server holds none of it whole."""
+    def fault(handler, served):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header(*(("Content-Length", str(size)) if announced else ("Transfer-Encoding", "chunked")))
+        handler.end_headers()
+
+        def send(piece):
+            handler.wfile.write(piece if announced else b"%x\r\n%s\r\n" % (len(piece), piece))
+
+        spaces = b" " * 65536
+        try:
+            send(b"[")
+            for start in range(1, size - 1, len(spaces)):
+                send(spaces[:min(len(spaces), size - 1 - start)])
+            send(b"]")
+            if not announced:
+                handler.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client stopped reading
         handler.close_connection = True
     return fault
 

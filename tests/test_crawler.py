@@ -9,6 +9,7 @@ import queue
 import signal
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,13 @@ from booru_server import (
     cut_mid_body,
     dropped_mid_body,
     html_as_image,
+    large_page,
     short_body,
     silent_host,
     slowly,
     stalled_mid_body,
     status,
+    trickle,
     without_length,
 )
 from conftest import SHARED_DATA, run_script, start_script
@@ -274,6 +277,23 @@ def test_a_body_over_max_bytes_is_refused(server, tmp_path, announced):
     assert_clean(tmp_path)
 
 
+@pytest.mark.parametrize("announced", [True, False], ids=["Content-Length", "chunked"])
+def test_a_listing_page_over_its_limit_is_refused_in_one_line_without_being_read_whole(
+        server, tmp_path, capsys, announced):
+    server.script("/posts.json", large_page(30_000_000, announced))  # three times the limit
+    tracemalloc.start()
+    try:
+        tally = crawl(server, tmp_path, "--site", "safebooru")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 10_000_000  # at most the limit's worth of the page, never all of it
+    assert (tally.pages, tally.site_errors) == (0, 1)
+    assert f"safebooru: could not read page 1 of {server.url}/posts.json: the answer of {server.url[7:]} " \
+        f"is larger than {Crawler.MAX_PAGE_BYTES:,} bytes, which no listing page is, so it was not " \
+        "read; check --base-url and --api, then rerun to resume.\n" in capsys.readouterr().out
+
+
 def test_posts_that_could_escape_or_are_not_images_are_never_fetched(server, tmp_path):
     deleted = {"id": 4, "md5": OTHER_MD5, "rating": "g"}  # no URL fields, as for deleted posts
     use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg", id=1),
@@ -328,6 +348,34 @@ def test_ctrl_c_stops_cleanly_and_keeps_no_partial_file(server, tmp_path):
     assert crawler.returncode == 130, stderr
     assert "Interrupted: no partial file was kept" in stdout
     assert "Traceback" not in stderr
+    assert kept_files(out) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
+    assert_clean(out)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stops_a_download_that_trickles_within_seconds_and_keeps_no_partial_file(
+        server, tmp_path, stop_signal):
+    server.script("/img/slow.jpg", trickle(0.25))  # 4 bytes a second: no read waits long
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg", id=1),
+              server.danbooru_post(BAD_MD5, "slow.jpg", id=2))
+    out = tmp_path / "raw"
+    crawler = start_crawler("--site", "safebooru", "--base-url", server.url, "--out", out,
+                            "--delay", "0", "--workers", "1")
+    try:
+        deadline = time.monotonic() + 20
+        while not list((out / "safebooru").glob(f".{BAD_MD5}.jpg.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        crawler.send_signal(stop_signal)
+        signalled = time.monotonic()
+        stdout, stderr = crawler.communicate(timeout=30)
+        took = time.monotonic() - signalled
+    finally:
+        if crawler.poll() is None:
+            crawler.kill()
+            crawler.communicate()
+    assert crawler.returncode == 130, stderr
+    assert took < 10  # a tenth of a second or so; the rest is margin for a busy machine
+    assert "Interrupted: no partial file was kept" in stdout and "Traceback" not in stderr
     assert kept_files(out) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
     assert_clean(out)
 
@@ -391,11 +439,56 @@ def test_a_site_that_never_answers_is_retried_with_a_line_each_time_then_given_u
     assert not [words for words in URLLIB3_WORDS if words in out]
 
 
+PAGE = json.dumps([]).encode() + b" " * 40  # a listing of no posts, that takes 21 s at 2 bytes a second
+
+
+@pytest.mark.parametrize("where", ["head", "body"])
+def test_a_listing_that_trickles_is_given_up_at_the_timeout_of_the_whole_answer(server, tmp_path, capsys,
+                                                                               where):
+    slow = trickle(0.5, PAGE, head=where == "head")  # 2 bytes a second: no read waits long
+    server.script("/posts.json", slow, slow)
+    started = time.monotonic()
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--timeout", "1", "--retries", "1")
+    took = time.monotonic() - started
+    assert (tally.pages, tally.site_errors) == (0, 1)
+    host, out = server.url[7:], capsys.readouterr().out
+    if where == "head":  # retried by urllib3, as a silent site is
+        assert server.requests_of("/posts.json") == 2
+        assert f"safebooru: try 1 of 2: {host} sent no answer within 1 s; trying again now." in out
+        assert (f"could not read page 1 of {server.url}/posts.json: {host} sent no answer within 1 s, "
+                "2 tries in ") in out
+    else:
+        assert server.requests_of("/posts.json") == 1
+        assert (f"safebooru: could not read page 1 of {server.url}/posts.json: {host} did not send all "
+                "of the page within 1 s; check that the site is up, or give a slow one longer with "
+                "--timeout, then rerun to resume.") in out
+    assert took < 10  # 1 s a try; the rest is margin for a busy machine
+
+
+def test_a_download_that_trickles_is_cut_at_the_timeout_fetched_again_and_counted_too_slow(
+        server, tmp_path, capsys):
+    use_posts(server, server.danbooru_post(GOOD_MD5, "good.jpg"),
+              server.danbooru_post(BAD_MD5, "slow.jpg"))
+    server.script("/img/slow.jpg", trickle(0.25), trickle(0.25))  # 4 bytes a second
+    started = time.monotonic()
+    tally = crawl(server, tmp_path, "--site", "safebooru", "--timeout", "1", "--retries", "1")
+    took = time.monotonic() - started
+    assert tally.downloaded == 1 and tally.failed == {"too slow": 1}
+    assert server.requests_of("/img/slow.jpg") == 2
+    assert (f"safebooru: try 1 of 2: the download of {server.url}/img/slow.jpg was not whole within 1 s "
+            "(--timeout); trying again in 0.01 s.") in capsys.readouterr().out
+    assert "Failed:      1 (too slow 1)" in Crawler.format_summary(tally, seconds=1.0)
+    assert took < 10  # 1 s a try; the rest is margin for a busy machine
+    assert kept_files(tmp_path) == ["manifest.jsonl", f"safebooru/{GOOD_MD5}.jpg"]
+    assert_clean(tmp_path)
+
+
 def test_help_states_the_timeout_and_when_a_silent_site_is_given_up(capsys):
     with pytest.raises(SystemExit):
         Crawler.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "--timeout TIMEOUT seconds a site may take to accept a connection" in help_text
+    assert ("--timeout TIMEOUT seconds one try of a request may take, from connecting to the last "
+            "byte of its answer") in help_text
     assert "(default 30)" in help_text
     assert ("is given up after at most (--retries + 1) x --timeout seconds plus the back-off: "
             "210 s with the defaults") in help_text

@@ -333,8 +333,9 @@ def test_a_full_disk_ends_in_one_sentence_and_any_other_os_error_in_a_traceback(
     ("--margin", "nan", "a number from 0 to 2"),
     ("--margin", "inf", "a number from 0 to 2"),
     ("--margin", "-0.1", "a number from 0 to 2"),
-    ("--workers", "0", "a whole number of at least 1"),
-    ("--workers", "two", "a whole number of at least 1"),
+    ("--workers", "0", "a whole number from 1 to 64"),
+    ("--workers", "two", "a whole number from 1 to 64"),
+    ("--workers", "1000000", "a whole number from 1 to 64"),  # a process for each file
 ])
 def test_a_flag_out_of_its_range_is_refused_in_one_sentence_that_gives_the_range(capsys, flag, value,
                                                                                  wanted):
@@ -347,13 +348,86 @@ def test_a_flag_out_of_its_range_is_refused_in_one_sentence_that_gives_the_range
 
 def test_the_ends_of_each_flags_range_are_accepted():
     largest = CutImage.parse_args(["--size", "1024", "--min-size", "4096", "--scale-factor", "2",
-                                   "--min-neighbors", "100", "--margin", "2"])
+                                   "--min-neighbors", "100", "--margin", "2", "--workers", "64"])
     assert (largest.size, largest.min_size, largest.scale_factor, largest.min_neighbors,
-            largest.margin) == (1024, 4096, 2.0, 100, 2.0)
+            largest.margin, largest.workers) == (1024, 4096, 2.0, 100, 2.0, 64)
     smallest = CutImage.parse_args(["--size", "1", "--min-size", "1", "--scale-factor", "1.01",
                                     "--min-neighbors", "0", "--margin", "0", "--workers", "1"])
     assert (smallest.size, smallest.min_size, smallest.scale_factor, smallest.min_neighbors,
             smallest.margin, smallest.workers) == (1, 1, 1.01, 0, 0.0, 1)
+
+
+@pytest.mark.parametrize("cores, workers", [(3, 3), (1000, 64)])
+def test_the_workers_are_one_per_core_by_default_but_at_most_64_as_help_says(monkeypatch, capsys, cores,
+                                                                             workers):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert CutImage.parse_args([]).workers == workers
+    with pytest.raises(SystemExit):
+        CutImage.parse_args(["--help"])
+    assert "--workers WORKERS processes cropping in parallel, 1 to 64;" in " ".join(capsys.readouterr().out.split())
+
+
+@needs_shared
+def test_a_source_whose_crops_names_would_be_too_long_is_skipped_in_one_line_and_the_rest_cropped(
+        tmp_path, capsys):
+    src, dst = tmp_path / "src", tmp_path / "faces"
+    src.mkdir()
+    too_long = src / ("a" * 248 + ".jpg")  # 252 characters, a legal name; its crops' are not
+    nearly = src / ("b" * 236 + ".jpg")  # its crops' names fit, and their temporary files' must too
+    for path in (too_long, nearly):
+        shutil.copy(ILLUSTRATIONS / "pdmera_test.jpg", path)  # 2 faces
+    shutil.copy(ILLUSTRATIONS / "waifu2x_miku_CC_BY-NC.jpg", src / "short.jpg")  # 1 face
+    counts = cut(src, dst, "--min-size", "24", "--workers", "1")
+    assert (counts["read"], counts["faces"], counts["name too long"]) == (2, 3, 1)
+    assert "Name too long:   1" in CutImage.format_summary(counts, seconds=1.0)
+    assert (f"Skipped {too_long.resolve()}: its name is too long for the names of its crops (File name "
+            "too long); give it a shorter name, then rerun.\n") in capsys.readouterr().out
+    assert manifest_faces(dst) == {nearly.name: 2, "short.jpg": 1}
+    assert crops_on_disk(dst) == [f"{nearly.name}-0.jpg", f"{nearly.name}-1.jpg", "short.jpg-0.jpg"]
+    assert not [path for path in dst.iterdir() if path.name.endswith(".tmp")]
+    again = cut(src, dst, "--min-size", "24", "--workers", "1")  # every rerun goes past it too
+    assert (again["read"], again["name too long"], again["done before"]) == (0, 1, 2)
+
+
+def huge_for_pillow(tmp_path):
+    """A folder that lowers Pillow's limit against decompression bombs to 5,000 pixels in every
+    Python process started with it on PYTHONPATH (sitecustomize), spawned workers included; so a
+    100x60 image stands in for one of 10,000x9,000."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("from PIL import Image\nImage.MAX_IMAGE_PIXELS = 5000\n")
+    return {**os.environ, "PYTHONPATH": str(site)}
+
+
+def huge_image_warning(path):
+    return (f"warning: {path} is a very large image (6,000 pixels, over Pillow's limit of 5,000 against "
+            "decompression bombs); it is decoded anyway, which takes much memory.\n")
+
+
+def test_pillows_warning_of_a_huge_image_is_one_sentence_naming_each_file(tmp_path):
+    """Files.warnings_as_sentences, as every script has it (Evaluate.py and Train.py through Utils)."""
+    images = [tmp_path / "a.png", tmp_path / "b.png"]  # the same size: each gets its line
+    for path in images:
+        Image.new("RGB", (100, 60), "white").save(path)
+    decode = ("import sys; import Files; Files.warnings_as_sentences(); "
+              "[Files.decode_image(path) for path in sys.argv[1:]]")
+    result = subprocess.run([sys.executable, "-c", decode, *images], cwd=ROOT, capture_output=True, text=True,
+                            env=huge_for_pillow(tmp_path), timeout=120)
+    assert result.stderr == "".join(map(huge_image_warning, images))
+
+
+@needs_shared
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cutimage_says_pillows_warning_of_a_huge_image_in_one_sentence_in_each_worker(tmp_path, workers):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (100, 60), "white").save(src / "huge.png")
+    result = subprocess.run([sys.executable, "Pretreatment/CutImage.py", "--src", src, "--dst",
+                             tmp_path / "faces", "--cascade", CASCADE, "--workers", workers],
+                            cwd=ROOT, capture_output=True, text=True, env=huge_for_pillow(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert huge_image_warning(src.resolve() / "huge.png") in result.stderr
+    assert "DecompressionBombWarning" not in result.stderr and "warnings.warn" not in result.stderr
 
 
 @needs_shared

@@ -309,6 +309,8 @@ def settle_hyper_parameters(args, state):
     settled, changed, conflicts = {}, {}, []
     for name, hp in HYPER_PARAMETERS.items():
         given = getattr(args, name)
+        if name == "cooldown" and given is None and state and cooldown_steps_left(state) == 0:
+            given = 0  # continued without --cooldown after its end: it trains on at full rate
         if given is None and hp.changeable and state and state.hyper_parameters.get(name) is None:
             # a checkpoint from before this flag, or one that recorded None (d_lr before it had a
             # default), goes on with today's default
@@ -748,7 +750,7 @@ def cooldown_start(state):
 
 def cooldown_steps_left(state):
     """Steps left of the --cooldown under way, or None without one (0: it is over)."""
-    steps = state.hyper_parameters["cooldown"]
+    steps = state.hyper_parameters.get("cooldown", 0)  # 0 in a checkpoint from before --cooldown
     return max(0, steps - (state.global_step - cooldown_start(state))) if steps else None
 
 
@@ -834,7 +836,8 @@ def train(args):
     if cooldown_steps_left(state) == 0:
         print_once(session.procs, f"{folder} has finished its cooldown of {state.hyper_parameters['cooldown']} steps "
                                   f"(its learning rates reached zero at step {state.global_step}); nothing to do. "
-                                  f"To train it on, continue with --cooldown 0, or a new --cooldown.")
+                                  f"To train it on, leave --cooldown out or give --cooldown 0; a new value starts "
+                                  f"another cooldown.")
         return 0
     session.started = time.time() - state.wall_seconds
     try:
@@ -867,7 +870,7 @@ def train_epochs(session):
                     f"The loss curve {loss_curve}")
     if cooldown_steps_left(state) == 0:
         print_once(session.procs, f"Cooldown done: the learning rates reached zero at step {state.global_step}, "
-                                  f"checkpoint saved to {folder}. Continue it with --cooldown 0 to train on at "
+                                  f"checkpoint saved to {folder}. Continued without --cooldown, it trains on at "
                                   f"full rate.")
     # No step at all if the run was stopped after an epoch's last batch and resumed.
     timing = (f" A training step took {np.median(session.step_seconds):.2f} s (median of this run's "

@@ -119,18 +119,22 @@ def test_a_cooldown_lowers_both_rates_to_zero_and_stops_mid_epoch_with_a_checkpo
     assert rates == [pytest.approx((3e-4 * f, 6e-4 * f)) for f in (1, 2 / 3, 1 / 3)]
     out = capsys.readouterr().out
     assert "Cooldown done: the learning rates reached zero at step 3, checkpoint saved to" in out
+    assert "Continued without --cooldown, it trains on at full rate." in out
     state = saved_state(tmp_path)
     assert (state["global_step"], state["epochs_done"], state["batches_done"]) == (3, 1, 1)
     assert state["hyper_parameters"]["cooldown"] == 3 and state["changes"] == []
 
-    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "5")) == 0  # over: nothing to do
+    # the same command again: over, nothing to do
+    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "5", "--cooldown", "3")) == 0
     assert "has finished its cooldown of 3 steps (its learning rates reached zero at step 3); nothing to do. To " \
-           "train it on, continue with --cooldown 0, or a new --cooldown." in capsys.readouterr().out
+           "train it on, leave --cooldown out or give --cooldown 0; a new value starts another cooldown." \
+           in capsys.readouterr().out
     assert saved_state(tmp_path)["global_step"] == 3
 
-    rates.clear()
-    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--cooldown", "0")) == 0
-    assert rates == [(3e-4, 6e-4)]  # full rate again, to the end of epoch 2
+    rates.clear()  # continued as a user continues a model, without --cooldown: full rate again
+    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "2")) == 0
+    assert "Continuing with --cooldown 0 (until now 3) from step 3." in capsys.readouterr().out
+    assert rates == [(3e-4, 6e-4)]  # to the end of epoch 2
     assert saved_state(tmp_path)["changes"] == [{"step": 3, "cooldown": 0}]
 
 

@@ -426,14 +426,20 @@ class ModelFolder:
         where the file system has none), so that a save replacing them leaves them there. Returns
         that subfolder."""
         aside = self.path / name
-        aside.mkdir()
-        for file in checkpoint_files():
-            if (self.path / file).exists():
-                try:
-                    os.link(self.path / file, aside / file)
-                except OSError:
-                    shutil.copy2(self.path / file, aside / file)
-        Files.fsync_folder(aside)
+        try:
+            aside.mkdir()
+            for file in checkpoint_files():
+                if (self.path / file).exists():
+                    try:
+                        os.link(self.path / file, aside / file)
+                    except OSError:  # no hard links here: a copy, on disk before anything is replaced
+                        Files.atomic_write(aside / file, lambda tmp, file=file: shutil.copyfile(self.path / file, tmp))
+            Files.fsync_folder(aside)
+        except OSError as error:
+            shutil.rmtree(aside, ignore_errors=True)
+            raise UserError(f"the checkpoint in {self.path} could not be kept in {aside} before being replaced "
+                            f"({error.strerror or error}), so nothing was replaced; free some space, or train in "
+                            f"another --model-dir.") from None
         return aside
 
     def save(self, networks, optimizers, state, scalers=None):

@@ -172,7 +172,11 @@ def end_with_parent(parent, worker_id):
     """Run first in each loader worker: on Linux the kernel kills it the moment its parent, the
     training process, ends, however that ends (kill -9 and out-of-memory included). Paddle's own
     check of the parent runs only between batches, so workers that are starting up or busy would
-    live on, each holding a copy of the faces. Elsewhere it does nothing."""
+    live on, each holding a copy of the faces. Elsewhere it does nothing. (CutImage watches its
+    parent from a thread instead, through multiprocessing's sentinel pipe: its workers are spawned,
+    while Paddle forks these from the training thread, and each later fork would hold its earlier
+    siblings' pipes open. The signal's catch, that it follows the thread that forked, does not bite
+    here: that thread is the one that trains.)"""
     if not sys.platform.startswith("linux"):
         return
     pr_set_pdeathsig = 1  # linux/prctl.h

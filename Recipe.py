@@ -111,8 +111,8 @@ HYPER_PARAMETERS = {
     "top_k": HyperParameter(1.0, 1.0, "top-k training: G's adversarial loss is taken from only the faces of its "
                                       "batch that D finds most real, a share that starts at the whole batch and "
                                       "shrinks by a hundredth each epoch down to this fraction (Sinha et al. "
-                                      "2020); 1: every face; may change when continuing a checkpoint", fraction,
-                            changeable=True),
+                                      "2020; under several processes, of each one's batch); 1: every face; may "
+                                      "change when continuing a checkpoint", fraction, changeable=True),
     "cooldown": HyperParameter(0, 0, "both learning rates fall linearly to zero over this many steps from where "
                                      "the run stands (a new value starts a new cooldown at full rate), and training "
                                      "stops there; 0: none; may change when continuing a checkpoint",
@@ -189,7 +189,7 @@ def g_loss(logits, kind, top=None):
     hinge the mean realness, negated. top: take it over only the `top` faces D finds most real
     (--top-k); both losses fall as realness rises, so these are the faces G already draws best."""
     if top is not None and top < logits.shape[0]:
-        best = paddle.topk(realness(logits), top).values
+        best = paddle.topk(realness(logits).astype("float32"), top).values  # ranked without half precision's ties
         return F.softplus(-best).mean() if kind == "bce" else -best.mean()
     return gan_loss(logits, REAL) if kind == "bce" else -realness(logits).mean()
 
@@ -197,13 +197,13 @@ def g_loss(logits, kind, top=None):
 TOP_K_DECAY = 0.99  # Sinha et al.'s gamma: the share of faces G learns from shrinks by 1% an epoch
 
 
-def top_k_count(fraction, epochs_done, batch):
+def top_k_count(least, epochs_done, batch):
     """How many of a batch of G's faces --top-k takes G's adversarial loss from, in the epoch after
     epochs_done: Sinha et al.'s schedule (2020, https://arxiv.org/abs/2002.06224, section 3), the
     whole batch at first, shrinking by TOP_K_DECAY each epoch of the model's training, never below
-    fraction of it (their nu), and at least one face. In early epochs every face of G is poor and
+    the share `least` (their nu), and at least one face. In early epochs every face of G is poor and
     each gradient helps; later the worst faces' gradients point G away from what D finds real."""
-    share = max(TOP_K_DECAY ** epochs_done, fraction)
+    share = max(TOP_K_DECAY ** epochs_done, least)
     return max(1, min(batch, round(share * batch)))
 
 

@@ -395,8 +395,8 @@ def open_model_folder(args, folder):
             folder.keep_at_next_save = f"before-fresh-{time.strftime('%Y%m%d-%H%M%S')}"
             aside = folder.path / folder.keep_at_next_save
             print(f"--fresh: starting over; the checkpoint in {folder.path} stays there until this run's first "
-                  f"checkpoint, which keeps it in {aside} (to bring it back, move its files back into "
-                  f"{folder.path}).")
+                  f"checkpoint, which keeps it in {aside} (to bring it back, stop this run, delete the checkpoint "
+                  f"files in {folder.path} and move that folder's files there).")
         state = None
     else:
         state = folder.read_state()
@@ -675,17 +675,22 @@ def print_once(procs, message):
 # --------------------------------------------------------------------------------- the loop
 
 def checkpoint(session):
-    session.state.wall_seconds = round(time.time() - session.started, 1)
-    session.run_record.update(to_step=session.state.global_step,
-                              cpu_seconds=round(time.process_time() - session.cpu_started, 1))
-    nets = session.nets
-    if session.procs.writer:
-        if nets.ema:
-            nets.ema.fit_batch_norm_statistics(session.state.hyper_parameters["seed"])
+    """Save where the run stands, unless it was saved there already. Returns whether a stop was
+    asked for, on any process, by the end of the save (a Ctrl-C during a save waits for it)."""
+    if session.last_saved != session.state.where():
+        session.state.wall_seconds = round(time.time() - session.started, 1)
+        session.run_record.update(to_step=session.state.global_step,
+                                  cpu_seconds=round(time.process_time() - session.cpu_started, 1))
+        nets = session.nets
         with session.stop.while_saving():
-            session.folder.save(nets.weights, nets.optimizers, session.state, nets.scalers)
-    session.last_saved = session.state.where()
-    session.procs.wait_for_all()  # nobody leaves before rank 0's checkpoint is on disk
+            if session.procs.writer:
+                if nets.ema:
+                    nets.ema.fit_batch_norm_statistics(session.state.hyper_parameters["seed"])
+                session.folder.save(nets.weights, nets.optimizers, session.state, nets.scalers)
+            session.last_saved = session.state.where()
+        session.procs.wait_for_all()  # nobody leaves before rank 0's checkpoint is on disk
+    stop, = session.procs.any(session.stop.requested)
+    return stop
 
 
 def sample(session, epoch):
@@ -782,10 +787,10 @@ def run_epoch(session, epoch):
             every = args.sample_every and state.batches_done % args.sample_every == 0
             last = state.batches_done == state.steps_per_epoch
             write_grid = sample(session, epoch) if session.procs.writer and (every or last) else None
-            if stop or cooldown_steps_left(state) == 0:
+            if stop or (cooldown_steps_left(state) == 0 and not last):
                 return False, write_grid
-            if args.save_every and state.global_step % args.save_every == 0 and not last:
-                checkpoint(session)
+            if args.save_every and state.global_step % args.save_every == 0 and not last and checkpoint(session):
+                return False, write_grid  # stopped during the save
             if write_grid and not last:
                 write_grid()
     state.epochs_done, state.batches_done = epoch, 0
@@ -839,6 +844,11 @@ def train(args):
                                   f"To train it on, leave --cooldown out or give --cooldown 0; a new value starts "
                                   f"another cooldown.")
         return 0
+    left = cooldown_steps_left(state)
+    if left and left > (args.epochs - state.epochs_done) * state.steps_per_epoch - state.batches_done:
+        print_once(session.procs, f"warning: --epochs {args.epochs} ends the run before its cooldown does "
+                                  f"({left} steps left), with the learning rates above zero; raise --epochs to "
+                                  f"cool down fully.")
     session.started = time.time() - state.wall_seconds
     try:
         with session.stop, session.visualdl or contextlib.nullcontext():
@@ -854,13 +864,12 @@ def train_epochs(session):
     state, args, folder = session.state, session.args, session.folder.path
     while state.epochs_done < args.epochs and cooldown_steps_left(state) != 0:
         finished, write_grid = run_epoch(session, state.epochs_done + 1)
-        checkpoint(session)  # first: a picture that fails must not cost the checkpoint
+        stop = checkpoint(session)  # first: a picture that fails must not cost the checkpoint
         if write_grid:
             write_grid()
-        if not finished and cooldown_steps_left(state) != 0:
-            print_once(session.procs, f"Stopped in epoch {state.epochs_done + 1} after batch "
-                                      f"{state.batches_done}; checkpoint of step {state.global_step} saved to "
-                                      f"{folder}. Run the same command to continue.")
+        if (stop or not finished) and cooldown_steps_left(state) != 0:
+            print_once(session.procs, f"Stopped at {state.where()}; checkpoint saved to {folder}. Run the same "
+                                      f"command to continue.")
             session.procs.wait_for_all()  # the launcher ends every process once one has left
             return STOPPED
         if session.procs.writer:

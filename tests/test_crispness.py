@@ -20,7 +20,7 @@ softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
 
 def test_top_k_shrinks_from_the_whole_batch_by_a_hundredth_an_epoch_down_to_its_fraction():
     assert Recipe.top_k_count(0.5, 0, 32) == 32  # a new model learns from every face
-    assert Recipe.top_k_count(0.5, 31, 32) == round(0.99 ** 31 * 32) == 23  # the shipped model's epoch
+    assert Recipe.top_k_count(0.5, 31, 32) == round(0.99 ** 31 * 32) == 23  # after 31 epochs, as step 21,636
     assert Recipe.top_k_count(0.5, 68, 32) == round(0.99 ** 68 * 32) == 16
     assert Recipe.top_k_count(0.5, 300, 32) == 16  # the floor: the fraction
     assert Recipe.top_k_count(0.75, 300, 100) == 75
@@ -168,4 +168,7 @@ def test_top_k_and_cooldown_train_two_epochs_exactly_as_one_then_a_resume_then_o
         assert max(np.abs(straight[key] - resumed[key]).max() for key in straight) < 1e-5
     states = [saved_state(tmp_path / run) for run in ("straight", "resumed")]
     assert states[0]["losses"] == states[1]["losses"] and states[1]["global_step"] == 4
+    # the cooldown ended on the epoch's last batch: the epoch is finished, its r_t measured
+    ends = [(state["epochs_done"], state["batches_done"], len(state["overfitting"])) for state in states]
+    assert ends == [(2, 0, 2)] * 2
     assert (states[1]["hyper_parameters"]["top_k"], states[1]["hyper_parameters"]["cooldown"]) == (0.5, 4)

@@ -116,9 +116,9 @@ def test_sigterm_to_one_worker_stops_every_rank_with_rank_0s_checkpoint(faces_di
         finish(process, 120)
         assert time.time() - signalled < 20  # together, not after the launcher's 30 s of waiting
     log = worker_log(tmp_path, 0)
-    assert "checkpoint of step" in log and "Run the same command to continue" in log, log
+    assert "checkpoint saved to" in log and "Run the same command to continue" in log, log
     state = json.loads(state_file.read_text())
-    assert f"Stopped in epoch {state['epochs_done'] + 1} after batch {state['batches_done']}" in log
+    assert f"Stopped at step {state['global_step']} (" in log
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_names_the_checkpoint_kept(faces_dir, tmp_path):

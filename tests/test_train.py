@@ -335,9 +335,10 @@ def test_ctrl_c_in_the_first_step_of_fresh_keeps_the_trained_checkpoint_aside_an
     aside = [path for path in (tmp_path / "Model").iterdir() if path.name.startswith("before-fresh-")]
     assert len(aside) == 1 and out.splitlines()[0] == (
         f"--fresh: starting over; the checkpoint in {tmp_path / 'Model'} stays there until this run's first "
-        f"checkpoint, which keeps it in {aside[0]} (to bring it back, move its files back into {tmp_path / 'Model'}).")
+        f"checkpoint, which keeps it in {aside[0]} (to bring it back, stop this run, delete the checkpoint files in "
+        f"{tmp_path / 'Model'} and move that folder's files there).")
     assert "Stopping after this step, with a checkpoint (Ctrl-C again stops at once, without it)." in err
-    assert out.splitlines()[-1] == (f"Stopped in epoch 1 after batch 1; checkpoint of step 1 saved to "
+    assert out.splitlines()[-1] == (f"Stopped at step 1 (epoch 1, batch 1); checkpoint saved to "
                                     f"{tmp_path / 'Model'}. Run the same command to continue.")
     assert saved_state(tmp_path)["global_step"] == 1  # the new run's
     assert (aside[0] / "G.safetensors").read_bytes() == trained_g  # the trained run, whole
@@ -377,8 +378,27 @@ def test_ctrl_c_during_a_save_lets_the_save_finish(trained, faces_dir, tmp_path,
     assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "5", "--seed", "5")) == Train.STOPPED
     out, err = capsys.readouterr()
     assert "Saving the checkpoint; training stops as soon as it is written." in err
-    assert out.splitlines()[-1].startswith("Stopped in epoch 2 after batch 1; checkpoint of step 3 saved to")
+    assert out.splitlines()[-1].startswith("Stopped at step 3 (epoch 2, batch 1); checkpoint saved to")
     assert saved_state(tmp_path)["global_step"] == 3
+
+
+@pytest.mark.parametrize("where", ["save-every", "epoch end"])
+def test_a_first_ctrl_c_during_a_save_stops_right_after_it(faces_dir, tmp_path, capsys, monkeypatch, where):
+    real_save = Checkpoint.ModelFolder.save
+    saves = []
+
+    def interrupted_save(self, networks, optimizers, state, *args, **kwargs):
+        saves.append(state.global_step)
+        if len(saves) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(self, networks, optimizers, state, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint.ModelFolder, "save", interrupted_save)
+    every = ("--save-every", "1") if where == "save-every" else ()
+    assert Train.main(train_args(faces_dir, tmp_path, "--epochs", "5", *every)) == Train.STOPPED
+    expected = 1 if where == "save-every" else 2
+    assert saves == [expected] and saved_state(tmp_path)["global_step"] == expected  # no step after it, no 2nd save
+    assert "Saving the checkpoint; training stops as soon as it is written." in capsys.readouterr().err
 
 
 def test_too_many_loader_workers_are_refused_in_one_sentence(capsys):
@@ -421,7 +441,7 @@ def test_loader_workers_end_when_train_py_is_killed(faces_dir, tmp_path):
     finally:
         process.kill()  # SIGKILL: no handler of Train.py's runs
         process.wait()
-    deadline = time.time() + 30
+    deadline = time.time() + 5  # at once, where Paddle's own watch of the parent may take far longer
     while any(map(alive, workers)) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(map(alive, workers))

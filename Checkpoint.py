@@ -138,8 +138,9 @@ class RunState:
                 and len({len(curve) for curve in curves}) == 1):
             raise _bad_state(path, "its losses are not the three lists of numbers d_fake, d_real and g, one number "
                                    "per step in each")
-        for name, wrong in _wrong_entries(values):
-            raise _bad_state(path, f"its {name} holds {wrong!r}, {LIST_ENTRIES[name][1]}")
+        wrong = next(_wrong_entries(values), None)
+        if wrong:
+            raise _bad_state(path, f"its {wrong[0]} holds {wrong[1]!r}, {LIST_ENTRIES[wrong[0]][1]}")
         known = {f.name for f in fields(cls)} | {"format"}
         return cls(**values, unknown={key: value for key, value in data.items() if key not in known})
 

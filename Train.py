@@ -302,7 +302,9 @@ def settle_hyper_parameters(args, state):
         raise UserError(f"{args.model_dir} holds a checkpoint trained with hyper-parameters this version of Train.py "
                         f"does not know ({', '.join(unknown)}), so it cannot continue it as it was trained; update "
                         f"the project (git pull), or start over with --fresh or another --model-dir.")
-    for name, value, why in Recipe.wrong_hyper_parameters(saved)[:1]:
+    wrong = Recipe.wrong_hyper_parameters(saved)
+    if wrong:
+        name, value, why = wrong[0]
         raise UserError(f"{args.model_dir}'s state.json records {flag_name(name)} {value!r}, which that flag does "
                         f"not take ({why}): it was edited by hand; put back the state.json written with the "
                         f"weights, or start over with --fresh or another --model-dir.")

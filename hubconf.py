@@ -35,11 +35,6 @@ def _project():
     return Net, Checkpoint, UserError
 
 
-def _recipe():
-    """The project's Recipe, for the hyper-parameters a checkpoint records (after _project)."""
-    import Recipe
-    return Recipe
-
 
 def generator(model_dir=None, raw_g=False):
     """The generator of the repository's Model/ (or of model_dir), in evaluation mode: the
@@ -69,10 +64,13 @@ def discriminator(model_dir=None):
         state = Checkpoint.ModelFolder(folder).read_state()
     except UserError as error:
         raise _state_error(UserError, error, folder / Checkpoint.STATE_FILE, path) from None
+    import Recipe  # on the path since _project()
+
     # A checkpoint from before a flag existed was trained as the original: BatchNorm everywhere.
-    Recipe = _recipe()
     trained = Recipe.trained_with(state) if state else Recipe.BRIEF
-    for name, value, why in Recipe.wrong_hyper_parameters(trained)[:1]:  # as Train.py checks them
+    wrong = Recipe.wrong_hyper_parameters(trained)  # as Train.py checks them
+    if wrong:
+        name, value, why = wrong[0]
         raise UserError(f"{folder / Checkpoint.STATE_FILE} records {name}={value!r}, which Train.py never writes "
                         f"({why}): it was edited by hand, so how {path.name} was built is unknown; put back the "
                         f"state.json saved with it, or pass model_dir= another folder.")

@@ -8,13 +8,11 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +24,7 @@ from PIL import Image
 
 import Drawing
 import Studio
-from conftest import ROOT, require, run_script
+from conftest import LOCAL, ROOT, downloaded, elements, free_port, require, run_script, wait
 from Files import UserError
 from test_figures import HairGenerator
 
@@ -239,20 +237,6 @@ def test_a_taken_port_is_one_sentence(tmp_path):
 
 # ----------------------------------------------------------------------------------- the browser
 
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-proxy-server", "--window-size=1280,1000",
-                  # a name outside 127.0.0.1 resolves to nothing, so the page cannot reach the internet
-                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
-LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # straight to 127.0.0.1, never a proxy
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Running(NamedTuple):
     address: str
     pid: int
@@ -296,44 +280,6 @@ def served(running):
     return running.address
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Chromium with a fresh profile, downloading into a folder of the test's."""
-    require(importlib.util.find_spec("selenium"), "Selenium is not installed (pip install -r requirements-dev.txt)")
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    require(chromium and driver_path, "Chromium and its driver are not installed (apt-get install chromium "
-                                      "chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    folder = tmp_path_factory.mktemp("browser")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={folder / 'profile'}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    driver.downloads = folder / "downloads"
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(driver.downloads)})
-    yield driver
-    driver.quit()
-
-
-def wait(driver, condition, what, timeout=60):
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda _: condition())
-    except TimeoutException:
-        page = driver.find_element("tag name", "body").text
-        pytest.fail(f"no {what} after {timeout} s; the page says:\n{page[:2000]}")
-
-
-def elements(driver, css):
-    return driver.find_elements("css selector", css)
-
-
 def picture(driver, css):
     """The pixels of the picture the page shows in css's img, as the server sent them; None
     while there is none."""
@@ -365,24 +311,6 @@ def open_tab(driver, name):
     tab = [button for button in elements(driver, "button[role=tab]") if button.text == name][0]
     tab.click()
     wait(driver, lambda: tab.get_attribute("aria-selected") == "true", f"{name} tab")
-
-
-def downloaded(driver, suffix, button):
-    """Click a download button and return the file the browser saved, once it is whole: Chromium
-    may show the final name before the last bytes are written."""
-    before = set(driver.downloads.glob(f"*{suffix}"))
-    elements(driver, button)[0].click()
-    files = wait(driver, lambda: set(driver.downloads.glob(f"*{suffix}")) - before, f"downloaded {suffix} file")
-    path = files.pop()
-    sizes = []
-
-    def settled():
-        sizes.append(path.stat().st_size)
-        partial = list(driver.downloads.glob("*.crdownload"))
-        return not partial and len(sizes) >= 3 and sizes[-1] == sizes[-2] == sizes[-3] > 0
-
-    wait(driver, settled, f"whole {suffix} file")
-    return path
 
 
 def test_the_page_shows_a_grid_of_a_seeds_avatars(served, browser, generator):

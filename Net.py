@@ -218,7 +218,7 @@ class Discriminator(nn.Layer):
     norm="spectral" (Train.py --d-norm) replaces every BatchNorm by spectral normalisation of the
     convolutions and the linear layer, with the same layer shapes; input_norm is then moot.
     mbstd=True (Train.py --mbstd) adds minibatch_std's feature map before the linear layer, the one
-    addition to the brief's layers: 6 x 6 more inputs for each of its two outputs."""
+    addition to the original's layers: 6 x 6 more inputs for each of its two outputs."""
 
     def __init__(self, input_norm=True, norm="batch", mbstd=False):
         super().__init__()

@@ -49,7 +49,7 @@ def augment_policy(text):
 class HyperParameter:
     """A flag that defines the run, kept in state.json and checked on every resume."""
     default: object  # what `python Train.py` trains with: the recipe that measured best on a CPU
-    brief: object  # the original's value, which --brief trains with
+    original: object  # the original repository's value, which --original trains with
     help: str
     type: object = None
     choices: tuple = None
@@ -57,13 +57,13 @@ class HyperParameter:
     d_form: bool = False  # shapes D: changing it when continuing starts D afresh (see Train.d_grows); recorded
 
 
-# A checkpoint written before a hyper-parameter existed trained with its brief value (the
+# A checkpoint written before a hyper-parameter existed trained with its original value (the
 # original had no --ema and no --augment), and continues with the default of a changeable one.
-# docs/recipe.md gives the measurements behind each default that differs from the brief: "Making the
+# docs/recipe.md gives the measurements behind each default that differs from the original's: "Making the
 # recipe learn on a CPU", and for --flip and --d-lr "The diversity round".
 HYPER_PARAMETERS = {
     "batch_size": HyperParameter(32, 100, "real images per batch (per process under several GPUs)", positive_int),
-    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of G (and of D under --brief); may change when "
+    "lr": HyperParameter(2e-4, 2e-4, "Adam learning rate of G (and of D under --original); may change when "
                                      "continuing a checkpoint, e.g. lowered once the measurements level off",
                          learning_rate, changeable=True),
     "beta1": HyperParameter(0.5, 0.8, "Adam beta1 of both networks", below_one),
@@ -100,7 +100,7 @@ HYPER_PARAMETERS = {
                                changeable=True),
     "flip": HyperParameter(True, False, "mirror training faces left-right at random; may change when continuing "
                                         "a checkpoint", changeable=True),
-    "d_lr": HyperParameter(4e-4, None, "Adam learning rate of D alone (under --brief: --lr's); may change when "
+    "d_lr": HyperParameter(4e-4, None, "Adam learning rate of D alone (under --original: --lr's); may change when "
                                        "continuing a checkpoint", learning_rate, changeable=True),
     # The second campaign (docs/recipe.md, "Mode seeking"): a term in G's loss aimed at variety itself.
     "mode_seeking": HyperParameter(0.0, 0.0, "weight of the mode-seeking term in G's loss, which rewards G for "
@@ -118,15 +118,15 @@ HYPER_PARAMETERS = {
                                      "stops there; 0: none; may change when continuing a checkpoint",
                                non_negative_int, changeable=True),
 }
-BRIEF = {name: hp.brief for name, hp in HYPER_PARAMETERS.items()}
+ORIGINAL = {name: hp.original for name, hp in HYPER_PARAMETERS.items()}
 
 
 def refused_value(name, value):
     """Why a value that state.json records for a hyper-parameter is not one its flag would give
     (a hand-edited file: "x" for the batch size, say), or None where it is one. None itself is
-    the recorded value of a flag whose default or brief value is None (--seed, --d-lr)."""
+    the recorded value of a flag whose default or original value is None (--seed, --d-lr)."""
     hp = HYPER_PARAMETERS[name]
-    if value is None and None in (hp.default, hp.brief):
+    if value is None and None in (hp.default, hp.original):
         return None
     if hp.type is None and hp.choices is None:  # a switch
         return None if isinstance(value, bool) else "not true or false"
@@ -147,13 +147,13 @@ def wrong_hyper_parameters(recorded):
 
 def trained_with(state):
     """The hyper-parameters a checkpoint was trained with; a key it lacks did not exist yet (its
-    brief value), and D's rate where it is None is --lr's (d_learning_rate)."""
-    saved = {**BRIEF, **state.hyper_parameters}
+    original value), and D's rate where it is None is --lr's (d_learning_rate)."""
+    saved = {**ORIGINAL, **state.hyper_parameters}
     return {**saved, "d_lr": d_learning_rate(saved)}
 
 
 def d_learning_rate(hyper_parameters):
-    """D's Adam rate: --d-lr, or where that is None (the brief's, and in checkpoints from before
+    """D's Adam rate: --d-lr, or where that is None (the original's, and in checkpoints from before
     --d-lr) --lr's, since the original trained both networks at one rate."""
     d_lr = hyper_parameters["d_lr"]
     return hyper_parameters["lr"] if d_lr is None else d_lr

@@ -15,7 +15,7 @@ survive crashes); sample grids and the loss curve go to --output.
 
 What is trained (the hyper-parameters, the losses, one step's three phases, G_ema and mixed
 precision) is Recipe.py's; this file hosts it: the command line, the processes, the model folder,
-stopping, the pictures and the loop. --brief trains the original's recipe exactly. At each
+stopping, the pictures and the loop. --original trains the original repository's recipe exactly. At each
 epoch's end r_t, D's overfitting signal, goes into the log and state.json.
 
 Every step draws its randomness (noise, dropout, augmentation) from a seed derived from
@@ -49,8 +49,8 @@ from Files import UserError
 from Net import Discriminator, Generator, init_dcgan_weights
 from Reader import MAX_WORKERS, DataSetError, DeviceLoader, FaceDataset, check_folder, make_loader
 from Recipe import (
-    BRIEF,
     HYPER_PARAMETERS,
+    ORIGINAL,
     MixedPrecision,
     MovingAverage,
     d_learning_rate,
@@ -86,11 +86,12 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=positive_int, default=300, help="train until this many epochs are done "
                                                                          "(default %(default)s)")
     add_hyper_parameters(parser)
-    parser.add_argument("--brief", action="store_true",
-                        help="the original's recipe exactly: batch 100, lr 2e-4, beta1 0.8, 2 G steps, Paddle's "
-                             "init, D with BatchNorm on its input too and at G's rate, cross entropy, no EMA, no "
-                             "augmentation, no mirrored faces, no R1, no mode seeking, no top-k, no cooldown "
-                             "(flags given beside it still count)")
+    parser.add_argument("--original", action="store_true",
+                        help="the original repository's recipe exactly: batch 100, lr 2e-4, beta1 0.8, 2 G "
+                             "steps, Paddle's init, D with BatchNorm on its input too and at G's rate, cross "
+                             "entropy, no EMA, no augmentation, no mirrored faces, no R1, no mode seeking, no "
+                             "top-k, no cooldown (flags given beside it still count)")
+    parser.add_argument("--brief", action="store_true", dest="original", help=argparse.SUPPRESS)  # its old name
     parser.add_argument("--model-dir", default="Model", help="checkpoint folder, read to resume and written every "
                                                              "epoch (default %(default)s)")
     parser.add_argument("--output", default="Output", help="folder for sample grids and the loss curve "
@@ -107,8 +108,8 @@ def parse_args(argv=None):
                              "stopped (default %(default)s)")
     add_run_flags(parser)
     args = parser.parse_args(argv)
-    if args.brief:
-        for name, value in BRIEF.items():
+    if args.original:
+        for name, value in ORIGINAL.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
         args.d_lr = d_learning_rate(vars(args))
@@ -325,9 +326,9 @@ def settle_hyper_parameters(args, state):
         else:
             conflicts.append(f"{as_flag(name, given)} (checkpoint: {as_value(saved[name])})")
     if conflicts:
-        brief_too = " (and --brief, which gives the original's)" if args.brief else ""
+        original_too = " (and --original, which gives the original repository's)" if args.original else ""
         raise UserError(f"{args.model_dir} holds a checkpoint trained with other hyper-parameters: "
-                        f"{', '.join(conflicts)}; drop those flags{brief_too} to continue it, or start over "
+                        f"{', '.join(conflicts)}; drop those flags{original_too} to continue it, or start over "
                         f"with --fresh or another --model-dir.")
     if settled["mode_seeking"] and settled["batch_size"] < 2:
         raise UserError("--mode-seeking compares the two halves of each batch, so it needs a --batch-size of at "

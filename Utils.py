@@ -162,7 +162,7 @@ def seed_everything(seed):
 
 
 def random_noise(rng, count):
-    """A batch of generator inputs drawn by a numpy Generator: uniform in [0, 1), as the brief says."""
+    """A batch of generator inputs drawn by a numpy Generator: uniform in [0, 1), as in the original repository."""
     return rng.random((count, Z_DIM), dtype=np.float32)
 
 

@@ -67,7 +67,7 @@ def discriminator(model_dir=None):
     import Recipe  # on the path since _project()
 
     # A checkpoint from before a flag existed was trained as the original: BatchNorm everywhere.
-    trained = Recipe.trained_with(state) if state else Recipe.BRIEF
+    trained = Recipe.trained_with(state) if state else Recipe.ORIGINAL
     wrong = Recipe.wrong_hyper_parameters(trained)  # as Train.py checks them
     if wrong:
         name, value, why = wrong[0]

@@ -502,7 +502,7 @@ def parse_args(argv=None):
     parser.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results.json",
                         help="where to write the results (default benchmarks/results.json)")
     parser.add_argument("--g-steps", type=int, default=2, help="G updates per batch in the training rows: 2 as "
-                        "the brief, 1 as the shipped recipe" + default)
+                        "the original repository, 1 as the shipped recipe" + default)
     parser.add_argument("--d-input-bn", action=argparse.BooleanOptionalAction, default=True,
                         help="BatchNorm on D's input in the training rows (default: on; the shipped recipe: "
                              "--no-d-input-bn)")

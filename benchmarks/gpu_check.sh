@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/faces}"
 PYTHON="${PYTHON:-python3}"
-BATCH=100  # the brief's batch, so the epoch rows compare with the CPU numbers
+BATCH=100  # the original repository's batch, so the epoch rows compare with the CPU numbers
 export LC_NUMERIC=C  # $EPOCHREALTIME with a decimal point, as awk reads it
 
 stop() {

@@ -1,7 +1,7 @@
 """Train.py's flags of the crispness round: --top-k, G's adversarial loss from only the faces D
 finds most real, on Sinha et al.'s shrinking schedule; and --cooldown, both learning rates falling
 linearly to zero over a number of steps, where training stops. Each is a recorded hyper-parameter
-that resumes exactly and is off under --brief."""
+that resumes exactly and is off under --original."""
 import numpy as np
 import paddle
 import pytest
@@ -86,8 +86,8 @@ def test_a_wrong_top_k_or_cooldown_is_refused_by_the_parser(flag, value, words, 
     assert f"argument {flag}: '{value}' {words}" in capsys.readouterr().err
 
 
-def test_both_are_off_by_default_and_under_brief():
-    for flags in (["--seed", "1"], ["--brief", "--seed", "1"]):
+def test_both_are_off_by_default_and_under_original():
+    for flags in (["--seed", "1"], ["--original", "--seed", "1"]):
         settled, _ = Train.settle_hyper_parameters(Train.parse_args(flags), None)
         assert (settled["top_k"], settled["cooldown"]) == (1.0, 0)
 

@@ -1,6 +1,6 @@
 """Train.py's diversity flags: --loss hinge, --d-norm spectral, --r1 with --r1-every, --d-lr,
 --mbstd and --mode-seeking, each a recorded hyper-parameter that resumes exactly and is off under
---brief; --fresh-d and a new form of D start D afresh when continuing, except --mbstd turned on,
+--original; --fresh-d and a new form of D start D afresh when continuing, except --mbstd turned on,
 which D grows into; r_t, D's overfitting signal, in state.json."""
 import json
 import subprocess
@@ -97,7 +97,7 @@ def test_adams_moments_of_a_grown_weight_are_padded_with_zeros_and_the_rest_kept
     assert all(after[key] is state[key] for key in state if not key.startswith("classify.weight_moment"))
 
 
-def test_spectral_d_has_the_briefs_layer_shapes_and_no_batch_norm():
+def test_spectral_d_has_the_originals_layer_shapes_and_no_batch_norm():
     plain, spectral = Discriminator(input_norm=False), Discriminator(norm="spectral")
     def shapes(network):
         return [(type(layer), getattr(layer, "weight_orig", layer.weight).shape, layer.bias.shape)
@@ -252,14 +252,14 @@ def test_d_lr_is_ds_own_adam_rate_and_g_keeps_lr():
     assert (nets.opt_g.get_lr(), nets.opt_d.get_lr()) == (1e-4, 4e-4)
     default, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--lr", "1e-4"]), None)
     assert Train.build_networks(default, "cpu", 1).opt_d.get_lr() == 4e-4  # the diversity round's winner
-    brief, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--brief"]), None)
-    assert Train.build_networks(brief, "cpu", 1).opt_d.get_lr() == 2e-4  # the original's one rate
+    original, _ = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1", "--original"]), None)
+    assert Train.build_networks(original, "cpu", 1).opt_d.get_lr() == 2e-4  # the original's one rate
 
 
 def test_a_checkpoint_from_before_flip_and_d_lr_goes_on_with_the_winners_recipe_and_keeps_gs_rate():
     """The case of the model shipped before step 12,298: its state.json predates --flip and --d-lr,
     and it trains G at 1e-4."""
-    shipped = RunState(hyper_parameters={**Recipe.BRIEF, "lr": 1e-4, "seed": 1})
+    shipped = RunState(hyper_parameters={**Recipe.ORIGINAL, "lr": 1e-4, "seed": 1})
     for name in ("loss", "d_norm", "mbstd", "r1", "r1_every", "flip", "d_lr", "mode_seeking"):
         del shipped.hyper_parameters[name]
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([]), shipped)
@@ -275,7 +275,7 @@ def test_a_checkpoint_that_recorded_no_rate_for_d_goes_on_with_ds_default_and_ke
     """Between --d-lr's coming and its default of 4e-4, checkpoints recorded "d_lr": null (D at G's
     rate) beside every other hyper-parameter of today, --flip among them. D goes on at 4e-4 whatever
     G's --lr; the recorded --flip stays."""
-    before = RunState(hyper_parameters={**Recipe.BRIEF, "batch_size": 32, "lr": 1e-4, "seed": 1, "d_lr": None})
+    before = RunState(hyper_parameters={**Recipe.ORIGINAL, "batch_size": 32, "lr": 1e-4, "seed": 1, "d_lr": None})
     assert set(before.hyper_parameters) == set(Recipe.HYPER_PARAMETERS) and before.hyper_parameters["flip"] is False
     settled, changed = Train.settle_hyper_parameters(Train.parse_args([] if lr is None else ["--lr", str(lr)]), before)
     assert changed == ({"d_lr": 4e-4} if lr is None else {"lr": lr, "d_lr": 4e-4})

@@ -1,6 +1,6 @@
 """Train.py --ema and --augment: G_ema follows G as its moving average and is saved, stamped and
 resumed with the checkpoint; DiffAugment runs in every D pass; both are recorded hyper-parameters,
-on by default, changeable when continuing, and off under --brief; Run.py, Evaluate.py and Figures.py draw with
+on by default, changeable when continuing, and off under --original; Run.py, Evaluate.py and Figures.py draw with
 G_ema when it is there and with G under --raw-g."""
 import Utils
 
@@ -22,7 +22,7 @@ import Recipe
 import Run
 import Train
 from Checkpoint import ModelFolder
-from conftest import ROOT
+from conftest import ROOT, run_script
 from Files import UserError
 from Net import Discriminator, Generator
 from test_checkpoint import small_networks
@@ -130,27 +130,32 @@ def test_every_batch_d_sees_is_augmented_and_g_learns_through_the_augmentation(m
 
 # --------------------------------------------------------------------- defaults and old checkpoints
 
-def test_the_defaults_are_the_measured_recipe_and_brief_is_the_originals_exactly():
+def test_the_defaults_are_the_measured_recipe_and_original_is_the_original_repositorys_exactly():
     settled, changed = Train.settle_hyper_parameters(Train.parse_args(["--seed", "1"]), None)
     assert settled == {name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()} | {"seed": 1}
     assert (settled["batch_size"], settled["g_steps"], settled["init"], settled["d_input_bn"]) == (32, 1, "dcgan",
                                                                                                    False)
     assert changed == {}
-    brief, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--seed", "1"]), None)
-    assert brief == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
+    original, _ = Train.settle_hyper_parameters(Train.parse_args(["--original", "--seed", "1"]), None)
+    assert original == {"batch_size": 100, "lr": 2e-4, "beta1": 0.8, "g_steps": 2, "init": "paddle", "d_input_bn": True,
                      "ema": 0.0, "augment": "none", "seed": 1, "loss": "bce", "d_norm": "batch", "mbstd": False,
                      "r1": 0.0, "r1_every": 16, "flip": False, "d_lr": 2e-4, "mode_seeking": 0.0,
                      "top_k": 1.0, "cooldown": 0}
-    mixed, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--batch-size", "64", "--seed", "1"]), None)
-    assert mixed == brief | {"batch_size": 64}  # a flag beside --brief still counts
-    slower, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--lr", "1e-4", "--seed", "1"]), None)
+    mixed, _ = Train.settle_hyper_parameters(Train.parse_args(["--original", "--batch-size", "64", "--seed", "1"]),
+                                             None)
+    assert mixed == original | {"batch_size": 64}  # a flag beside --original still counts
+    slower, _ = Train.settle_hyper_parameters(Train.parse_args(["--original", "--lr", "1e-4", "--seed", "1"]), None)
     assert slower["d_lr"] == 1e-4  # D keeps G's rate, as the original's did
+    old_name, _ = Train.settle_hyper_parameters(Train.parse_args(["--brief", "--seed", "1"]), None)
+    assert old_name == original  # --brief, its name until 2026-12, still works
+    help_text = run_script("Train.py", "--help").stdout
+    assert "--original" in help_text and "--brief" not in help_text  # the old name works, unlisted
 
 
 def test_every_value_train_py_records_is_one_its_flag_takes():
     """What settle_hyper_parameters checks in a checkpoint's state.json (a hand edit) never refuses
-    what Train.py itself wrote: the defaults, the brief's, the shipped model's, or values from flags."""
-    recorded = [{name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}, Recipe.BRIEF,
+    what Train.py itself wrote: the defaults, the original's, the shipped model's, or values from flags."""
+    recorded = [{name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}, Recipe.ORIGINAL,
                 json.loads((ROOT / "Model" / "state.json").read_text())["hyper_parameters"],
                 Train.settle_hyper_parameters(Train.parse_args(["--lr", "3e-05", "--augment", "cutout,color", "--seed",
                                                                 "0", "--no-flip", "--loss", "hinge"]), None)[0]]
@@ -185,7 +190,7 @@ def test_a_checkpoint_from_before_ema_and_augment_continues_with_todays_defaults
     assert state["global_step"] == 4 and (tmp_path / "Model" / "G_ema.safetensors").exists()
 
 
-def test_brief_flags_continue_a_checkpoint_from_before_ema_and_augment_with_both_off(trained, faces_dir, tmp_path):
+def test_original_flags_continue_a_checkpoint_from_before_ema_and_augment_with_both_off(trained, faces_dir, tmp_path):
     old_checkpoint(trained, tmp_path)
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--ema", "0", "--augment", "none"))
     state = saved_state(tmp_path)

@@ -115,14 +115,14 @@ def test_other_hyper_parameters_than_the_checkpoints_are_refused(faces_dir, tmp_
     assert json.loads((tmp_path / "Model" / "state.json").read_text())["hyper_parameters"]["beta1"] == 0.7
 
 
-def test_refused_flags_are_named_as_given_beside_the_checkpoints_setting_and_brief_says_it_set_them():
-    brief = Checkpoint.RunState(hyper_parameters={**Recipe.BRIEF, "seed": 1})
+def test_refused_flags_are_named_as_given_beside_the_checkpoints_setting_and_original_says_it_set_them():
+    original = Checkpoint.RunState(hyper_parameters={**Recipe.ORIGINAL, "seed": 1})
     with pytest.raises(UserError, match=r"--batch-size 8 \(checkpoint: 100\), --no-d-input-bn \(checkpoint: on\)"):
-        Train.settle_hyper_parameters(Train.parse_args(["--no-d-input-bn", "--batch-size", "8"]), brief)
+        Train.settle_hyper_parameters(Train.parse_args(["--no-d-input-bn", "--batch-size", "8"]), original)
     defaults = {name: hp.default for name, hp in Recipe.HYPER_PARAMETERS.items()}
     default = Checkpoint.RunState(hyper_parameters={**defaults, "seed": 1})
-    with pytest.raises(UserError, match=r"--batch-size 100 \(checkpoint: 32\), .*; drop those flags \(and --brief, "):
-        Train.settle_hyper_parameters(Train.parse_args(["--brief"]), default)
+    with pytest.raises(UserError, match=r"--batch-size 100 \(checkpoint: 32\), .*; drop those flags \(and --original"):
+        Train.settle_hyper_parameters(Train.parse_args(["--original"]), default)
 
 
 def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadable(faces_dir, tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ import Checkpoint
 import Drawing
 import Files
 import Metrics
+import Recipe
 from Checkpoint import STATE_FILE, ModelFolder
 from Drawing import STRIP_STEPS, interpolation_strips
 from Files import FACES_FOLDER, UserError
@@ -164,7 +165,7 @@ def main(argv=None):
                    output / "avatars.png")
     shade, hue, shade_dim, colour_dim = hair_strips(generator, rng, output)
     Utils.save_loss_curve(state.losses, state.steps_per_epoch, output / "loss.png",
-                          state.hyper_parameters.get("loss", "bce"), state.changes)
+                          Recipe.loss_axis_name(state.hyper_parameters.get("loss", "bce"), state.changes))
     # Without --progress, a progress.gif already in --output stays as it is, and figures.json records
     # no frame count for it.
     if frames:

@@ -13,7 +13,7 @@ import contextlib
 import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import paddle
@@ -44,6 +44,69 @@ def augment_policy(text):
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
+
+# ----------------------------------------------------------------------------------- the losses
+# Each loss is written on D's realness, the real-minus-generated difference of its two logits: one
+# number per face, high where D finds the face real.
+
+def realness_of(logits):
+    """D's real-minus-generated logit difference, one number per image: how real D finds it."""
+    return logits[:, REAL] - logits[:, FAKE]
+
+
+def cross_entropy(realness, real=True):
+    """The original's loss: softmax cross entropy of D's two logits against "real" (or, with
+    real=False, "generated"), which is softplus of the realness negated (or of the realness)."""
+    return F.softplus(-realness if real else realness)
+
+
+def hinge(realness, real=True):
+    """D's hinge loss (Lim & Ye 2017; Miyato et al. 2018 measured it better than cross entropy with
+    spectral normalisation): D is pushed until realness reaches +1 on real faces and -1 on
+    generated ones, and no further."""
+    return F.relu(1 - realness if real else 1 + realness)
+
+
+def negated(realness):
+    """G's loss under hinge: the realness of its faces, negated."""
+    return -realness
+
+
+class Loss(NamedTuple):
+    """A GAN loss, face by face: D's on faces that are all real or all generated, and G's on its own
+    faces, which falls as D finds them more real (so --top-k can keep G's best)."""
+    name: str  # what the loss curve's axis calls it
+    d: Callable  # d(realness, real) -> each face's loss
+    g: Callable  # g(realness) -> each face's loss
+
+
+# --loss's choices. A new loss is one entry here (and a row of README.md's hyper-parameter table).
+LOSSES = {"bce": Loss("softmax cross entropy", d=cross_entropy, g=cross_entropy),
+          "hinge": Loss("hinge loss", d=hinge, g=negated)}
+
+
+def d_loss(logits, label, kind):
+    """D's mean loss on a batch that is all real (label REAL) or all generated (FAKE)."""
+    return LOSSES[kind].d(realness_of(logits).astype("float32"), label == REAL).mean()
+
+
+def g_loss(logits, kind, top=None):
+    """G's mean loss on D's logits for its faces. top: taken over only the `top` faces D finds most
+    real (--top-k); every loss falls as realness rises, so these are the faces G already draws best."""
+    scores = realness_of(logits).astype("float32")  # in float32: half precision would rank with ties
+    if top is not None and top < logits.shape[0]:
+        scores = paddle.topk(scores, top).values
+    return LOSSES[kind].g(scores).mean()
+
+
+def loss_axis_name(loss, changes=()):
+    """The loss curve's axis: the --loss in use, or, where state.json's changes show that it changed
+    during the run, each change with its step."""
+    switches = [f"--loss {change['loss']} from step {change['step']}" for change in changes if "loss" in change]
+    return f"loss ({'; '.join(switches)})" if switches else LOSSES[loss].name
+
+
+# ----------------------------------------------------------------------------- the hyper-parameters
 
 @dataclass(frozen=True)
 class HyperParameter:
@@ -84,7 +147,7 @@ HYPER_PARAMETERS = {
     # The diversity round (docs/recipe.md, "The diversity round"): D's form, loss, penalty and speed.
     "loss": HyperParameter("bce", "bce", "the GAN loss: bce, the original's cross entropy of D's two logits, or "
                                          "hinge, on D's real-minus-generated logit difference; may change when "
-                                         "continuing a checkpoint", choices=("bce", "hinge"), changeable=True),
+                                         "continuing a checkpoint", choices=tuple(LOSSES), changeable=True),
     "d_norm": HyperParameter("batch", "batch", "D's normalisation: batch (BatchNorm, as the original) or spectral "
                                                "(spectral normalisation of its convolutions and linear layer, no "
                                                "BatchNorm); changing it when continuing starts D afresh",
@@ -159,41 +222,6 @@ def d_learning_rate(hyper_parameters):
     return hyper_parameters["lr"] if d_lr is None else d_lr
 
 
-# ----------------------------------------------------------------------------------- the losses
-
-def gan_loss(logits, label):
-    """Mean softmax cross entropy of D's two logits against one label for the whole batch."""
-    labels = paddle.full([logits.shape[0], 1], label, dtype="int64")
-    return F.cross_entropy(logits, labels)
-
-
-def realness(logits):
-    """D's real-minus-generated logit difference, one number per image: how real D finds it.
-    Softmax cross entropy against "real" is softplus(-realness), against "generated" softplus(realness)."""
-    return logits[:, REAL] - logits[:, FAKE]
-
-
-def d_loss(logits, label, kind):
-    """D's loss on a batch that is all real (label REAL) or all generated (FAKE). kind "hinge":
-    D is pushed until realness reaches +1 on real faces and -1 on generated ones, and no
-    further (Lim & Ye 2017; Miyato et al. 2018 measured it better than cross entropy with spectral
-    normalisation)."""
-    if kind == "bce":
-        return gan_loss(logits, label)
-    sign = 1 if label == REAL else -1
-    return F.relu(1 - sign * realness(logits)).mean()
-
-
-def g_loss(logits, kind, top=None):
-    """G's loss on D's logits for its faces: the original's cross entropy against "real", or under
-    hinge the mean realness, negated. top: take it over only the `top` faces D finds most real
-    (--top-k); both losses fall as realness rises, so these are the faces G already draws best."""
-    if top is not None and top < logits.shape[0]:
-        best = paddle.topk(realness(logits).astype("float32"), top).values  # ranked without half precision's ties
-        return F.softplus(-best).mean() if kind == "bce" else -best.mean()
-    return gan_loss(logits, REAL) if kind == "bce" else -realness(logits).mean()
-
-
 TOP_K_DECAY = 0.99  # Sinha et al.'s gamma: the share of faces G learns from shrinks by 1% an epoch
 
 
@@ -225,7 +253,7 @@ def r1_penalty(judge, D, real):
     real.stop_gradient = False
     with Net.twice_differentiable(D), Augment.twice_differentiable():
         logits = judge(real)
-        gradient, = paddle.grad(realness(logits).sum(), real, create_graph=True)
+        gradient, = paddle.grad(realness_of(logits).sum(), real, create_graph=True)
     return gradient.square().sum(axis=[1, 2, 3]).mean(), logits
 
 
@@ -317,7 +345,7 @@ def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE
     # 2. D on the real batch, labelled "real" (with the R1 penalty on its lazy steps).
     objective, d_real, logits = real_phase_loss(judge, D, real, loss, r1, autocast)
     optimizer_step(opt_d, objective, scalers.get("D"))
-    real_sign = paddle.sign(realness(logits.detach()).astype("float32")).mean()
+    real_sign = paddle.sign(realness_of(logits.detach()).astype("float32")).mean()
 
     # 3. G, --g-steps times on fresh noise, through D, which learns nothing here.
     g_losses = []

@@ -877,8 +877,8 @@ def train_epochs(session):
             return STOPPED
         if session.procs.writer:
             loss_curve = Path(args.output) / "loss.png"
-            picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve,
-                                                  state.hyper_parameters["loss"], state.changes),
+            axis_name = Recipe.loss_axis_name(state.hyper_parameters["loss"], state.changes)
+            picture(lambda: Utils.save_loss_curve(state.losses, state.steps_per_epoch, loss_curve, axis_name),
                     f"The loss curve {loss_curve}")
     if cooldown_steps_left(state) == 0:
         print_once(session.procs, f"Cooldown done: the learning rates reached zero at step {state.global_step}, "

@@ -234,19 +234,9 @@ def gif_bytes(frames, frame_ms):
     return buffer.getvalue()
 
 
-LOSS_NAMES = {"bce": "softmax cross entropy", "hinge": "hinge loss"}  # Recipe's --loss choices
-
-
-def loss_axis_name(loss, changes=()):
-    """The loss curve's axis: the --loss in use, or, where state.json's changes show that it changed
-    during the run, each change with its step."""
-    switches = [f"--loss {change['loss']} from step {change['step']}" for change in changes if "loss" in change]
-    return f"loss ({'; '.join(switches)})" if switches else LOSS_NAMES[loss]
-
-
-def save_loss_curve(losses, steps_per_epoch, path, loss="bce", changes=()):
-    """The D and G losses of every batch (faint) and their moving average, as a PNG; the axis named
-    by loss_axis_name."""
+def save_loss_curve(losses, steps_per_epoch, path, axis_name):
+    """The D and G losses of every batch (faint) and their moving average, as a PNG, the loss axis
+    named axis_name (Recipe.loss_axis_name)."""
     plt = pyplot()
     d_loss = np.add(losses["d_fake"], losses["d_real"])
     g_loss = np.asarray(losses["g"])
@@ -258,7 +248,7 @@ def save_loss_curve(losses, steps_per_epoch, path, loss="bce", changes=()):
         axes.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid"), color=color,
                   label=label)
     axes.set_xlabel(f"batch ({steps_per_epoch} per epoch)")
-    axes.set_ylabel(loss_axis_name(loss, changes))
+    axes.set_ylabel(axis_name)
     axes.legend()
     axes.grid(alpha=0.3)
     figure.tight_layout()

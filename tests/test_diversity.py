@@ -40,7 +40,16 @@ def test_bce_is_the_originals_cross_entropy_a_softplus_of_the_realness():
     softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
     assert float(Recipe.d_loss(logits, Recipe.REAL, "bce")) == pytest.approx(np.mean(softplus(-np.array([2, -0.5]))))
     assert float(Recipe.d_loss(logits, Recipe.FAKE, "bce")) == pytest.approx(np.mean(softplus(np.array([2, -0.5]))))
-    assert float(Recipe.g_loss(logits, "bce")) == float(Recipe.gan_loss(logits, Recipe.REAL))
+    labels = paddle.full([2, 1], Recipe.REAL, dtype="int64")  # G's faces labelled "real", as the original
+    cross_entropy = float(paddle.nn.functional.cross_entropy(logits, labels))
+    assert float(Recipe.g_loss(logits, "bce")) == pytest.approx(cross_entropy)
+
+
+def test_the_loss_curve_names_the_loss_or_its_changes():
+    assert Recipe.loss_axis_name("bce") == "softmax cross entropy"
+    assert Recipe.loss_axis_name("hinge", [{"step": 5, "ema": 0.998}]) == "hinge loss"
+    changes = [{"step": 5, "ema": 0.998}, {"step": 40, "loss": "hinge"}, {"step": 90, "loss": "bce"}]
+    assert Recipe.loss_axis_name("bce", changes) == "loss (--loss hinge from step 40; --loss bce from step 90)"
 
 
 # ------------------------------------------------------------------------------------ D's forms
@@ -146,7 +155,7 @@ def test_the_r1_penalty_and_its_gradient_match_finite_differences():
         real = paddle.rand([2, 3, 4, 4], dtype="float64")
 
         def realness_sum(images):
-            return float(Recipe.realness(D(paddle.to_tensor(images))).sum())
+            return float(Recipe.realness_of(D(paddle.to_tensor(images))).sum())
 
         def numeric_penalty():
             images, h = real.numpy(), 1e-6

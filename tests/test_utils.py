@@ -49,13 +49,6 @@ print(*faults)"""
     assert min(kept) < tensor_pages // 100
 
 
-def test_the_loss_curve_names_the_loss_or_its_changes():
-    assert Utils.loss_axis_name("bce") == "softmax cross entropy"
-    assert Utils.loss_axis_name("hinge", [{"step": 5, "ema": 0.998}]) == "hinge loss"
-    changes = [{"step": 5, "ema": 0.998}, {"step": 40, "loss": "hinge"}, {"step": 90, "loss": "bce"}]
-    assert Utils.loss_axis_name("bce", changes) == "loss (--loss hinge from step 40; --loss bce from step 90)"
-
-
 @pytest.mark.parametrize("number, words", [
     (errno.ENOSPC, "/out/avatars.png could not be written: the disk is full (No space left on device); free some "
                    "space and run it again."),

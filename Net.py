@@ -117,9 +117,6 @@ class RandintDropout(nn.Dropout):
 
     RANGE = 2**31 - 1  # randint's values, 0 .. RANGE - 1; p * RANGE of them drop: p to within 1e-9
 
-    def __init__(self, p):
-        super().__init__(p)
-
     def forward(self, x):
         if not self.training or self.p == 0:
             return x

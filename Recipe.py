@@ -319,51 +319,80 @@ class StepResult(NamedTuple):
     real_sign: paddle.Tensor  # the mean sign of D's realness on the real batch: ADA's overfitting signal r_t
 
 
-def train_step(G, D, opt_g, opt_d, real, g_steps, amp=None, augment=Augment.NONE, ema=None, loss="bce", r1=0.0,
-               mode_seeking=0.0, top=None):
-    """One batch of the original's schedule, in three phases. Returns a StepResult.
-    amp: a MixedPrecision, or None for float32. augment: the DiffAugment policy of every batch D
-    sees. ema: a MovingAverage to update after every G update, or None. loss: "bce" or "hinge".
-    r1: the weight of the R1 penalty in this step's real phase (the caller scales it for lazy
-    steps), 0 for none. mode_seeking: the weight of the mode-seeking term in G's loss, 0 for none.
-    top: G's adversarial loss from only this many of its faces, those D finds most real
-    (top_k_count), or None for all; the mode-seeking term still takes every face."""
+class Players(NamedTuple):
+    """What a step trains: G and D (under several processes, their DataParallel wrappers, which
+    average the gradients) with their Adam optimizers, and where those flags are on, --ema's
+    MovingAverage, updated after every G update, and --amp's MixedPrecision."""
+    G: paddle.nn.Layer
+    D: paddle.nn.Layer
+    opt_g: paddle.optimizer.Optimizer
+    opt_d: paddle.optimizer.Optimizer
+    ema: object = None  # a MovingAverage, or None
+    amp: object = None  # a MixedPrecision, or None for float32
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """How one step trains, beside what it trains (Players) and the real batch."""
+    g_steps: int = 1  # G's updates, each on fresh noise
+    augment: str = Augment.NONE  # the DiffAugment policy of every batch D sees
+    loss: str = "bce"  # a name of LOSSES
+    r1: float = 0.0  # the R1 penalty's weight in this step's real phase (r1_weight), 0 for none
+    mode_seeking: float = 0.0  # the mode-seeking term's weight in G's loss, 0 for none
+    top: int | None = None  # G's adversarial loss from only this many of its faces (top_k_count); None: all
+
+    @classmethod
+    def at(cls, hp, step, epochs_done, batch):
+        """The configuration of the step after `step` steps and `epochs_done` epochs, under the
+        hyper-parameters hp, on real batches of `batch` faces."""
+        top = top_k_count(hp["top_k"], epochs_done, batch) if hp["top_k"] < 1 else None
+        return cls(g_steps=hp["g_steps"], augment=hp["augment"], loss=hp["loss"], r1=r1_weight(hp, step),
+                   mode_seeking=hp["mode_seeking"], top=top)
+
+
+def train_step(players, real, config=StepConfig()):
+    """One batch of the original's schedule, in three phases, as config says. Returns a StepResult.
+    With config.top, G's adversarial loss comes from only its best faces; the mode-seeking term
+    still takes every face."""
+    G, D, opt_g, opt_d, ema, amp = players
     batch = real.shape[0]
     autocast = amp.autocast if amp else contextlib.nullcontext
     scalers = amp.scalers if amp else {}
 
     def judge(images):
-        return D(Augment.diff_augment(images, augment))
+        return D(Augment.diff_augment(images, config.augment))
 
     # 1. D on a batch of generated faces, labelled "generated".
     with paddle.no_grad(), autocast():
         fake = G(paddle.rand([batch, Z_DIM]))
     with autocast():
-        d_fake = d_loss(judge(fake), FAKE, loss)
+        d_fake = d_loss(judge(fake), FAKE, config.loss)
     optimizer_step(opt_d, d_fake, scalers.get("D"))
 
     # 2. D on the real batch, labelled "real" (with the R1 penalty on its lazy steps).
-    objective, d_real, logits = real_phase_loss(judge, D, real, loss, r1, autocast)
+    objective, d_real, logits = real_phase_loss(judge, D, real, config.loss, config.r1, autocast)
     optimizer_step(opt_d, objective, scalers.get("D"))
     real_sign = paddle.sign(realness_of(logits.detach()).astype("float32")).mean()
 
     # 3. G, --g-steps times on fresh noise, through D, which learns nothing here.
     g_losses = []
     with d_weight_gradients_off(D):
-        for _ in range(g_steps):
+        for _ in range(config.g_steps):
             noise = paddle.rand([batch, Z_DIM])
             with autocast():
                 faces = G(noise)
                 logits = judge(faces)
-                generated = g_loss(logits, loss)  # over every face: the logged loss, comparable with or without top
-                adversarial = generated if top is None else g_loss(logits, loss, top)
-            objective = adversarial + mode_seeking * mode_seeking_term(faces, noise) if mode_seeking else adversarial
+                generated = g_loss(logits, config.loss)  # over every face: the logged loss, with or without top-k
+                adversarial = generated if config.top is None else g_loss(logits, config.loss, config.top)
+            objective = adversarial
+            if config.mode_seeking:
+                objective = objective + config.mode_seeking * mode_seeking_term(faces, noise)
             optimizer_step(opt_g, objective, scalers.get("G"))
             g_losses.append(generated)  # G's loss alone, as D's is logged without the R1 penalty
             if ema:
                 ema.update()
     opt_d.clear_grad()  # under DataParallel, D's unused gradients of the G steps
-    return StepResult(d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / g_steps, real_sign)
+    return StepResult(d_fake.detach(), d_real.detach(), paddle.add_n(g_losses).detach() / config.g_steps, real_sign)
 
 
 def real_phase_loss(judge, D, real, loss, r1, autocast):

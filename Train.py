@@ -36,6 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import paddle
@@ -150,18 +151,29 @@ def draw_sample_grid(G, fixed_noise):
     return Utils.sample_spread(samples), Utils.tile_images(samples, GRID_SIDE, GRID_SIDE)
 
 
-def save_sample_grid(grid, path, title):
-    """The grid as a PNG, titled like the original's."""
-    plt = Utils.pyplot()
-    height, width, _ = grid.shape
-    title_height = 40
-    # One figure pixel per image pixel, so the tiles are not resampled.
-    figure = plt.figure(figsize=(width / 100, (height + title_height) / 100), dpi=100)
-    axes = figure.add_axes([0, 0, 1, height / (height + title_height)])
-    axes.imshow(grid, interpolation="nearest")
-    axes.axis("off")
-    figure.text(0.5, 1 - title_height / 2 / (height + title_height), title, ha="center", va="center", fontsize=12)
-    Utils.save_figure(figure, path)
+class SampleGrid(NamedTuple):
+    """A sample grid drawn but not yet on disk. The grid of a step that ends an epoch or a run is
+    written after the checkpoint, so that a picture that cannot be written never costs one."""
+    grid: np.ndarray
+    path: Path
+    title: str
+
+    def write(self):
+        """The grid as a PNG, titled like the original's; a failure is a warning (picture)."""
+        picture(self._save, f"The sample grid {self.path}")
+
+    def _save(self):
+        plt = Utils.pyplot()
+        height, width, _ = self.grid.shape
+        title_height = 40
+        # One figure pixel per image pixel, so the tiles are not resampled.
+        figure = plt.figure(figsize=(width / 100, (height + title_height) / 100), dpi=100)
+        axes = figure.add_axes([0, 0, 1, height / (height + title_height)])
+        axes.imshow(self.grid, interpolation="nearest")
+        axes.axis("off")
+        figure.text(0.5, 1 - title_height / 2 / (height + title_height), self.title, ha="center", va="center",
+                    fontsize=12)
+        Utils.save_figure(figure, self.path)
 
 
 def picture(write, what):
@@ -538,8 +550,7 @@ class Session:
     dataset: FaceDataset
     loader: object
     nets: Networks
-    train_G: paddle.nn.Layer  # the networks the steps run through: DataParallel wrappers under several
-    train_D: paddle.nn.Layer  # processes, which average the gradients; checkpoints and samples use nets'
+    players: Recipe.Players  # what the steps train: nets' G and D, under several processes in DataParallel
     fixed_noise: np.ndarray  # the noise of every sample grid
     run_record: dict  # this run's entry in state.stretches: its machine and CPU time
     cpu_started: float  # time.process_time() when this run began
@@ -617,9 +628,10 @@ def build_session(args, folder):
     to_train = state.epochs_done < args.epochs
     train_G, train_D = (paddle.DataParallel(nets.G), paddle.DataParallel(nets.D)) if procs.world_size > 1 \
         else (nets.G, nets.D)
+    players = Recipe.Players(train_G, train_D, nets.opt_g, nets.opt_d, nets.ema, nets.amp)
     logging = args.visualdl and procs.writer and to_train
     visualdl = VisualDLLog(Path(args.output) / "visualdl" / run) if logging else None
-    session = Session(args, procs, folder, state, dataset, loader, nets, train_G, train_D,
+    session = Session(args, procs, folder, state, dataset, loader, nets, players,
                       fixed_noise=Utils.random_noise(np.random.default_rng([hp["seed"], 0xF1ED]), GRID_SIDE ** 2),
                       run_record=state.stretches[-1], cpu_started=cpu_started, stop=StopRequest(), visualdl=visualdl,
                       last_saved=saved.where() if saved else None)
@@ -697,8 +709,8 @@ def checkpoint(session):
 
 
 def sample(session, epoch):
-    """Draw the sample grid of the fixed noise, record its spread, and return the function that
-    writes it to --output: at an epoch's end it is written after the checkpoint."""
+    """Draw the sample grid of the fixed noise and record its spread. Returns the SampleGrid, to
+    write to --output."""
     state, losses = session.state, session.state.losses
     spread, grid = draw_sample_grid(session.nets.G, session.fixed_noise)
     title = (f"Epoch {epoch}  Batch {state.batches_done}  D loss {losses['d_fake'][-1] + losses['d_real'][-1]:.4f}  "
@@ -707,7 +719,7 @@ def sample(session, epoch):
     state.spread.append([state.global_step, round(spread, 2)])
     if session.visualdl:
         session.visualdl.sample(state.global_step, spread, grid)
-    return lambda: picture(lambda: save_sample_grid(grid, path, title), f"The sample grid {path}")
+    return SampleGrid(grid, path, title)
 
 
 def divergence_message(session, losses, epoch):
@@ -729,14 +741,12 @@ def what_was_kept(session):
 def run_step(session, real, epoch):
     """One batch: the update, then the decisions every process takes together. Returns the
     losses and whether to stop after this step."""
-    state, hp, procs, nets = session.state, session.state.hyper_parameters, session.procs, session.nets
+    state, hp, procs = session.state, session.state.hyper_parameters, session.procs
     paddle.seed(step_seed(hp["seed"], procs.rank, state.global_step))
     started = time.perf_counter()
     cool_learning_rates(session)
-    top = Recipe.top_k_count(hp["top_k"], state.epochs_done, real.shape[0]) if hp["top_k"] < 1 else None
-    result = Recipe.train_step(session.train_G, session.train_D, nets.opt_g, nets.opt_d, real, hp["g_steps"],
-                               amp=nets.amp, augment=hp["augment"], ema=nets.ema, loss=hp["loss"],
-                               r1=Recipe.r1_weight(hp, state.global_step), mode_seeking=hp["mode_seeking"], top=top)
+    config = Recipe.StepConfig.at(hp, state.global_step, state.epochs_done, real.shape[0])
+    result = Recipe.train_step(session.players, real, config)
     *losses, real_sign = [float(value) for value in result]  # waits for the device
     session.step_seconds.append(time.perf_counter() - started)
     diverged, stop = procs.any(not all(math.isfinite(loss) for loss in losses), session.stop.requested)
@@ -773,14 +783,14 @@ def cool_learning_rates(session):
 
 def run_epoch(session, epoch):
     """Train the rest of one epoch. Returns whether it finished (False: the run was asked to stop,
-    or its --cooldown ended) and the writing of its last sample grid, which waits for the
-    checkpoint, or None."""
+    or its --cooldown ended) and the SampleGrid of its last step, which waits for the checkpoint,
+    or None."""
     state, args = session.state, session.args
     session.loader.batch_sampler.set_epoch(epoch, start_batch=state.batches_done)
     session.dataset.set_epoch(epoch)
     progress = tqdm(session.loader, total=state.steps_per_epoch, initial=state.batches_done,
                     desc=f"epoch {epoch}/{args.epochs}", disable=not session.procs.writer, dynamic_ncols=True)
-    write_grid = None  # no step at all if the run stopped after this epoch's last batch and is resumed
+    grid = None  # no step at all if the run stopped after this epoch's last batch and is resumed
     with progress:
         for real in progress:
             losses, stop = run_step(session, real, epoch)
@@ -789,16 +799,16 @@ def run_epoch(session, epoch):
             progress.set_postfix(D=f"{losses[0] + losses[1]:.3f}", G=f"{losses[2]:.3f}")
             every = args.sample_every and state.batches_done % args.sample_every == 0
             last = state.batches_done == state.steps_per_epoch
-            write_grid = sample(session, epoch) if session.procs.writer and (every or last) else None
+            grid = sample(session, epoch) if session.procs.writer and (every or last) else None
             if stop or (cooldown_steps_left(state) == 0 and not last):
-                return False, write_grid
+                return False, grid
             if args.save_every and state.global_step % args.save_every == 0 and not last and checkpoint(session):
-                return False, write_grid  # stopped during the save
-            if write_grid and not last:
-                write_grid()
+                return False, grid  # stopped during the save
+            if grid and not last:
+                grid.write()
     state.epochs_done, state.batches_done = epoch, 0
     measure_overfitting(session, epoch)
-    return True, write_grid
+    return True, grid
 
 
 def measure_overfitting(session, epoch):
@@ -812,9 +822,8 @@ def measure_overfitting(session, epoch):
         return
     r_t = round(float(np.mean(signs)), 4)
     state.overfitting.append({"epoch": epoch, "step": state.global_step, "r_t": r_t})
-    print_once(session.procs, f"Epoch {epoch}: D's overfitting signal r_t = {r_t:.3f} (the mean sign of its "
-                        f"real-minus-generated logit on the real batches, from -1 to 1: near 0 D cannot tell them "
-                        f"from generated faces, near 1 it is sure of each).")
+    print_once(session.procs, f"Epoch {epoch}: D's overfitting signal r_t = {r_t:.3f} (near 1: D learns the "
+                              f"faces by heart; docs/training.md#progress).")
     if session.visualdl:
         session.visualdl.overfitting(state.global_step, r_t)
 
@@ -866,10 +875,10 @@ def train_epochs(session):
     """train()'s loop, from the session's step on: the same return values."""
     state, args, folder = session.state, session.args, session.folder.path
     while state.epochs_done < args.epochs and cooldown_steps_left(state) != 0:
-        finished, write_grid = run_epoch(session, state.epochs_done + 1)
+        finished, grid = run_epoch(session, state.epochs_done + 1)
         stop = checkpoint(session)  # first: a picture that fails must not cost the checkpoint
-        if write_grid:
-            write_grid()
+        if grid:
+            grid.write()
         if (stop or not finished) and cooldown_steps_left(state) != 0:
             print_once(session.procs, f"Stopped at {state.where()}; checkpoint saved to {folder}. Run the same "
                                       f"command to continue.")

@@ -67,9 +67,10 @@ class PaddleWorker:
         from Net import Discriminator, Generator
         paddle = self.paddle
         paddle.seed(batch)
-        self.G, self.D, self.g_steps = Generator(), Discriminator(input_norm=d_input_bn), g_steps
-        self.opt_g = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=self.G.parameters())
-        self.opt_d = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=self.D.parameters())
+        G, D = Generator(), Discriminator(input_norm=d_input_bn)
+        opt_g = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=G.parameters())
+        opt_d = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=D.parameters())
+        self.players, self.config = Recipe.Players(G, D, opt_g, opt_d), Recipe.StepConfig(g_steps=g_steps)
         self.real = paddle.rand([batch, 3, 96, 96]) * 2 - 1
         self.project_step = Recipe.train_step
         return {}
@@ -77,7 +78,7 @@ class PaddleWorker:
     def train_step(self):
         """One step as Train.py runs it, ending where Train.py waits for the losses."""
         started = time.perf_counter()
-        step = self.project_step(self.G, self.D, self.opt_g, self.opt_d, self.real, self.g_steps)
+        step = self.project_step(self.players, self.real, self.config)
         losses = [float(step.d_fake), float(step.d_real), float(step.g)]  # the three the torch step returns
         return {"seconds": time.perf_counter() - started, "losses": losses}
 

@@ -30,12 +30,13 @@ def main():
     opt_g = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=G.parameters())
     opt_d = paddle.optimizer.Adam(2e-4, beta1=0.8, parameters=D.parameters())
     real = paddle.rand([batch, 3, 96, 96]) * 2 - 1
-    Recipe.train_step(G, D, opt_g, opt_d, real, 2)  # warm-up
+    players, config = Recipe.Players(G, D, opt_g, opt_d), Recipe.StepConfig(g_steps=2)
+    Recipe.train_step(players, real, config)  # warm-up
     # on_trace_ready does nothing: the default would write a Chrome trace into ./profiler_log.
     prof = profiler.Profiler(targets=[profiler.ProfilerTarget.CPU], on_trace_ready=lambda prof: None)
     prof.start()
     started = time.perf_counter()
-    [float(loss) for loss in Recipe.train_step(G, D, opt_g, opt_d, real, 2)]
+    [float(loss) for loss in Recipe.train_step(players, real, config)]
     seconds = time.perf_counter() - started
     prof.step()
     prof.stop()

@@ -20,6 +20,7 @@ def smoke(faces_dir, tmp_path_factory):
     return json.loads(output.read_text()), result.stdout
 
 
+@pytest.mark.slow
 def test_the_table_and_the_json_hold_all_six_measurements(smoke):
     results, stdout = smoke
     training = results["training"]["2"]

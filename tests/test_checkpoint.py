@@ -68,6 +68,7 @@ def leftovers(folder):
     return sorted(path.name for path in folder.iterdir() if path.name.startswith(".") and path.name != ".lock")
 
 
+@pytest.mark.slow
 def test_a_save_killed_at_any_instant_leaves_the_last_complete_checkpoint(tmp_path):
     old = tmp_path / "old"
     ModelFolder(old).save(*small_networks(step=1))
@@ -129,6 +130,7 @@ def tmpfs(path, options):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_before_training_keeps_the_last_complete_checkpoint(faces_dir, tmp_path):
     # One checkpoint of the real networks takes about 60 MB: the first fits, a second beside it does not,
     # which the run finds before its first step.
@@ -206,6 +208,7 @@ def copy_of_trained(trained, faces_dir, tmp_path):
 @pytest.mark.parametrize("text", [None, "null", "{}", "[1, 2]", '{"epochs_done": 1}', "{not json", "", "folder"],
                          ids=["deleted", "null", "empty-object", "list", "missing-keys", "invalid", "empty-file",
                               "a-folder"])
+@pytest.mark.slow
 def test_weights_without_a_usable_state_json_are_refused_and_kept(trained, faces_dir, tmp_path, text):
     model, args = copy_of_trained(trained, faces_dir, tmp_path)
     if text is None:
@@ -234,6 +237,7 @@ def test_weights_without_a_usable_state_json_are_refused_and_kept(trained, faces
     ({"losses": {"d_fake": ["a"], "d_real": [1.0], "g": [1.0]}}, "its losses are not the three lists of numbers"),
     ({"losses": {"d_fake": [1.0], "d_real": [], "g": [1.0]}}, "one number per step in each"),
 ])
+@pytest.mark.slow
 def test_a_state_json_with_wrong_values_is_one_sentence(trained, faces_dir, tmp_path, change, words):
     model, args = copy_of_trained(trained, faces_dir, tmp_path)
     state = json.loads((model / "state.json").read_text())
@@ -245,6 +249,7 @@ def test_a_state_json_with_wrong_values_is_one_sentence(trained, faces_dir, tmp_
 
 @pytest.mark.parametrize("content", [b"", b"\x80\x04truncated", b"not a pickle at all"], ids=["empty", "truncated",
                                                                                               "foreign"])
+@pytest.mark.slow
 def test_a_damaged_adam_file_is_one_sentence_that_keeps_the_weights(trained, faces_dir, tmp_path, content):
     model, args = copy_of_trained(trained, faces_dir, tmp_path)
     (model / "D.pdopt").write_bytes(content)
@@ -262,6 +267,7 @@ def test_a_damaged_weights_file_says_to_put_back_a_good_copy_not_to_delete_it(tr
     assert "Put back a good copy" in result.stderr and "delete" not in result.stderr
 
 
+@pytest.mark.slow
 def test_fresh_says_it_will_replace_the_checkpoint_there(trained, faces_dir, tmp_path, capsys):
     model, args = copy_of_trained(trained, faces_dir, tmp_path)
     (model / "state.json").unlink()
@@ -360,6 +366,7 @@ def test_a_lock_file_removed_while_another_run_waited_to_lock_it_is_not_shared(t
     assert len(taken) == 2 and taken[-1] == lock_file.stat().st_ino
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_stuck_lock(faces_dir, tmp_path):
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import Checkpoint, os, signal; "
             f"Checkpoint.ModelFolder({str(tmp_path / 'Model')!r}).lock(); os.kill(os.getpid(), signal.SIGKILL)")
@@ -414,6 +421,7 @@ def test_a_nan_at_the_first_step_says_no_checkpoint_exists(faces_dir, tmp_path, 
     assert not (tmp_path / "Model" / "state.json").exists()
 
 
+@pytest.mark.slow
 def test_a_nan_after_a_checkpoint_names_the_checkpoint_kept(faces_dir, tmp_path, monkeypatch):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     real_step = Recipe.train_step
@@ -432,6 +440,7 @@ def test_a_model_folder_without_room_for_a_checkpoint_is_refused_before_the_firs
         assert list(small.iterdir()) == []  # no step was trained, nothing written, no lock file left
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_during_an_epoch_ends_in_one_sentence_with_the_space_needed(faces_dir, tmp_path,
                                                                                       monkeypatch):
     """safetensors reports a full disk as a SafetensorError, not an OSError: it must end the same way."""
@@ -455,6 +464,7 @@ def test_a_disk_that_fills_during_an_epoch_ends_in_one_sentence_with_the_space_n
         assert leftovers(small) == []
 
 
+@pytest.mark.slow
 def test_a_sample_grid_or_loss_curve_that_cannot_be_written_is_a_warning_and_the_checkpoint_is_kept(faces_dir,
                                                                                                     tmp_path):
     with tmpfs(tmp_path / "tiny", "size=16k") as tiny:
@@ -468,6 +478,7 @@ def test_a_sample_grid_or_loss_curve_that_cannot_be_written_is_a_warning_and_the
 
 # ------------------------------------------------------------------------ state.json's format
 
+@pytest.mark.slow
 def test_state_json_fields_this_version_does_not_know_are_kept_on_the_next_save(trained, faces_dir, tmp_path):
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
     state = json.loads((tmp_path / "Model" / "state.json").read_text())
@@ -491,6 +502,7 @@ def test_state_json_fields_this_version_does_not_know_are_kept_on_the_next_save(
     (lambda state: state["hyper_parameters"].update(flip="yes"), r"records --flip 'yes', which that flag does not "
                                                                  r"take \(not true or false\)"),
     (lambda state: state["hyper_parameters"].update(loss="l2"), r"records --loss 'l2', .*\(not one of bce, hinge\)")])
+@pytest.mark.slow
 def test_a_newer_format_or_an_unknown_hyper_parameter_is_refused_in_one_sentence(trained, faces_dir, tmp_path, change,
                                                                                  words):
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
@@ -548,6 +560,7 @@ def test_a_state_json_without_a_format_is_format_1_and_reads():
     ({"format": 0}, "its format is 0, not a whole number from 1"),
     ({"format": -5}, "its format is -5, not a whole number from 1"),
 ])
+@pytest.mark.slow
 def test_a_wrong_entry_in_state_jsons_lists_or_format_is_refused_before_training(trained, faces_dir, tmp_path, change,
                                                                                 words):
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
@@ -574,6 +587,7 @@ def test_a_save_whose_complete_marker_is_damaged_is_discarded_and_said(tmp_path,
 
 @pytest.mark.parametrize("damage, what", [(lambda lock: lock.symlink_to(lock.parent / "nowhere"), "a link to nothing"),
                                           (lambda lock: lock.mkdir(), "a folder")])
+@pytest.mark.slow
 def test_a_lock_file_that_is_a_dangling_link_or_a_folder_is_one_sentence(faces_dir, tmp_path, damage, what):
     (tmp_path / "Model").mkdir()
     damage(tmp_path / "Model" / ".lock")

@@ -406,6 +406,7 @@ def lines_as_they_come(process):
     return lines
 
 
+@pytest.mark.slow
 def test_a_site_that_never_answers_gets_a_line_within_seconds_with_the_default_timeout(tmp_path):
     with silent_host() as url:
         crawler = start_crawler("--site", "konachan", "--base-url", url, "--out", tmp_path)
@@ -421,6 +422,7 @@ def test_a_site_that_never_answers_gets_a_line_within_seconds_with_the_default_t
     assert crawler.returncode == 130 and "Traceback" not in crawler.stderr.read()
 
 
+@pytest.mark.slow
 def test_a_site_that_never_answers_is_retried_with_a_line_each_time_then_given_up_in_own_words(
         tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Crawler, "NOTICE_SECONDS", 60)  # the first try's line is the test above's
@@ -442,6 +444,7 @@ def test_a_site_that_never_answers_is_retried_with_a_line_each_time_then_given_u
 PAGE = json.dumps([]).encode() + b" " * 40  # a listing of no posts, that takes 21 s at 2 bytes a second
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["head", "body"])
 def test_a_listing_that_trickles_is_given_up_at_the_timeout_of_the_whole_answer(server, tmp_path, capsys,
                                                                                where):

@@ -53,12 +53,13 @@ def one_step(top, mode_seeking=0.0):
     init_dcgan_weights(D)
     opt_g = paddle.optimizer.SGD(1e-2, parameters=G.parameters())  # Adam's first step hides the gradient's size
     opt_d = paddle.optimizer.Adam(1e-3, parameters=D.parameters())
-    result = Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([8, 3, 96, 96]) * 2 - 1, g_steps=1, top=top,
-                               mode_seeking=mode_seeking)
+    result = Recipe.train_step(Recipe.Players(G, D, opt_g, opt_d), paddle.rand([8, 3, 96, 96]) * 2 - 1,
+                               Recipe.StepConfig(top=top, mode_seeking=mode_seeking))
     g = {name: weight.numpy() for name, weight in G.named_parameters() if not weight.stop_gradient}
     return [float(value) for value in result], g, {key: value.numpy() for key, value in D.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_top_k_changes_only_gs_update_and_g_logs_its_loss_over_every_face():
     (every, g_every, d_every), (top, g_top, d_top) = one_step(None), one_step(4)
     assert every == top  # D's losses, G's logged loss over all 8 faces, and r_t
@@ -68,6 +69,7 @@ def test_top_k_changes_only_gs_update_and_g_logs_its_loss_over_every_face():
     assert all(np.array_equal(g_every[key], g_whole[key]) for key in g_every)  # top of the whole batch: no change
 
 
+@pytest.mark.slow
 def test_the_mode_seeking_term_still_takes_every_face_under_top_k():
     _, g_top, _ = one_step(4)
     _, g_both, _ = one_step(4, mode_seeking=1.0)
@@ -103,14 +105,15 @@ def rates_of_each_step(monkeypatch):
     """Record (G's rate, D's rate) at every training step of Train.main in this process."""
     rates, step = [], Recipe.train_step
 
-    def recording(G, D, opt_g, opt_d, *args, **kwargs):
-        rates.append((opt_g.get_lr(), opt_d.get_lr()))
-        return step(G, D, opt_g, opt_d, *args, **kwargs)
+    def recording(players, *args):
+        rates.append((players.opt_g.get_lr(), players.opt_d.get_lr()))
+        return step(players, *args)
 
     monkeypatch.setattr(Recipe, "train_step", recording)
     return rates
 
 
+@pytest.mark.slow
 def test_a_cooldown_lowers_both_rates_to_zero_and_stops_mid_epoch_with_a_checkpoint(faces_dir, tmp_path, capsys,
                                                                                    monkeypatch):
     rates = rates_of_each_step(monkeypatch)
@@ -138,6 +141,7 @@ def test_a_cooldown_lowers_both_rates_to_zero_and_stops_mid_epoch_with_a_checkpo
     assert saved_state(tmp_path)["changes"] == [{"step": 3, "cooldown": 0}]
 
 
+@pytest.mark.slow
 def test_a_cooldown_taken_when_continuing_counts_from_where_the_run_stands(trained, faces_dir, tmp_path, capsys,
                                                                          monkeypatch):
     copy_of(trained, tmp_path)  # step 2, at the default rates
@@ -150,6 +154,7 @@ def test_a_cooldown_taken_when_continuing_counts_from_where_the_run_stands(train
     assert state["global_step"] == 4 and state["changes"] == [{"step": 2, "cooldown": 2}]
 
 
+@pytest.mark.slow
 def test_top_k_and_cooldown_train_two_epochs_exactly_as_one_then_a_resume_then_one_more(faces_dir, tmp_path,
                                                                                     monkeypatch):
     # A faster shrink than Sinha et al.'s, so that top-k takes 2 of the 4 faces in the second epoch.

@@ -86,6 +86,7 @@ def mixed_sources(tmp_path):
     return src
 
 
+@pytest.mark.slow
 @needs_shared
 def test_faces_per_illustration_match_sources_md(illustration_crops):
     dst, counts = illustration_crops
@@ -533,6 +534,7 @@ def wait_for_a_source_done(dst, process, seconds):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @needs_shared
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table in /proc")
 def test_killing_the_main_process_outright_ends_its_workers_within_seconds(tmp_path):
@@ -561,6 +563,7 @@ def test_killing_the_main_process_outright_ends_its_workers_within_seconds(tmp_p
             os.kill(pid, signal.SIGKILL)  # left behind by a failure: this test's own processes
 
 
+@pytest.mark.slow
 @needs_shared
 def test_end_to_end_crawl_crop_read_and_train_one_step(tmp_path):
     if not (ROOT / "Train.py").is_file() or not (ROOT / "Reader.py").is_file():

@@ -54,6 +54,7 @@ def test_the_loss_curve_names_the_loss_or_its_changes():
 
 # ------------------------------------------------------------------------------------ D's forms
 
+@pytest.mark.slow
 def test_spectral_normalisation_brings_each_layers_largest_singular_value_to_one():
     paddle.seed(0)
     D = Discriminator(norm="spectral")
@@ -185,14 +186,15 @@ def test_the_r1_penalty_and_its_gradient_match_finite_differences():
         paddle.set_default_dtype("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["batch", "spectral"])
 def test_r1_differentiates_the_real_d_twice_through_augmentation_and_restores_its_fast_kernels(norm):
     paddle.seed(0)
     G, D = Generator(), Discriminator(input_norm=False, norm=norm, mbstd=True)
     opt_g, opt_d = (paddle.optimizer.Adam(1e-4, parameters=net.parameters()) for net in (G, D))
     fast = [layer for layer in D.sublayers() if getattr(layer, "one_gemm", False)]
-    result = Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([4, 3, 96, 96]) * 2 - 1, g_steps=1,
-                               augment="color,translation,cutout", loss="hinge", r1=10.0)
+    config = Recipe.StepConfig(augment="color,translation,cutout", loss="hinge", r1=10.0)
+    result = Recipe.train_step(Recipe.Players(G, D, opt_g, opt_d), paddle.rand([4, 3, 96, 96]) * 2 - 1, config)
     assert all(np.isfinite(float(value)) for value in result)
     assert fast and all(layer.one_gemm for layer in fast)
     with twice_differentiable(D):
@@ -226,6 +228,7 @@ def test_lowering_the_mode_seeking_term_draws_the_two_halves_apart():
     assert float((moved[:4] - moved[4:]).abs().mean()) > float((faces[:4] - faces[4:]).abs().mean())
 
 
+@pytest.mark.slow
 def test_mode_seeking_changes_only_gs_update_and_stays_out_of_gs_logged_loss():
     def one_step(mode_seeking):
         paddle.seed(0)
@@ -235,8 +238,8 @@ def test_mode_seeking_changes_only_gs_update_and_stays_out_of_gs_logged_loss():
         # plain gradient descent for G: Adam's first step moves each weight by its rate whatever the gradient
         opt_g = paddle.optimizer.SGD(1e-2, parameters=G.parameters())
         opt_d = paddle.optimizer.Adam(1e-3, parameters=D.parameters())
-        result = Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([4, 3, 96, 96]) * 2 - 1, g_steps=1,
-                                   mode_seeking=mode_seeking)
+        result = Recipe.train_step(Recipe.Players(G, D, opt_g, opt_d), paddle.rand([4, 3, 96, 96]) * 2 - 1,
+                                   Recipe.StepConfig(mode_seeking=mode_seeking))
         trained = {name: weight.numpy() for name, weight in G.named_parameters() if not weight.stop_gradient}
         return [float(value) for value in result], trained, {k: v.numpy() for k, v in D.state_dict().items()}
 
@@ -295,6 +298,7 @@ def test_a_checkpoint_that_recorded_no_rate_for_d_goes_on_with_ds_default_and_ke
 
 # ---------------------------------------------------------------------------------- training runs
 
+@pytest.mark.slow
 def test_every_flag_trains_two_epochs_exactly_as_one_then_a_resume_then_one_more(faces_dir, tmp_path):
     Train.main(train_args(faces_dir, tmp_path / "straight", "--epochs", "2", *EVERY_FLAG))
     Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "1", *EVERY_FLAG))
@@ -330,6 +334,7 @@ def copy_of(trained, tmp_path):
                                            (("--d-norm", "spectral", "--mbstd"),
                                             "--d-norm and --mbstd changed the form of D"),
                                            (("--fresh-d",), "--fresh-d")])
+@pytest.mark.slow
 def test_a_new_form_of_d_or_fresh_d_continues_g_and_starts_d_afresh_and_says_so(trained, faces_dir, tmp_path, capsys,
                                                                                 flags, reason):
     copy_of(trained, tmp_path)
@@ -345,6 +350,7 @@ def test_a_new_form_of_d_or_fresh_d_continues_g_and_starts_d_afresh_and_says_so(
     assert set(load_file(str(tmp_path / "Model" / "D.safetensors"))) == set(fresh_d.state_dict())
 
 
+@pytest.mark.slow
 def test_mbstd_turned_on_when_continuing_keeps_d_and_its_adam_state_and_grows_its_linear_layer(trained, faces_dir,
                                                                                                  tmp_path, capsys):
     copy_of(trained, tmp_path)
@@ -362,6 +368,7 @@ def test_mbstd_turned_on_when_continuing_keeps_d_and_its_adam_state_and_grows_it
     assert list(adam["classify.weight_moment1_0"].shape) == [513 * 6 * 6, 2]
 
 
+@pytest.mark.slow
 def test_the_loss_r1_d_lr_and_mode_seeking_may_change_when_continuing_and_are_recorded(trained, faces_dir, tmp_path,
                                                                                       capsys):
     copy_of(trained, tmp_path)

@@ -81,6 +81,7 @@ def test_nearest_finds_a_copy_and_skip_identical_finds_the_next(faces):
     assert index[0] != 3 and distance[0] > 1
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_and_the_nearest_picture(trained, faces_dir, tmp_path):
     result = run_script("Evaluate.py", "--model-dir", trained[0] / "Model", "--real", faces_dir, "--n", 12,
                         "--output", tmp_path)
@@ -91,6 +92,7 @@ def test_evaluate_writes_metrics_and_the_nearest_picture(trained, faces_dir, tmp
         assert picture.size == (16 * 96, 2 * 96)  # 12 pairs, 8 a row
 
 
+@pytest.mark.slow
 def test_real_b_measures_the_floor_between_two_real_folders(faces_dir, tmp_path):
     run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 12, "--output", tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -98,6 +100,7 @@ def test_real_b_measures_the_floor_between_two_real_folders(faces_dir, tmp_path)
     assert metrics["ms_ssim_candidates"] == pytest.approx(metrics["ms_ssim_real"], abs=0.2)
 
 
+@pytest.mark.slow
 def test_asking_for_more_faces_than_the_folder_holds_is_explained(faces_dir, tmp_path):
     result = run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 500,
                         "--output", tmp_path, check=False)
@@ -110,6 +113,7 @@ def refused(result):
     return result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_two_faces_a_side_are_the_fewest_and_fewer_are_refused_in_one_sentence(faces_dir, tmp_path):
     run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 2, "--output", tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["n"] == 2
@@ -119,12 +123,14 @@ def test_two_faces_a_side_are_the_fewest_and_fewer_are_refused_in_one_sentence(f
         assert f"argument --n: '{n}' is not a whole number of at least 2" in message and "pairs" in message
 
 
+@pytest.mark.slow
 def test_a_negative_seed_is_refused_in_one_sentence(faces_dir, tmp_path):
     message = refused(run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 2,
                                  "--seed", -1, "--output", tmp_path, check=False))
     assert "argument --seed: '-1' is not a whole number from 0 to 2**63 - 1" in message
 
 
+@pytest.mark.slow
 def test_an_output_that_is_a_file_is_refused_before_any_face_is_read(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
     message = refused(run_script("Evaluate.py", "--real", tmp_path / "no faces here", "--n", 2,
@@ -188,6 +194,7 @@ def test_a_history_that_is_not_one_is_refused(tmp_path, text):
         Metrics.check_history(tmp_path / "evaluations.json")
 
 
+@pytest.mark.slow
 def test_a_history_that_cannot_be_written_is_refused_before_the_measuring(faces_dir, tmp_path):
     (tmp_path / "afile").write_text("")
     for history, words in [(tmp_path / "afile" / "h.json", f"--history's folder {tmp_path / 'afile'} is a file, not "
@@ -207,6 +214,7 @@ def test_a_checkpoint_saved_while_it_was_measured_is_not_filed_under_the_new_ste
     assert not history.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_adds_its_metrics_and_the_spread_to_the_history(trained, faces_dir, tmp_path):
     history = tmp_path / "evaluations.json"
     run_script("Evaluate.py", "--model-dir", trained[0] / "Model", "--real", faces_dir, "--n", 4,
@@ -223,6 +231,7 @@ def test_evaluate_adds_its_metrics_and_the_spread_to_the_history(trained, faces_
     assert saved["floor"]["candidates"] == str(faces_dir)
 
 
+@pytest.mark.slow
 def test_history_mistakes_are_refused_in_one_sentence_before_any_measuring(faces_dir, tmp_path):
     (tmp_path / "notes.json").write_text("[1, 2]")
     message = refused(run_script("Evaluate.py", "--real", faces_dir, "--real-b", faces_dir, "--n", 2,

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import paddle
+import pytest
 from PIL import Image
 
 import Drawing
@@ -55,6 +56,7 @@ def test_measure_hair_finds_the_shade_and_the_colour_dimensions():
     assert np.delete(shade, [5, 9]).max() < 1e-6 and np.delete(hue, [9]).max() < 1  # uint8 rounding
 
 
+@pytest.mark.slow
 def test_one_command_writes_every_picture(trained, faces_dir, tmp_path):
     run, _ = trained
     result = run_script("Figures.py", "--model-dir", run / "Model", "--train", faces_dir, "--n", 8,
@@ -118,11 +120,13 @@ def test_a_grid_that_is_not_a_png_is_refused_in_one_sentence(trained, faces_dir,
     assert f"{grid} cannot be read as a picture" in refusal(trained, faces_dir, tmp_path, "--progress", grid.parent)
 
 
+@pytest.mark.slow
 def test_a_missing_training_folder_is_refused_before_any_picture_is_written(trained, faces_dir, tmp_path):
     missing = tmp_path / "faces"
     assert f"{missing} does not exist" in refusal(trained, faces_dir, tmp_path, "--train", missing)
 
 
+@pytest.mark.slow
 def test_a_progress_folder_without_grids_is_refused_before_any_picture_is_written(trained, faces_dir, tmp_path):
     (tmp_path / "Output").mkdir()
     assert "holds no training grids" in refusal(trained, faces_dir, tmp_path, "--progress", tmp_path / "Output")

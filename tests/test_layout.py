@@ -95,6 +95,7 @@ def help_entries(text):
     return entries
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(name for name, path in project_files().items() if is_script(path)))
 def test_every_script_says_each_default_once_in_its_help(script):
     result = run_script(project_files()[script].relative_to(REPOSITORY), "--help", timeout=120)

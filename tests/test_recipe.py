@@ -85,6 +85,7 @@ def test_g_ema_statistics_are_the_mean_of_its_own_batch_statistics_and_depend_on
     assert not np.array_equal(first_norm._mean.numpy(), fitted[f"{name}._mean"])
 
 
+@pytest.mark.slow
 def test_the_checkpoint_holds_g_ema_stamped_as_g_and_state_json_the_recipe(ema_model):
     state = json.loads((ema_model / "state.json").read_text())
     assert (state["hyper_parameters"]["ema"], state["hyper_parameters"]["augment"]) == (0.9,
@@ -96,6 +97,7 @@ def test_the_checkpoint_holds_g_ema_stamped_as_g_and_state_json_the_recipe(ema_m
     assert not np.allclose(averaged["residual.conv1.weight"], trained["residual.conv1.weight"])
 
 
+@pytest.mark.slow
 def test_two_epochs_with_ema_and_augment_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_path, capsys):
     Train.main(train_args(faces_dir, tmp_path / "straight", "--epochs", "2", *RECIPE))
     Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "1", *RECIPE))
@@ -122,7 +124,7 @@ def test_every_batch_d_sees_is_augmented_and_g_learns_through_the_augmentation(m
     G, D = Generator(), Discriminator()
     real = paddle.rand([2, 3, 96, 96]) * 2 - 1
     opt_g, opt_d = (paddle.optimizer.Adam(1e-4, parameters=net.parameters()) for net in (G, D))
-    Recipe.train_step(G, D, opt_g, opt_d, real, g_steps=2, augment="translation")
+    Recipe.train_step(Recipe.Players(G, D, opt_g, opt_d), real, Recipe.StepConfig(g_steps=2, augment="translation"))
     assert [policy for _, policy, _ in seen] == ["translation"] * 4  # D on fakes, D on reals, 2 G updates
     assert seen[1][0] is real
     assert [stop_gradient for _, _, stop_gradient in seen] == [True, True, False, False]  # G's passes: to G
@@ -177,6 +179,7 @@ def old_checkpoint(trained, tmp_path):
     return state
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_ema_and_augment_continues_with_todays_defaults_recorded(trained, faces_dir,
                                                                                           tmp_path, capsys):
     old_checkpoint(trained, tmp_path)
@@ -190,6 +193,7 @@ def test_a_checkpoint_from_before_ema_and_augment_continues_with_todays_defaults
     assert state["global_step"] == 4 and (tmp_path / "Model" / "G_ema.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_original_flags_continue_a_checkpoint_from_before_ema_and_augment_with_both_off(trained, faces_dir, tmp_path):
     old_checkpoint(trained, tmp_path)
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--ema", "0", "--augment", "none"))
@@ -198,6 +202,7 @@ def test_original_flags_continue_a_checkpoint_from_before_ema_and_augment_with_b
     assert state["changes"] == [] and not (tmp_path / "Model" / "G_ema.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_ema_and_augment_turned_on_when_continuing_start_g_ema_from_g_and_are_recorded(trained, faces_dir, tmp_path,
                                                                                        monkeypatch, capsys):
     old_checkpoint(trained, tmp_path)
@@ -215,6 +220,7 @@ def test_ema_and_augment_turned_on_when_continuing_start_g_ema_from_g_and_are_re
     assert g_ema.keys() == loaded.keys() and all(np.array_equal(g_ema[key], loaded[key]) for key in weights)
 
 
+@pytest.mark.slow
 def test_ema_turned_off_when_continuing_leaves_g_ema_out_and_other_changes_are_refused(ema_model, faces_dir, tmp_path,
                                                                                        capsys):
     subprocess.run(["cp", "-a", str(ema_model), str(tmp_path / "Model")], check=True)
@@ -227,12 +233,13 @@ def test_ema_turned_off_when_continuing_leaves_g_ema_out_and_other_changes_are_r
     assert not (tmp_path / "Model" / "G_ema.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_a_lower_lr_when_continuing_is_what_adam_steps_with_and_is_recorded(trained, faces_dir, tmp_path,
                                                                             monkeypatch, capsys):
     subprocess.run(["cp", "-a", str(trained[0] / "Model"), str(tmp_path / "Model")], check=True)
     rates, step = [], Recipe.train_step
-    monkeypatch.setattr(Recipe, "train_step", lambda G, D, opt_g, opt_d, *rest, **options:
-                        rates.append((opt_g.get_lr(), opt_d.get_lr())) or step(G, D, opt_g, opt_d, *rest, **options))
+    monkeypatch.setattr(Recipe, "train_step", lambda players, *rest:
+                        rates.append((players.opt_g.get_lr(), players.opt_d.get_lr())) or step(players, *rest))
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--seed", "5", "--lr", "1e-4", "--d-lr", "3e-4"))
     assert "Continuing with --lr 0.0001 (until now 0.0002), --d-lr 0.0003 (until now 0.0004) from step 2." \
         in capsys.readouterr().out
@@ -275,6 +282,7 @@ def test_a_missing_g_ema_is_refused_in_one_sentence(tmp_path):
 
 # ----------------------------------------------------------------- drawing with G_ema or G
 
+@pytest.mark.slow
 def test_run_py_draws_with_g_ema_and_says_so_and_with_g_under_raw_g(ema_model, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     tiny = ["--model-dir", str(ema_model), "--device", "cpu", "--seed", "3", "--grid", "2x2", "--dims", "0",
@@ -306,6 +314,7 @@ def test_evaluate_measures_g_ema_and_g_under_raw_g(ema_model, faces_dir, tmp_pat
     assert averaged["swd_mean"] != trained["swd_mean"]
 
 
+@pytest.mark.slow
 def test_figures_draws_with_g_ema_and_records_it(ema_model, faces_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     Figures.main(["--model-dir", str(ema_model), "--train", str(faces_dir), "--n", "4", "--output", str(tmp_path)])

@@ -51,6 +51,7 @@ def drawn(trained, tmp_path_factory):
     return outputs, first
 
 
+@pytest.mark.slow
 def test_pictures_have_plain_96_pixel_tiles(drawn):
     outputs, result = drawn
     folder = outputs / "a"
@@ -110,6 +111,7 @@ def test_grid_steps_and_count_are_drawn_up_to_their_maxima_and_refused_beyond_th
             Run.parse_args(bad)
 
 
+@pytest.mark.slow
 def test_a_grid_too_large_is_refused_at_once_in_one_sentence(tmp_path):
     result = run_script("Run.py", "--grid", "1000x1000", "--output", tmp_path / "out", check=False,
                         env=dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache")))
@@ -138,6 +140,7 @@ def test_single_avatars_are_drawn_a_batch_at_a_time_with_a_progress_bar(monkeypa
     assert capsys.readouterr().err == ""  # and none for a batch or less
 
 
+@pytest.mark.slow
 def test_without_a_generator_the_user_is_told_to_train_one(tmp_path):
     result = run_script("Run.py", "--model-dir", tmp_path, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -230,6 +233,7 @@ def test_run_py_prints_a_failing_export_as_one_warning_sentence_without_source_l
     assert (tmp_path / "out" / "avatars.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CUDA_VISIBLE, reason="--device auto takes the GPU here, which draws with the dynamic graph")
 def test_device_cpu_draws_what_the_default_drew_on_a_cpu_machine(drawn, trained, tmp_path):
     run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", tmp_path, "--seed", 3, "--dims", "3,17,40",
@@ -238,6 +242,7 @@ def test_device_cpu_draws_what_the_default_drew_on_a_cpu_machine(drawn, trained,
         assert (tmp_path / name).read_bytes() == (drawn[0] / "a" / name).read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CUDA_VISIBLE, reason="this machine has a GPU that Paddle can use")
 def test_device_gpu_without_cuda_is_refused_in_one_sentence(trained, tmp_path):
     message = refused(run_script("Run.py", "--model-dir", trained[0] / "Model", "--output", tmp_path / "out",
@@ -328,6 +333,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_generator_is_exp
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_stop_while_drawing_ends_with_one_line_not_a_traceback(trained, tmp_path, stop):
     """Ctrl-C, or SIGTERM, which Paddle's crash report would otherwise take, while Paddle draws."""
@@ -344,6 +350,7 @@ def test_a_stop_while_drawing_ends_with_one_line_not_a_traceback(trained, tmp_pa
     assert "Traceback" not in err and "FatalError" not in err, err
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_folder_leaves_none_of_the_firsts_strips_or_avatars(trained, tmp_path):
     model, output = trained[0] / "Model", tmp_path / "out"
     run_script("Run.py", "--model-dir", model, "--output", output, "--dims", "1,2", "--count", "4", "--seed", "1",

@@ -55,6 +55,7 @@ def worker_log(run, rank):
     return (run / "log" / f"workerlog.{rank}").read_text()
 
 
+@pytest.mark.slow
 def test_without_a_seed_both_ranks_take_rank_0s_and_a_resume_goes_on_exactly(faces_dir, tmp_path):
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     with launched(resumed, *launch_flags(faces_dir, resumed, "--epochs", "1")) as process:
@@ -69,6 +70,7 @@ def test_without_a_seed_both_ranks_take_rank_0s_and_a_resume_goes_on_exactly(fac
         assert max(np.abs(a[key] - b[key]).max() for key in a) < 1e-5
 
 
+@pytest.mark.slow
 def test_a_data_set_that_does_not_divide_evenly_finishes_without_hanging(faces_dir, tmp_path):
     # 11 faces: 5 a rank, 2 batches of 2 each (rank 0 would otherwise get 6 and a third batch)
     with launched(tmp_path, *launch_flags(faces_dir, tmp_path, "--epochs", "1", "--limit", "11")) as process:
@@ -106,6 +108,7 @@ def worker_pid(launcher_pid, rank):
     return None
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_worker_stops_every_rank_with_rank_0s_checkpoint(faces_dir, tmp_path):
     state_file = tmp_path / "Model" / "state.json"
     with launched(tmp_path, *launch_flags(faces_dir, tmp_path, "--epochs", "1000")) as process:
@@ -121,6 +124,7 @@ def test_sigterm_to_one_worker_stops_every_rank_with_rank_0s_checkpoint(faces_di
     assert f"Stopped at step {state['global_step']} (" in log
 
 
+@pytest.mark.slow
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_names_the_checkpoint_kept(faces_dir, tmp_path):
     flags = launch_flags(faces_dir, tmp_path, "--epochs", "5")
     with launched(tmp_path, *flags, script=str(ROOT / "tests" / "nan_on_rank_1.py")) as process:
@@ -132,6 +136,7 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank_and_names_the_checkpoint
     assert json.loads((tmp_path / "Model" / "state.json").read_text())["global_step"] == 2
 
 
+@pytest.mark.slow
 def test_r1_spectral_hinge_mbstd_and_mode_seeking_keep_every_ranks_networks_identical(faces_dir, tmp_path):
     """The R1 penalty differentiates D twice inside DataParallel; its gradients, like the loss's,
     must be averaged over the ranks, which train on different faces. So must those of the
@@ -148,6 +153,7 @@ def test_r1_spectral_hinge_mbstd_and_mode_seeking_keep_every_ranks_networks_iden
     assert "Epoch 1: D's overfitting signal r_t" in worker_log(tmp_path, 0)
 
 
+@pytest.mark.slow
 def test_mbstd_turned_on_when_continuing_grows_d_alike_on_every_rank(faces_dir, tmp_path):
     """Rank 1 loads the checkpoint from the copy rank 0 sends it, and must grow D as rank 0 does."""
     with launched(tmp_path, *launch_flags(faces_dir, tmp_path, "--epochs", "1")) as process:
@@ -248,7 +254,8 @@ def test_under_data_parallel_g_steps_keep_ds_gradients_out_of_the_all_reduce():
     G, D = Generator(), DataParallelLike(Discriminator())
     opt_g = paddle.optimizer.Adam(1e-4, parameters=G.parameters())
     opt_d = paddle.optimizer.Adam(1e-4, parameters=D.parameters())
-    Recipe.train_step(G, D, opt_g, opt_d, paddle.rand([2, 3, 96, 96]) * 2 - 1, g_steps=2)
+    real = paddle.rand([2, 3, 96, 96]) * 2 - 1
+    Recipe.train_step(Recipe.Players(G, D, opt_g, opt_d), real, Recipe.StepConfig(g_steps=2))
     assert D.quiet_blocks == 1
     assert all(p.grad is None or not p.grad.abs().sum() for p in D.parameters())
 
@@ -283,6 +290,7 @@ def two_machines(faces_dir, run, *extra):
             launcher.communicate()
 
 
+@pytest.mark.slow
 def test_two_machines_train_their_shares_only_rank_0_writes_and_resume_without_a_shared_disk(faces_dir, tmp_path):
     run, straight = tmp_path / "machines", tmp_path / "straight"
     for epochs in ("1", "2"):  # the second run resumes; node 1's model folder is still empty then

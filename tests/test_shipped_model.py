@@ -58,6 +58,7 @@ def test_state_json_says_how_the_model_was_trained():
     assert set(settled) == set(Recipe.HYPER_PARAMETERS)
 
 
+@pytest.mark.slow
 def test_run_py_with_its_defaults_draws_from_the_shipped_generator(tmp_path):
     result = run_script("Run.py", "--dims", "0,1", "--seed", "3", "--output", tmp_path)
     assert "with Model/G_ema.safetensors, the averaged generator" in result.stdout

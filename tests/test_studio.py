@@ -44,6 +44,7 @@ def decode(data):
 
 # ------------------------------------------------------------------------------- plain functions
 
+@pytest.mark.slow
 def test_a_seeds_avatars_are_the_first_of_run_pys_grid_for_that_seed(generator, tmp_path):
     run_script("Run.py", "--seed", 3, "--dims", "0", "--steps", 1, "--device", "cpu", "--output", tmp_path)
     grid = decode((tmp_path / "avatars.png").read_bytes())
@@ -98,6 +99,7 @@ def test_a_seed_may_have_spaces_around_it():
     assert Studio.parse_seed(" 7 ") == 7 and Studio.parse_seed(str(2**63 - 1)) == 2**63 - 1
 
 
+@pytest.mark.slow
 def test_each_dimension_is_measured_and_the_hair_ones_are_named():
     measured = Studio.measure_dimensions(HairGenerator())  # value 5: hair shade, value 9: hair colour
     change = np.asarray(measured["change"])
@@ -147,6 +149,7 @@ def rss_mb(pid):
     return int(line.split()[1]) / 1024
 
 
+@pytest.mark.slow
 def test_drawing_from_many_threads_at_once_gives_each_its_faces_and_keeps_memory_bounded(generator):
     # A server draws on whichever of its worker threads a request lands on. Paddle keeps oneDNN's
     # caches per calling thread, so drawing on 30 threads once held 30 copies (about 700 MB).
@@ -160,6 +163,7 @@ def test_drawing_from_many_threads_at_once_gives_each_its_faces_and_keeps_memory
     assert growth[-1] < 300 and growth[-1] - growth[0] < 100, growth  # MB: one copy, and no more after round one
 
 
+@pytest.mark.slow
 def test_measurements_are_cached_by_the_weights_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     weights = tmp_path / "G.safetensors"
@@ -223,6 +227,7 @@ def test_without_gradio_the_studio_says_how_to_install_it(monkeypatch):
         Studio.main(["--model-dir", str(MODEL)])
 
 
+@pytest.mark.slow
 def test_a_taken_port_is_one_sentence(tmp_path):
     require(importlib.util.find_spec("gradio"), "Gradio is not installed (pip install -r requirements-studio.txt)")
     with socket.socket() as taken:
@@ -313,6 +318,7 @@ def open_tab(driver, name):
     wait(driver, lambda: tab.get_attribute("aria-selected") == "true", f"{name} tab")
 
 
+@pytest.mark.slow
 def test_the_page_shows_a_grid_of_a_seeds_avatars(served, browser, generator):
     open_page(browser, served)
     assert browser.title == "Avatar Studio"
@@ -321,6 +327,7 @@ def test_the_page_shows_a_grid_of_a_seeds_avatars(served, browser, generator):
     assert close(np.stack(shown), faces)
 
 
+@pytest.mark.slow
 def test_an_avatar_opens_in_the_editor_where_a_slider_move_redraws_it(served, browser, generator):
     from selenium.webdriver.common.keys import Keys
 
@@ -362,6 +369,7 @@ def test_the_sliders_are_labelled_with_what_they_change_most_first(served, brows
     assert hair == {f"z{figures['hair_shade_dim']}": "hair shade", f"z{figures['hair_colour_dim']}": "hair colour"}
 
 
+@pytest.mark.slow
 def test_a_morph_strip_has_20_frames_from_a_seed_to_the_edited_face(served, browser, generator):
     open_page(browser, served)
     open_tab(browser, "Morph")
@@ -393,6 +401,7 @@ def test_a_bad_seed_is_a_message_in_the_page(served, browser):
     assert "Traceback" not in browser.find_element("tag name", "body").text
 
 
+@pytest.mark.slow
 def test_the_page_asks_nothing_of_any_host_but_127_0_0_1(served, browser):
     import json
 
@@ -405,6 +414,7 @@ def test_the_page_asks_nothing_of_any_host_but_127_0_0_1(served, browser):
     assert urls and all(url.startswith((served, "data:", "blob:")) for url in urls), sorted(urls)
 
 
+@pytest.mark.slow
 def test_a_missing_model_is_a_sentence_in_the_page(browser, tmp_path):
     with studio(tmp_path / "no model", tmp_path / "log") as process:
         browser.get(process.address)
@@ -417,6 +427,7 @@ def test_a_missing_model_is_a_sentence_in_the_page(browser, tmp_path):
 
 # ------------------------------------------------------------------------------------- under load
 
+@pytest.mark.slow
 def test_the_studios_memory_stays_bounded_over_300_requests_in_rounds_of_30_at_once(running):
     # docs/studio.md's figures come from the same load, with the pictures fetched too.
     from gradio_client import Client  # installed with Gradio, which the running studio has

@@ -72,6 +72,7 @@ def test_weights_hold_batch_norm_statistics_and_load_without_pickle(trained):
     Checkpoint.load_weights(Generator(), trained[0] / "Model" / "G.safetensors")
 
 
+@pytest.mark.slow
 def test_two_epochs_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_path, capsys):
     Train.main(train_args(faces_dir, tmp_path / "straight", "--epochs", "2"))
     Train.main(train_args(faces_dir, tmp_path / "resumed", "--epochs", "1"))
@@ -85,6 +86,7 @@ def test_two_epochs_equal_one_epoch_then_resume_then_one_more(faces_dir, tmp_pat
     assert losses[0] == losses[1]
 
 
+@pytest.mark.slow
 def test_each_run_adds_a_stretch_with_its_machine_and_cpu_time_and_new_data_is_recorded(faces_dir, tmp_path, capsys):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2", "--limit", "12"))  # 12 faces: 3 batches an epoch
@@ -98,6 +100,7 @@ def test_each_run_adds_a_stretch_with_its_machine_and_cpu_time_and_new_data_is_r
     assert state["changes"] == [{"step": 2, "data": str(faces_dir), "images": 12}]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_adam_state_continues_and_says_adam_starts_afresh(faces_dir, tmp_path, capsys):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     (tmp_path / "Model" / "G.pdopt").unlink()
@@ -107,6 +110,7 @@ def test_a_checkpoint_without_adam_state_continues_and_says_adam_starts_afresh(f
     assert json.loads((tmp_path / "Model" / "state.json").read_text())["epochs_done"] == 2
 
 
+@pytest.mark.slow
 def test_other_hyper_parameters_than_the_checkpoints_are_refused(faces_dir, tmp_path):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     with pytest.raises(UserError, match=r"--beta1 0.7 \(checkpoint: 0.5\).*--fresh"):
@@ -125,6 +129,7 @@ def test_refused_flags_are_named_as_given_beside_the_checkpoints_setting_and_ori
         Train.settle_hyper_parameters(Train.parse_args(["--original"]), default)
 
 
+@pytest.mark.slow
 def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadable(faces_dir, tmp_path, monkeypatch):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     model = tmp_path / "Model"
@@ -141,6 +146,7 @@ def test_a_write_interrupted_before_its_rename_leaves_the_old_checkpoint_loadabl
     Checkpoint.load_weights(Generator(), model / "G.safetensors")
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces_dir, tmp_path, monkeypatch):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1"))
     before = (tmp_path / "Model" / "G.safetensors").read_bytes()
@@ -156,6 +162,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(faces_dir,
     assert (tmp_path / "Model" / "G.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_mid_epoch_and_the_run_continues_from_it(faces_dir, tmp_path):
     args = train_args(faces_dir, tmp_path, "--epochs", "200")
     process = subprocess.Popen([sys.executable, "Train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
@@ -188,6 +195,7 @@ def test_too_few_images_for_one_batch_is_explained(faces_dir, tmp_path):
         Train.main(["--data", str(faces_dir), "--model-dir", str(tmp_path / "Model"), "--device", "cpu"])
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_split_the_data_and_only_rank_0_writes(faces_dir, tmp_path):
     """The several-GPU launch, run on CPU processes (gloo): each rank trains on its share."""
     result = subprocess.run(
@@ -202,6 +210,7 @@ def test_two_cpu_processes_split_the_data_and_only_rank_0_writes(faces_dir, tmp_
     assert CHECKPOINT_FILES <= {path.name for path in (tmp_path / "Model").iterdir()}
 
 
+@pytest.mark.slow
 def test_cache_device_trains_exactly_as_the_loader_does(faces_dir, tmp_path):
     Train.main(train_args(faces_dir, tmp_path / "loader", "--epochs", "1", "--flip"))
     Train.main(train_args(faces_dir, tmp_path / "device", "--epochs", "1", "--flip", "--cache-device"))
@@ -214,6 +223,7 @@ def test_amp_on_a_cpu_is_refused_in_one_sentence(faces_dir, tmp_path):
         Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--amp"))
 
 
+@pytest.mark.slow
 def test_the_dcgan_stabilisers_are_recorded_and_kept_on_resume(faces_dir, tmp_path):
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--init", "dcgan", "--no-d-input-bn"))
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "2"))  # resumes with the checkpoint's settings
@@ -239,6 +249,7 @@ def test_the_readmes_table_of_hyper_parameters_says_the_defaults_train_py_uses()
         assert (float(value) if isinstance(defaults[flag], float) else type(defaults[flag])(value)) == defaults[flag]
 
 
+@pytest.mark.slow
 def test_warnings_read_as_sentences_and_name_links_to_missing_files(faces_dir, tmp_path):
     data = tmp_path / "faces"
     data.mkdir()
@@ -252,6 +263,7 @@ def test_warnings_read_as_sentences_and_name_links_to_missing_files(faces_dir, t
     assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["data is a file", "no data", "too few faces", "a conflicting flag"])
 def test_a_refused_run_says_why_in_one_sentence_and_leaves_no_folder_behind(trained, faces_dir, tmp_path, problem):
     new = tmp_path / "new"
@@ -275,6 +287,7 @@ def test_a_refused_run_says_why_in_one_sentence_and_leaves_no_folder_behind(trai
         assert not new.exists()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_after_an_epochs_last_batch_ends_that_epoch_when_resumed(trained, faces_dir, tmp_path):
     """A stop on an epoch's last batch saves it before the epoch's end is counted, so the resumed
     run has no step left to take: it counts the end and says so, without a step time."""
@@ -288,6 +301,7 @@ def test_a_run_stopped_after_an_epochs_last_batch_ends_that_epoch_when_resumed(t
     assert saved_state(tmp_path)["epochs_done"] == 1
 
 
+@pytest.mark.slow
 def test_save_every_checkpoints_within_the_epoch_and_changes_nothing_trained(faces_dir, tmp_path, monkeypatch):
     saved, save = [], Train.checkpoint
 
@@ -325,6 +339,7 @@ def copy_of_trained(trained, tmp_path):
     return (tmp_path / "Model" / "G.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_first_step_of_fresh_keeps_the_trained_checkpoint_aside_and_says_where(trained, faces_dir,
                                                                                             tmp_path, capsys,
                                                                                             monkeypatch):
@@ -365,6 +380,7 @@ def test_a_second_ctrl_c_stops_at_once_and_the_last_line_names_the_checkpoint_ke
     assert not list((tmp_path / "Model").glob("before-fresh-*"))  # nothing was replaced, so nothing set aside
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_a_save_lets_the_save_finish(trained, faces_dir, tmp_path, capsys, monkeypatch):
     copy_of_trained(trained, tmp_path)
     ctrl_c_in_the_first_step(monkeypatch, 1)
@@ -382,6 +398,7 @@ def test_ctrl_c_during_a_save_lets_the_save_finish(trained, faces_dir, tmp_path,
     assert saved_state(tmp_path)["global_step"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["save-every", "epoch end"])
 def test_a_first_ctrl_c_during_a_save_stops_right_after_it(faces_dir, tmp_path, capsys, monkeypatch, where):
     real_save = Checkpoint.ModelFolder.save

@@ -24,6 +24,7 @@ def test_mkl_is_pointed_at_avx2_on_amd_processors_only():
     assert setting == ("5" if "AuthenticAMD" in Utils.cpu_vendor() else "unset")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings are Linux only")
 def test_freed_tensor_memory_is_reused_without_page_faults():
     # Twenty 38 MB tensors, each freed before the next. With glibc's defaults each is a fresh mmap

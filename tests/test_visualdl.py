@@ -29,6 +29,7 @@ def scalars(log, tag):
     return list(steps), np.asarray(values)
 
 
+@pytest.mark.slow
 def test_visualdl_logs_every_step_and_grid_and_a_resume_goes_on_in_the_same_log(faces_dir, tmp_path):
     require(importlib.util.find_spec("visualdl"), "VisualDL is not installed (pip install -r requirements-dev.txt)")
     for epochs in ("1", "2"):  # 2 steps each, a sample grid after every step
@@ -57,6 +58,7 @@ def test_visualdl_logs_every_step_and_grid_and_a_resume_goes_on_in_the_same_log(
         assert image.size == (8 * 96, 8 * 96)
 
 
+@pytest.mark.slow
 def test_visualdl_is_no_hyper_parameter_so_a_resume_may_leave_it_out(faces_dir, tmp_path):
     require(importlib.util.find_spec("visualdl"), "VisualDL is not installed (pip install -r requirements-dev.txt)")
     Train.main(train_args(faces_dir, tmp_path, "--epochs", "1", "--visualdl"))

@@ -58,6 +58,7 @@ def shipped_step():
 
 # -------------------------------------------------------------------------------------- Export.py
 
+@pytest.mark.slow
 def test_the_onnx_model_draws_what_paddle_draws(exported):
     import onnxruntime
 
@@ -87,6 +88,7 @@ def test_an_export_that_draws_otherwise_than_paddle_is_refused_and_writes_nothin
     assert list((tmp_path / "model").iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing folder", "damaged weights"])
 def test_a_missing_or_damaged_model_is_one_sentence_and_no_file(tmp_path, damage):
     model = tmp_path / "Model"
@@ -192,6 +194,7 @@ def mean_difference(a, b):
     return np.abs(a.astype(int) - b.astype(int)).mean()
 
 
+@pytest.mark.slow
 def test_a_linked_face_is_drawn_with_run_pys_pixels(served, browser, generator):
     rng = np.random.default_rng(5)
     face, far = three_decimals(rng), three_decimals(rng)
@@ -208,6 +211,7 @@ def test_a_linked_face_is_drawn_with_run_pys_pixels(served, browser, generator):
     assert mean_difference(pixels(browser, morph[-1]), expected[1]) <= 2
 
 
+@pytest.mark.slow
 def test_a_slider_redraws_the_face_and_the_link(served, browser, generator):
     face = three_decimals(np.random.default_rng(6))
     open_page(browser, served, f"#z={noise_text(face)}")
@@ -248,6 +252,7 @@ def test_another_face_redraws_the_morph(served, browser):
     assert mean_difference(pixels(browser, morph[-1]), last) > 5
 
 
+@pytest.mark.slow
 def test_download_saves_the_face_as_a_png(served, browser):
     open_page(browser, served)
     path = downloaded(browser, ".png", "#download")
@@ -272,6 +277,7 @@ def test_what_the_page_lacks_is_said_in_one_sentence(site, browser, tmp_path, tr
         assert not elements(browser, "main")[0].is_displayed()
 
 
+@pytest.mark.slow
 def test_the_speed_benchmark_runs_and_writes_every_measurement(tmp_path):
     require_exporter()
     require((WEB / "node_modules" / "onnxruntime-web").is_dir(), "web/node_modules is missing (cd web && npm ci)")

@@ -57,6 +57,17 @@ class FolderBusy(UserError):
     """The model folder is locked by another process, which may be training in it right now."""
 
 
+class DamagedState(UserError):
+    """A state.json that cannot be used. Its message advises Train.py's user; path and reason are
+    the facts, for callers that word their own advice (hubconf.py)."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path} cannot be used: {reason}. The weights beside it are intact, but where training "
+                         f"stopped is unknown: put back the state.json written with them, or start over with "
+                         f"--fresh (which replaces them at its first checkpoint) or another --model-dir.")
+        self.path, self.reason = path, reason
+
+
 def weights_file(name):
     return f"{name}.safetensors"
 
@@ -112,35 +123,35 @@ class RunState:
     def from_json(cls, data, path):
         """Check every field's type and range; a wrong state.json is refused, never guessed at."""
         if not isinstance(data, dict):
-            raise _bad_state(path, f"it holds {type(data).__name__}, not the object Train.py writes")
+            raise DamagedState(path, f"it holds {type(data).__name__}, not the object Train.py writes")
         version = data.get("format", 1)
         if not _is(version, int) or version < 1:
-            raise _bad_state(path, f"its format is {version!r}, not a whole number from 1")
+            raise DamagedState(path, f"its format is {version!r}, not a whole number from 1")
         if version > FORMAT:
             raise UserError(f"{path} was written by a newer version of this project (state.json format {version}; "
                             f"this one reads up to {FORMAT}): update it (git pull) to continue that checkpoint.")
         missing = [f.name for f in fields(cls) if f.name not in data and f.name in REQUIRED_FIELDS]
         if missing:
-            raise _bad_state(path, f"it lacks {', '.join(missing)}")
+            raise DamagedState(path, f"it lacks {', '.join(missing)}")
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data and f.name != "unknown"}
         for f in fields(cls):  # each field's annotation is the type it must have
             if f.name in values and not _is(values[f.name], f.type):
-                raise _bad_state(path, f"its {f.name} is {values[f.name]!r}, not {_describe(f.type)}")
+                raise DamagedState(path, f"its {f.name} is {values[f.name]!r}, not {_describe(f.type)}")
         for name in ("epochs_done", "batches_done", "global_step"):
             if values[name] < 0:
-                raise _bad_state(path, f"its {name} is negative")
+                raise DamagedState(path, f"its {name} is negative")
         if values.get("steps_per_epoch") and values["batches_done"] > values["steps_per_epoch"]:
-            raise _bad_state(path, f"its batches_done, {values['batches_done']}, is more than an epoch's "
+            raise DamagedState(path, f"its batches_done, {values['batches_done']}, is more than an epoch's "
                                    f"{values['steps_per_epoch']} batches")
         losses = values.get("losses", {})
         curves = [losses.get(key) for key in ("d_fake", "d_real", "g")]
         if not (all(isinstance(curve, list) and all(_is_number(value) for value in curve) for curve in curves)
                 and len({len(curve) for curve in curves}) == 1):
-            raise _bad_state(path, "its losses are not the three lists of numbers d_fake, d_real and g, one number "
+            raise DamagedState(path, "its losses are not the three lists of numbers d_fake, d_real and g, one number "
                                    "per step in each")
         wrong = next(_wrong_entries(values), None)
         if wrong:
-            raise _bad_state(path, f"its {wrong[0]} holds {wrong[1]!r}, {LIST_ENTRIES[wrong[0]][1]}")
+            raise DamagedState(path, f"its {wrong[0]} holds {wrong[1]!r}, {LIST_ENTRIES[wrong[0]][1]}")
         known = {f.name for f in fields(cls)} | {"format"}
         return cls(**values, unknown={key: value for key, value in data.items() if key not in known})
 
@@ -211,12 +222,6 @@ def _is_number(value):
 
 def _describe(kind):
     return {int: "a whole number", float: "a number", dict: "an object", list: "a list", str: "a string"}[kind]
-
-
-def _bad_state(path, reason):
-    return UserError(f"{path} cannot be used: {reason}. The weights beside it are intact, but where training "
-                     f"stopped is unknown: put back the state.json written with them, or start over with --fresh "
-                     f"(which replaces them at its first checkpoint) or another --model-dir.")
 
 
 # ----------------------------------------------------------------------------- Adam's state
@@ -368,14 +373,14 @@ class ModelFolder:
         path = self.path / STATE_FILE
         if not path.exists():
             if self.has_checkpoint():
-                raise _bad_state(path, "it is missing")
+                raise DamagedState(path, "it is missing")
             return None
         try:
             data = Files.read_json(path)
         except ValueError as error:
-            raise _bad_state(path, f"it is not valid JSON ({error})") from None
+            raise DamagedState(path, f"it is not valid JSON ({error})") from None
         except OSError as error:  # a folder named state.json, a file that may not be read
-            raise _bad_state(path, f"it cannot be read ({error.strerror or error})") from None
+            raise DamagedState(path, f"it cannot be read ({error.strerror or error})") from None
         return RunState.from_json(data, path)
 
     def load(self, networks, optimizers, state, scalers=None, grown=()):

@@ -14,7 +14,6 @@ everything else has a leading underscore.
 The entries are called from Python, so their errors speak of their arguments (model_dir=,
 raw_g=), not of the scripts' flags, and say only what they checked.
 """
-import re as _re
 import sys as _sys
 from pathlib import Path as _Path
 
@@ -62,8 +61,9 @@ def discriminator(model_dir=None):
     _check_readable(UserError, path)
     try:
         state = Checkpoint.ModelFolder(folder).read_state()
-    except UserError as error:
-        raise _state_error(UserError, error, folder / Checkpoint.STATE_FILE, path) from None
+    except Checkpoint.DamagedState as error:  # its advice is for Train.py's user: say it for a Python caller
+        raise UserError(f"{error.path} cannot be used ({error.reason}), so how {path.name} was built is unknown: "
+                        f"put back the state.json saved with it, or pass model_dir= another folder.") from None
     import Recipe  # on the path since _project()
 
     # A checkpoint from before a flag existed was trained as the original: BatchNorm everywhere.
@@ -107,14 +107,3 @@ def _loaded(Checkpoint, network, path):
     Checkpoint.load_weights(network, path)  # what is left to refuse, weights of another network, says so in plain words
     network.eval()
     return network
-
-
-def _state_error(UserError, error, state_path, weights_path):
-    """Checkpoint's refusal of a damaged state.json, said to a Python caller: its advice is for
-    Train.py's user (--fresh, --model-dir), and it calls the weights intact without reading them.
-    Its other refusals (a state.json of a newer version) stand as they are."""
-    found = _re.search(r" cannot be used: (.*?)\. The weights beside it", str(error), _re.S)
-    if not found:
-        return error
-    return UserError(f"{state_path} cannot be used ({found[1]}), so how {weights_path.name} was built is "
-                     f"unknown: put back the state.json saved with it, or pass model_dir= another folder.")

@@ -72,12 +72,12 @@ def to_onnx(generator):
 
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "generator"
-        paddle.jit.save(generator, str(prefix), input_spec=[InputSpec([None, Z_DIM], "float32", "noise")])
-        program = Path(f"{prefix}.json")  # Paddle 3 saves its new program format; Paddle 2 a .pdmodel
-        program = program if program.exists() else Path(f"{prefix}.pdmodel")
         try:
+            paddle.jit.save(generator, str(prefix), input_spec=[InputSpec([None, Z_DIM], "float32", "noise")])
+            program = Path(f"{prefix}.json")  # Paddle 3 saves its new program format; Paddle 2 a .pdmodel
+            program = program if program.exists() else Path(f"{prefix}.pdmodel")
             model = paddle2onnx.export(str(program), f"{prefix}.pdiparams", save_file=None, opset_version=OPSET)
-        except Exception as error:  # noqa: BLE001  it logs its own errors, then fails in various ways
+        except Exception as error:  # noqa: BLE001  paddle2onnx logs its own errors, then fails in various ways
             raise UserError(f"paddle2onnx {paddle2onnx.__version__} could not convert the generator of Paddle "
                             f"{paddle.__version__} ({type(error).__name__}: {error}).") from None
     return without_unused_constants(model)
@@ -110,10 +110,14 @@ def largest_difference(model, generator):
     except ImportError:
         raise UserError("onnxruntime is not installed; pip install -r requirements-web.txt") from None
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # errors only: not its notes on the exporter's unused constants
-    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3  # errors only
     noise = Utils.random_noise(np.random.default_rng(0), CHECKED_FACES)
-    drawn = session.run(None, {session.get_inputs()[0].name: noise})[0]
+    try:
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        drawn = session.run(None, {session.get_inputs()[0].name: noise})[0]
+    except Exception as error:  # noqa: BLE001  onnxruntime's own error types differ between versions
+        raise UserError(f"onnxruntime {onnxruntime.__version__} cannot run the exported model ({error}), so nothing "
+                        f"was written; please report it with your Paddle and paddle2onnx versions.") from None
     with paddle.no_grad():
         expected = generator(paddle.to_tensor(noise)).numpy()
     return float(np.abs(drawn - expected).max()) if drawn.shape == expected.shape else float("inf")

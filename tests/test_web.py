@@ -84,7 +84,7 @@ def test_an_export_that_draws_otherwise_than_paddle_is_refused_and_writes_nothin
     to_onnx = Export.to_onnx
     monkeypatch.setattr(Export, "to_onnx", lambda generator: to_onnx(another))
     with pytest.raises(UserError, match="away from Paddle's generator .* so nothing was written"):
-        Export.main(["--output", str(tmp_path / "model")])
+        Export.main(["--model-dir", str(MODEL), "--output", str(tmp_path / "model")])
     assert list((tmp_path / "model").iterdir()) == []
 
 
@@ -159,7 +159,7 @@ def open_page(driver, address, fragment=""):
     its grid, its editor and its morph, or said why it cannot."""
     driver.get("about:blank")
     driver.get(address + fragment)
-    wait(driver, lambda: state(driver) == "error" or draws(driver, "morph") > 0, "page drawn, or a sentence")
+    wait(driver, lambda: state(driver) in ("ready", "error"), "page drawn, or a sentence")
 
 
 def state(driver):
@@ -229,6 +229,53 @@ def test_a_slider_redraws_the_face_and_the_link(served, browser, generator):
     assert np.array_equal(pixels(browser, "#face"), shown)
 
 
+def test_slider_moves_during_a_redraw_wait_and_only_the_last_is_drawn(served, browser, generator):
+    face = three_decimals(np.random.default_rng(7))
+    open_page(browser, served, f"#z={noise_text(face)}")
+    drawn = draws(browser, "editor")
+    browser.execute_script("const slider = document.getElementById('z3');"
+                           "for (const value of ['0.1', '0.3', '0.5', '0.7', '0.9']) {"
+                           "  slider.value = value; slider.dispatchEvent(new Event('input')); }")
+    wait(browser, lambda: browser.execute_script("return location.hash").split("&")[0].split(",")[3] == "0.9",
+         "the last move in the link")
+    assert draws(browser, "editor") - drawn == 2  # the first move's face, then the last's
+    face[3] = np.float32(0.9)
+    assert mean_difference(pixels(browser, "#face"), Drawing.generate(generator, face[None])[0]) <= 2
+
+
+def test_a_link_that_is_not_72_numbers_from_0_to_1_is_said_and_random_faces_are_drawn(served, browser):
+    for bad in ("0.5," * 70 + "0.5", "0.5," * 71 + "1.5", "0.5," * 71 + "NaN", "0.5," * 71):
+        open_page(browser, served, f"#z={bad}")
+        assert state(browser) == "ready" and "not 72 numbers from 0 to 1 each, so random faces" in status(browser)
+        shown = browser.execute_script("return location.hash")[3:].split("&")[0].split(",")
+        assert len(shown) == 72 and all(0 <= float(value) < 1 for value in shown)
+
+
+def test_a_link_pasted_into_an_open_page_draws_its_faces(served, browser, generator):
+    rng = np.random.default_rng(8)
+    face, far = three_decimals(rng), three_decimals(rng)
+    open_page(browser, served)
+    drawn = draws(browser, "morph")
+    browser.execute_script(f"location.hash = 'z={noise_text(face)}&to={noise_text(far)}'")
+    wait(browser, lambda: draws(browser, "morph") > drawn, "the pasted link's morph")
+    expected = Drawing.generate(generator, np.stack([face, far]))
+    wait(browser, lambda: mean_difference(pixels(browser, "#face"), expected[0]) <= 2, "the pasted link's face")
+    assert mean_difference(pixels(browser, elements(browser, "#morph canvas")[-1]), expected[1]) <= 2
+
+
+def test_the_page_works_from_a_subfolder_and_asks_nothing_of_any_other_place(site, browser, tmp_path):
+    (tmp_path / "avatars").symlink_to(site)  # as a static host serves a project's page under /name/
+    with serving(tmp_path) as address:
+        browser.get_log("performance")  # what earlier tests asked
+        open_page(browser, address + "avatars/")
+        assert state(browser) == "ready", status(browser)
+        requests = [json.loads(entry["message"])["message"] for entry in browser.get_log("performance")]
+    urls = {event["params"]["request"]["url"] for event in requests if event["method"] == "Network.requestWillBeSent"}
+    assert f"{address}avatars/model/G_ema.onnx" in urls
+    assert all(url.startswith((address + "avatars/", "data:", "blob:")) or url == "about:blank" for url in urls), \
+        sorted(urls)
+
+
 def test_a_grid_face_goes_to_the_editor_and_new_faces_are_new(served, browser):
     open_page(browser, served)
     grid = elements(browser, "#grid canvas")
@@ -266,15 +313,30 @@ def test_download_saves_the_face_as_a_png(served, browser):
                  'reload this page.'),
     ("damaged model", 'The generator model/G_ema.onnx cannot be read, so it may be damaged: run "python Export.py" '
                       'again, then reload this page.'),
-    ("no onnxruntime-web", 'onnxruntime-web is missing: run "npm ci" in the web folder, then reload this page.')])
+    ("no onnxruntime-web", 'onnxruntime-web is missing: run "npm ci" in the web folder, then reload this page.'),
+    ("no WebAssembly files", "onnxruntime-web's WebAssembly files are missing from node_modules/onnxruntime-web/"
+                             'dist/: run "npm ci" in the web folder, or copy them as docs/browser.md says, then '
+                             'reload this page.')])
 def test_what_the_page_lacks_is_said_in_one_sentence(site, browser, tmp_path, trouble, sentence):
-    model = site / "model" if trouble == "no onnxruntime-web" else None
+    model = site / "model" if trouble in ("no onnxruntime-web", "no WebAssembly files") else None
     damaged = b"\x08\x07not an onnx model" * 100 if trouble == "damaged model" else None
-    folder = site_folder(tmp_path, model=model, onnx_bytes=damaged, runtime=trouble != "no onnxruntime-web")
+    folder = site_folder(tmp_path, model=model, onnx_bytes=damaged, runtime=trouble not in ("no onnxruntime-web",
+                                                                                         "no WebAssembly files"))
+    if trouble == "no WebAssembly files":  # the script alone, as when a host was given one file of three
+        dist = folder / "node_modules" / "onnxruntime-web" / "dist"
+        dist.mkdir(parents=True)
+        shutil.copy(WEB / "node_modules" / "onnxruntime-web" / "dist" / "ort.wasm.min.js", dist)
     with serving(folder) as address:
         open_page(browser, address)
         assert state(browser) == "error" and status(browser) == sentence
         assert not elements(browser, "main")[0].is_displayed()
+
+
+def test_the_page_opened_from_disk_says_it_needs_a_server(site, browser):
+    browser.get(f"file://{site / 'index.html'}")
+    wait(browser, lambda: state(browser) == "error", "a sentence")
+    assert status(browser) == ('This page draws only when a web server serves it: run "python -m http.server -d '
+                               'web 8000" in the repository, then open http://127.0.0.1:8000.')
 
 
 @pytest.mark.slow

@@ -1,19 +1,27 @@
 // The avatar page: the generator exported by Export.py (model/G_ema.onnx), run by onnxruntime-web's
-// WASM backend in the visitor's browser. A face is 72 numbers in [0, 1); the generator turns a batch
-// of them, [N, 72], into pictures [N, 3, 96, 96] in [-1, 1], which become pixels as Run.py makes them:
+// WASM backend in the visitor's browser. A face is 72 numbers; the generator turns a batch of them,
+// [N, 72], into pictures [N, 3, 96, 96] in [-1, 1], which become pixels as Run.py makes them:
 // round((x + 1) * 127.5), clamped to 0..255.
 //
 // The editor's face is kept in the address, #z=0.123,0.456,... (and the morph's far face in &to=),
-// so that a link draws the same face again. Noise drawn here has three decimals, so that the link
-// holds exactly the numbers the face was drawn from.
+// so that a link draws the same faces again. Noise drawn here is uniform in [0, 1), as Run.py draws
+// it, with three decimals, so that the link holds exactly the numbers the face was drawn from; a
+// link or a slider may hold any number from 0 to 1 (Run.py's strips end at 1).
 
 const MODEL = "model/G_ema.onnx";
 const FACTS = "model/G_ema.json";
+const RUNTIME = "node_modules/onnxruntime-web/dist/";
 const NOISE_LENGTH = 72;
 const SIZE = 96;
 const GRID_FACES = 16;
 const MORPH_STEPS = 10;
 const DECIMALS = 3;
+
+// The page's state.
+let session = null;  // the ONNX model, loaded by onnxruntime-web
+let running = Promise.resolve();  // the last draw asked for: a session must not run twice at once
+const editor = { noise: null, busy: false, again: false };  // see redrawEditor
+let morphFar = null;  // the noise of the morph's last face
 
 // What the tests and benchmarks/browser.py read: milliseconds, measured here.
 const timings = { firstGrid: null, grid: [], editor: [], morph: [] };
@@ -23,39 +31,42 @@ class PageError extends Error {}  // a sentence for the visitor, shown instead o
 
 // ------------------------------------------------------------------------------------ the generator
 
-let session = null;
-let running = Promise.resolve();  // one run at a time: a session must not run twice at once
-
 async function loadGenerator() {
   if (typeof ort === "undefined") {
     throw new PageError('onnxruntime-web is missing: run "npm ci" in the web folder, then reload this page.');
   }
   ort.env.logLevel = "error";
-  ort.env.wasm.wasmPaths = new URL("node_modules/onnxruntime-web/dist/", document.baseURI).href;
+  ort.env.wasm.wasmPaths = new URL(RUNTIME, document.baseURI).href;
   // Several threads need a cross-origin isolated page (special server headers); one always works.
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
 
-  const response = await fetch(MODEL).catch(() => null);
-  if (!response || !response.ok) {
+  const model = await fetch(MODEL).catch(() => null);
+  if (!model || !model.ok) {
     throw new PageError(`The generator ${MODEL} is missing: run "python Export.py" in the repository, ` +
                         "then reload this page.");
   }
-  const bytes = new Uint8Array(await response.arrayBuffer());
+  const runtime = await fetch(RUNTIME + "ort-wasm-simd-threaded.wasm", { method: "HEAD" }).catch(() => null);
+  if (!runtime || !runtime.ok) {
+    throw new PageError(`onnxruntime-web's WebAssembly files are missing from ${RUNTIME}: run "npm ci" in the ` +
+                        "web folder, or copy them as docs/browser.md says, then reload this page.");
+  }
   try {
-    session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
+    session = await ort.InferenceSession.create(new Uint8Array(await model.arrayBuffer()),
+                                                { executionProviders: ["wasm"] });
   } catch (error) {
+    console.error(error);
     throw new PageError(`The generator ${MODEL} cannot be read, so it may be damaged: run "python Export.py" ` +
                         "again, then reload this page.");
   }
   const facts = await fetch(FACTS).then((answer) => (answer.ok ? answer.json() : {})).catch(() => ({}));
-  if (facts.noise_length !== undefined && facts.noise_length !== NOISE_LENGTH) {
-    throw new PageError(`The generator in ${MODEL} takes ${facts.noise_length} numbers, not ${NOISE_LENGTH}: ` +
-                        "it was not exported by this project's Export.py.");
+  if (session.inputNames.length !== 1 || (facts.noise_length ?? NOISE_LENGTH) !== NOISE_LENGTH) {
+    throw new PageError(`The model in ${MODEL} does not take ${NOISE_LENGTH} numbers: it was not exported by ` +
+                        "this project's Export.py.");
   }
   return facts;
 }
 
-// Pictures (ImageData) for a list of noise vectors, drawn in one batch.
+// Pictures (ImageData) for a list of noise vectors, drawn in one batch, after the draws asked before.
 function draw(noises) {
   const result = running.then(() => drawNow(noises));
   running = result.catch(() => {});
@@ -68,7 +79,7 @@ async function drawNow(noises) {
   const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", input, [noises.length, NOISE_LENGTH]) };
   const output = (await session.run(feeds))[session.outputNames[0]];
   if (output.dims.join("x") !== `${noises.length}x3x${SIZE}x${SIZE}`) {
-    throw new PageError(`The generator in ${MODEL} draws pictures of ${output.dims.slice(1).join("x")}, not ` +
+    throw new PageError(`The model in ${MODEL} draws pictures of ${output.dims.slice(1).join("x")}, not ` +
                         `3x${SIZE}x${SIZE}: it was not exported by this project's Export.py.`);
   }
   return noises.map((_, i) => toPicture(output.data, i));
@@ -103,27 +114,31 @@ function randomNoise() {
   return Float32Array.from({ length: NOISE_LENGTH }, () => Math.floor(Math.random() * scale) / scale);
 }
 
-// The shortest decimals that read back as exactly the same float32 values.
+// The shortest decimals that read back as exactly the same float32 values (9 digits always do).
 function noiseText(noise) {
   return Array.from(noise, (value) => {
     for (let digits = 1; digits < 9; digits++) {
       const text = String(Number(value.toPrecision(digits)));
       if (Math.fround(Number(text)) === value) return text;
     }
-    return String(value);
+    return String(Number(value.toPrecision(9)));
   }).join(",");
 }
 
-// A noise vector from a link's text, or null where it is not 72 numbers from 0 to 1.
+// A noise vector from a link's text: 72 decimal numbers from 0 to 1, else null.
 function parseNoise(text) {
-  const values = (text || "").split(",").map(Number);
-  const fits = values.length === NOISE_LENGTH && values.every((value) => value >= 0 && value <= 1);
-  return fits ? Float32Array.from(values) : null;
+  const values = (text || "").split(",");
+  const fits = values.length === NOISE_LENGTH && values.every((value) =>
+    /^\s*(\d+\.?\d*|\.\d+)(e-?\d+)?\s*$/i.test(value) && Number(value) >= 0 && Number(value) <= 1);
+  return fits ? Float32Array.from(values, Number) : null;
 }
 
+// The faces a link asks for; a part that is there but not 72 numbers from 0 to 1 is `bad`.
 function readAddress() {
   const fields = new URLSearchParams(location.hash.slice(1));
-  return { face: fields.get("z"), far: fields.get("to") };
+  const face = parseNoise(fields.get("z"));
+  const far = parseNoise(fields.get("to"));
+  return { face, far, bad: (fields.has("z") && !face) || (fields.has("to") && !far) };
 }
 
 function writeAddress() {
@@ -141,23 +156,23 @@ function canvasFor(picture) {
   return canvas;
 }
 
+function counted(part) {
+  document.body.dataset[part] = Number(document.body.dataset[part] || 0) + 1;
+}
+
 async function drawGrid() {
   const noises = Array.from({ length: GRID_FACES }, randomNoise);
   const pictures = await timed(timings.grid, GRID_FACES, () => draw(noises));
-  const grid = document.getElementById("grid");
-  grid.replaceChildren(...pictures.map((picture, i) => {
+  document.getElementById("grid").replaceChildren(...pictures.map((picture, i) => {
     const canvas = canvasFor(picture);
-    canvas.dataset.noise = noiseText(noises[i]);
     canvas.title = "Edit this face";
-    canvas.addEventListener("click", () => editFace(noises[i]));
+    canvas.addEventListener("click", () => editFace(noises[i]).catch(showError));
     return canvas;
   }));
-  document.body.dataset.gridDraws = Number(document.body.dataset.gridDraws || 0) + 1;
+  counted("gridDraws");
 }
 
 // The editor redraws as a slider moves; while a redraw runs, later moves wait and only the last is drawn.
-const editor = { noise: randomNoise(), busy: false, again: false };
-
 async function redrawEditor() {
   if (editor.busy) {
     editor.again = true;
@@ -169,7 +184,7 @@ async function redrawEditor() {
       editor.again = false;
       const [picture] = await timed(timings.editor, 1, () => draw([editor.noise]));
       document.getElementById("face").getContext("2d").putImageData(picture, 0, 0);
-      document.body.dataset.editorDraws = Number(document.body.dataset.editorDraws || 0) + 1;
+      counted("editorDraws");
     } while (editor.again);
   } finally {
     editor.busy = false;
@@ -188,6 +203,7 @@ function makeSliders() {
       editor.noise[i] = Number(slider.value);
       redrawEditor().catch(showError);
     });
+    slider.addEventListener("change", () => drawMorph().catch(showError));  // once the slider is let go
     const number = document.createElement("span");
     number.textContent = i;
     label.append(number, slider);
@@ -195,13 +211,12 @@ function makeSliders() {
   }
 }
 
+// The editor and the morph start from this face.
 function editFace(noise) {
   editor.noise = Float32Array.from(noise);
   editor.noise.forEach((value, i) => { document.getElementById(`z${i}`).value = value; });
-  return Promise.all([redrawEditor(), drawMorph()]).catch(showError);
+  return Promise.all([redrawEditor(), drawMorph()]);
 }
-
-let morphFar = randomNoise();
 
 async function drawMorph() {
   const noises = Array.from({ length: MORPH_STEPS }, (_, step) => {
@@ -210,7 +225,7 @@ async function drawMorph() {
   });
   const pictures = await timed(timings.morph, MORPH_STEPS, () => draw(noises));
   document.getElementById("morph").replaceChildren(...pictures.map(canvasFor));
-  document.body.dataset.morphDraws = Number(document.body.dataset.morphDraws || 0) + 1;
+  counted("morphDraws");
   writeAddress();
 }
 
@@ -224,49 +239,59 @@ function downloadFace() {
   }, "image/png");
 }
 
+// A link pasted into the address bar of an open page: its good parts are drawn, the rest stays.
+function followAddress() {
+  const address = readAddress();
+  if (address.bad) say(`${BAD_LINK}, so the faces shown stay.`);
+  morphFar = address.far || morphFar;
+  return editFace(address.face || editor.noise);
+}
+
 // ------------------------------------------------------------------------------------------ page
 
+const BAD_LINK = "The link's faces are not 72 numbers from 0 to 1 each";
+
 function say(text, isError = false) {
+  if (document.body.dataset.state === "error") return;  // the sentence that stopped the page stays
   const status = document.getElementById("status");
   status.textContent = text;
   status.classList.toggle("error", isError);
 }
 
 function showError(error) {
-  const sentence = error instanceof PageError ? error.message
-    : `Drawing failed (${error && error.message ? error.message : error}); reload the page to try again.`;
-  say(sentence, true);
+  console.error(error);
+  say(error instanceof PageError ? error.message : "Drawing failed; reload the page to try again.", true);
   document.body.dataset.state = "error";
 }
 
-async function start() {
-  const facts = await loadGenerator();
-  const address = readAddress();
-  const face = parseNoise(address.face);
-  morphFar = parseNoise(address.far) || morphFar;
-  makeSliders();
-  document.body.dataset.state = "ready";
-  await drawGrid();
-  timings.firstGrid = performance.now();  // since the page began to load
-  await editFace(face || randomNoise());
-  const threads = ort.env.wasm.numThreads;
-  const step = facts.step ? `step ${facts.step.toLocaleString("en")}, ` : "";
-  say(`The generator (${step}exported by Export.py) draws here with onnxruntime-web on ${threads} ` +
-      `thread${threads > 1 ? "s" : ""}.` +
-      (address.face && !face ? " The link's face was not 72 numbers from 0 to 1, so a random face is shown." : ""));
-
+function listen() {
   document.getElementById("new-faces").addEventListener("click", () => drawGrid().catch(showError));
-  document.getElementById("random-face").addEventListener("click", () => editFace(randomNoise()));
+  document.getElementById("random-face").addEventListener("click", () => editFace(randomNoise()).catch(showError));
   document.getElementById("download").addEventListener("click", downloadFace);
   document.getElementById("morph-again").addEventListener("click", () => {
     morphFar = randomNoise();
     drawMorph().catch(showError);
   });
   document.getElementById("morph-steps").textContent = MORPH_STEPS;
-  window.addEventListener("hashchange", () => {
-    const linked = parseNoise(readAddress().face);
-    if (linked && noiseText(linked) !== noiseText(editor.noise)) editFace(linked);
-  });
+  // The page's own address updates (history.replaceState) fire no hashchange: this is the visitor's.
+  window.addEventListener("hashchange", () => followAddress().catch(showError));
+}
+
+async function start() {
+  const facts = await loadGenerator();
+  const address = readAddress();
+  editor.noise = address.face || randomNoise();
+  morphFar = address.far || randomNoise();
+  makeSliders();
+  listen();
+  await drawGrid();
+  timings.firstGrid = performance.now();  // since the page began to load
+  await editFace(editor.noise);
+  const threads = ort.env.wasm.numThreads;
+  const step = facts.step ? `step ${facts.step.toLocaleString("en")}, ` : "";
+  say(`The generator (${step}exported by Export.py) draws here with onnxruntime-web on ${threads} ` +
+      `thread${threads > 1 ? "s" : ""}.` + (address.bad ? ` ${BAD_LINK}, so random faces are shown instead.` : ""));
+  document.body.dataset.state = "ready";
 }
 
 window.addEventListener("unhandledrejection", (event) => showError(event.reason));

@@ -33,13 +33,19 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+def at_least_one(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1")
+    return int(text)
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default="Model")
-    parser.add_argument("--loads", type=int, default=5, help="page loads timed for the first grid")
-    parser.add_argument("--grids", type=int, default=10, help="grids of 16 timed")
-    parser.add_argument("--moves", type=int, default=50, help="editor redraws timed")
-    parser.add_argument("--repeats", type=int, default=20, help="Run.py batches timed at each size")
+    parser.add_argument("--loads", type=at_least_one, default=5, help="page loads timed for the first grid")
+    parser.add_argument("--grids", type=at_least_one, default=10, help="grids of 16 timed")
+    parser.add_argument("--moves", type=at_least_one, default=50, help="editor redraws timed")
+    parser.add_argument("--repeats", type=at_least_one, default=20, help="Run.py batches timed at each size")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "browser.json"))
     parser.add_argument("--screenshot", help="also save a picture of the page here")
     parser.add_argument("--paddle-worker", type=int, help=argparse.SUPPRESS)  # threads, for Run.py's timing

@@ -21,7 +21,7 @@ HTML_ATTRIBUTE = re.compile(r"\b(?:src|href)\s*=\s*[\"']([^\"']+)[\"']", re.I)
 
 def documents():
     """The pages a reader follows links between: the front page, the manual, the model card."""
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "Model" / "README.md"]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "Model" / "README.md"]
 
 
 def prose_lines(markdown):

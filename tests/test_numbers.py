@@ -33,16 +33,26 @@ def one_decimal(*values):
     return " / ".join(f"{value:.1f}" for value in values)
 
 
-def test_the_readmes_metric_table_is_res_metrics_json():
-    scales = [METRICS[f"swd_{side}px"] for side in (96, 48, 24, 12)]
-    assert table_row(README, "SWD x1e3, 96 / 48 / 24 / 12 px")[1] == one_decimal(*scales)
-    assert table_row(README, "SWD x1e3, mean")[1] == one_decimal(METRICS["swd_mean"])
-    row = table_row(README, "MS-SSIM between random pairs (lower: more varied)")
-    assert row[1] == f"{METRICS['ms_ssim_candidates']:.3f}" and row[2].startswith(f"{METRICS['ms_ssim_real']:.3f} ")
-    row = table_row(README, "median distance to the nearest training face")
+FLOOR = json.loads((ROOT / "Model" / "evaluations.json").read_text())["floor"]
+
+
+@pytest.mark.parametrize("page", [README, MODEL_CARD], ids=["README.md", "Model/README.md"])
+def test_the_metric_tables_are_res_metrics_json_and_the_floor_evaluations_json(page):
+    scales = [f"swd_{side}px" for side in (96, 48, 24, 12)]
+    row = table_row(page, "SWD x1e3, 96 / 48 / 24 / 12 px")
+    assert row[1:3] == [one_decimal(*(METRICS[key] for key in scales)), one_decimal(*(FLOOR[key] for key in scales))]
+    row = table_row(page, "SWD x1e3, mean")
+    assert row[1].strip("*") == one_decimal(METRICS["swd_mean"]) and row[2] == one_decimal(FLOOR["swd_mean"])
+    row = table_row(page, next(cell for cell in ("MS-SSIM between random pairs (lower: more varied)",
+                                                 "MS-SSIM, random pairs") if f"| {cell} |" in page))
+    assert row[1].strip("*") == f"{METRICS['ms_ssim_candidates']:.3f}"
+    assert row[2].startswith(f"{METRICS['ms_ssim_real']:.3f} ")
+    row = table_row(page, "median distance to the nearest training face")
     assert row[1] == one_decimal(METRICS["nearest_median_candidates"])
     assert row[2].startswith(one_decimal(METRICS["nearest_median_real"]))
-    row = table_row(README, "spread (per-pixel standard deviation)")
+    row = table_row(page, next(cell for cell in ("spread (per-pixel standard deviation)",
+                                                 "spread (per-pixel standard deviation, grey levels)")
+                               if f"| {cell} |" in page))
     assert row[1] == one_decimal(METRICS["spread_candidates"])
     assert row[2].startswith(one_decimal(METRICS["spread_real"]))
 
@@ -52,7 +62,7 @@ def test_the_shipped_step_is_the_one_state_json_and_the_metrics_record():
     assert METRICS["step"] == step
     assert f"{step:,} batches of {batch} ({step * batch:,} faces seen)" in README
     assert f"drawn by G_ema at step {step:,}" in README
-    assert f"step {step:,}" in MODEL_CARD
+    assert f"| **this one** | {step:,} |" in MODEL_CARD and f"- **Training**: {step:,} batches of {batch}" in MODEL_CARD
 
 
 def test_the_evaluation_history_ends_with_the_readmes_figures():
@@ -106,3 +116,16 @@ def test_run_pys_limits_in_the_manual_are_utils():
     assert f"`--grid` is at most {side}x{side} ({side * side:,} faces), `--steps` at most {Utils.MAX_STEPS}" in text
     last = f"avatar_{Utils.MAX_COUNT - 1:04d}.png"
     assert f"`--count` at most\n{Utils.MAX_COUNT:,} (`avatar_0000.png` to `{last}`)" in text
+
+
+def test_the_record_of_every_evaluation_is_evaluations_json():
+    evaluations = {entry["step"]: entry
+                   for entry in json.loads((ROOT / "Model" / "evaluations.json").read_text())["evaluations"]}
+    record = (ROOT / "docs" / "experiments" / "training-runs.md").read_text()
+    rows = [[cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
+            for line in record.splitlines() if re.match(r"\| \**[0-9][0-9,]* *\** \|", line)]
+    assert len(rows) == len(evaluations)
+    for step, _, swd, scales, ms_ssim, *_ in rows:
+        entry = evaluations[int(step.replace(",", ""))]
+        assert (swd, ms_ssim) == (f"{entry['swd_mean']:.1f}", f"{entry['ms_ssim_candidates']:.3f}"), step
+        assert scales == one_decimal(*(entry[f"swd_{side}px"] for side in (96, 48, 24, 12))), step

@@ -165,7 +165,7 @@ HYPER_PARAMETERS = {
                                         "a checkpoint", changeable=True),
     "d_lr": HyperParameter(4e-4, None, "Adam learning rate of D alone (under --original: --lr's); may change when "
                                        "continuing a checkpoint", learning_rate, changeable=True),
-    # The second campaign (docs/recipe.md, "Mode seeking"): a term in G's loss aimed at variety itself.
+    # The second long training run (docs/recipe.md, "Mode seeking"): a term in G's loss aimed at variety itself.
     "mode_seeking": HyperParameter(0.0, 0.0, "weight of the mode-seeking term in G's loss, which rewards G for "
                                              "drawing unlike faces from unlike noise; 0: none; may change when "
                                              "continuing a checkpoint", not_negative, changeable=True),

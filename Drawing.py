@@ -46,9 +46,7 @@ class ExportedGenerator:
     def __init__(self, prefix):
         from paddle import inference
 
-        program = Path(f"{prefix}.json")  # Paddle 3 saves its new program format; Paddle 2 a .pdmodel
-        config = inference.Config(str(program if program.exists() else Path(f"{prefix}.pdmodel")),
-                                  f"{prefix}.pdiparams")
+        config = inference.Config(str(program_file(prefix)), f"{prefix}.pdiparams")
         config.disable_gpu()
         config.enable_mkldnn()
         config.set_cpu_math_library_num_threads(Utils.cpu_threads())
@@ -93,19 +91,32 @@ def prune_exports(keep=CACHED_EXPORTS):
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def save_static(generator, prefix):
+    """Save generator (in evaluation mode) as a static program, prefix.json (or .pdmodel) and
+    prefix.pdiparams, taking noise [N, 72]: what Paddle's inference engine and paddle2onnx read.
+    Returns the program's path."""
+    from paddle.static import InputSpec
+
+    paddle.jit.save(generator, str(prefix), input_spec=[InputSpec([None, Z_DIM], "float32", "noise")])
+    return program_file(prefix)
+
+
+def program_file(prefix):
+    """The program paddle.jit.save wrote at prefix: Paddle 3's new format, or Paddle 2's .pdmodel."""
+    program = Path(f"{prefix}.json")
+    return program if program.exists() else Path(f"{prefix}.pdmodel")
+
+
 def export_generator(generator, folder):
     """Save generator (in evaluation mode) as an inference model in folder, then check that the
     inference engine draws what the dynamic graph draws; write nothing if it does not. The folder
     appears whole or not at all, so two processes exporting at once do no harm."""
-    from paddle.static import InputSpec
-
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        noise_spec = InputSpec([None, Z_DIM], "float32", "noise")
-        paddle.jit.save(generator, str(staging / "generator"), input_spec=[noise_spec])
+        save_static(generator, staging / "generator")
         noise = Utils.random_noise(np.random.default_rng(0), 4)
         with paddle.no_grad():
             expected = generator(paddle.to_tensor(noise)).numpy()

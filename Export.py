@@ -23,6 +23,7 @@ import numpy as np
 import paddle
 
 import Checkpoint
+import Drawing
 import Files
 from Drawing import EXPORT_TOLERANCE
 from Files import UserError
@@ -68,14 +69,10 @@ def to_onnx(generator):
         import paddle2onnx
     except ImportError:
         raise UserError("paddle2onnx is not installed; pip install -r requirements-web.txt") from None
-    from paddle.static import InputSpec
-
     with tempfile.TemporaryDirectory() as folder:
         prefix = Path(folder) / "generator"
         try:
-            paddle.jit.save(generator, str(prefix), input_spec=[InputSpec([None, Z_DIM], "float32", "noise")])
-            program = Path(f"{prefix}.json")  # Paddle 3 saves its new program format; Paddle 2 a .pdmodel
-            program = program if program.exists() else Path(f"{prefix}.pdmodel")
+            program = Drawing.save_static(generator, prefix)
             model = paddle2onnx.export(str(program), f"{prefix}.pdiparams", save_file=None, opset_version=OPSET)
         except Exception as error:  # noqa: BLE001  paddle2onnx logs its own errors, then fails in various ways
             raise UserError(f"paddle2onnx {paddle2onnx.__version__} could not convert the generator of Paddle "

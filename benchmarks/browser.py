@@ -31,12 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,1000",
                   "--disable-background-networking", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.path.insert(0, str(ROOT))
+from Files import within  # noqa: E402  (no Paddle: the parent process only drives the browser)
 
-
-def at_least_one(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1")
-    return int(text)
+at_least_one = within(int, 1)
 
 
 def parse_args():
